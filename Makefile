@@ -1,0 +1,36 @@
+# The two entry points a new user needs: `make demo` and `make test`. Both install what they need.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
+export ANSIBLE_CONFIG := $(CURDIR)/tests/ansible.cfg
+
+.PHONY: bootstrap demo test unit integration sanity lint bench clean
+
+bootstrap:
+	@tools/bootstrap.sh
+
+demo: bootstrap
+	$(VENV)/bin/ansible-playbook -i playbooks/lab/inventory.yml playbooks/lab.yml
+
+test: bootstrap
+	$(PY) -m pytest -p no:cacheprovider tests
+	$(MAKE) --no-print-directory sanity lint
+
+unit: bootstrap
+	$(PY) -m pytest -p no:cacheprovider tests/unit
+
+integration: bootstrap
+	$(PY) -m pytest -p no:cacheprovider tests/integration
+
+sanity: bootstrap
+	@tools/sanity.sh
+
+lint: bootstrap
+	@tools/lint.sh
+
+bench: bootstrap
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf .build $(VENV)

@@ -1,0 +1,129 @@
+# -*- coding: utf-8 -*-
+# Copyright: fleetcast.imaging developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Network namespaces on a bridge, standing in for a LAN of hosts. Private to the collection.
+
+The bridge lives in a namespace of its own (the "switch"), so the machine's own network namespace is
+never changed: every address, route and nftables rule made here exists only inside namespaces whose
+names carry the lab's prefix, and `close()` deletes them all.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+
+def _ip(*args: str, netns: Optional[str] = None) -> None:
+    argv = ["ip"] + (["-n", netns] if netns else []) + list(args)
+    subprocess.run(argv, check=True, capture_output=True, text=True)
+
+
+@dataclass
+class LabHost:
+    name: str
+    netns: str
+    address: str
+    interface: str = "eth0"
+    mac: str = ""
+
+    def argv(self, argv: List[str]) -> List[str]:
+        """Prefix a command line so that it runs inside this host's namespace."""
+        return ["ip", "netns", "exec", self.netns] + list(argv)
+
+    def run(self, argv: List[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        return subprocess.run(self.argv(argv), check=check, **kwargs)
+
+    def popen(self, argv: List[str], **kwargs) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(argv), **kwargs)
+
+    def nft(self, script: str) -> None:
+        subprocess.run(["ip", "netns", "exec", self.netns, "nft", "-f", "-"], input=script,
+                       check=True, capture_output=True, text=True)
+
+    def drop_incoming_udp(self, percent: float, port: Optional[int] = None) -> None:
+        """Drop `percent` % of incoming UDP at random (real loss, in this namespace only)."""
+        threshold = max(0, min(10000, int(round(percent * 100))))
+        match = f"udp dport {port} " if port else "meta l4proto udp "
+        self.nft(
+            "table inet fleetcast_lab {\n"
+            " chain input { type filter hook input priority 0; policy accept;\n"
+            f"  {match}numgen random mod 10000 < {threshold} drop\n"
+            " }\n}\n")
+
+    def cut_incoming_udp(self, port: Optional[int] = None) -> None:
+        """Drop all incoming UDP (a receive path cut)."""
+        self.drop_incoming_udp(100.0, port)
+
+    def clear_rules(self) -> None:
+        subprocess.run(["ip", "netns", "exec", self.netns, "nft", "flush", "ruleset"],
+                       capture_output=True, check=False)
+
+
+@dataclass
+class NetLab:
+    """A bridge in a switch namespace and any number of hosts on /24 addresses behind it."""
+
+    prefix: str = ""
+    subnet: str = "10.231.7"
+    mtu: int = 1500
+    hosts: Dict[str, LabHost] = field(default_factory=dict)
+    _created: List[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.prefix:
+            self.prefix = "fc" + secrets.token_hex(3)
+        self.switch = f"{self.prefix}-sw"
+        _ip("netns", "add", self.switch)
+        self._created.append(self.switch)
+        _ip("link", "add", "br0", "type", "bridge", netns=self.switch)
+        # Querier on, as on a well-configured switch with IGMP snooping.
+        _ip("link", "set", "br0", "type", "bridge", "mcast_snooping", "1", "mcast_querier", "1",
+            netns=self.switch)
+        _ip("link", "set", "br0", "up", netns=self.switch)
+
+    def add_host(self, name: str) -> LabHost:
+        index = len(self.hosts) + 1
+        netns = f"{self.prefix}-{name}"
+        port = f"p{index}"
+        _ip("netns", "add", netns)
+        self._created.append(netns)
+        _ip("link", "add", port, "mtu", str(self.mtu), "type", "veth", "peer", "name", "eth0",
+            "netns", netns, netns=self.switch)
+        _ip("link", "set", port, "master", "br0", "up", netns=self.switch)
+        address = f"{self.subnet}.{10 + index}"
+        _ip("link", "set", "lo", "up", netns=netns)
+        _ip("link", "set", "eth0", "mtu", str(self.mtu), "up", netns=netns)
+        _ip("addr", "add", f"{address}/24", "dev", "eth0", netns=netns)
+        # Multicast leaves through the lab interface; nothing else is routed anywhere.
+        _ip("route", "add", "224.0.0.0/4", "dev", "eth0", netns=netns)
+        mac = subprocess.run(["ip", "-n", netns, "-br", "link", "show", "eth0"], check=True,
+                             capture_output=True, text=True).stdout.split()[2]
+        host = LabHost(name=name, netns=netns, address=address, mac=mac)
+        self.hosts[name] = host
+        return host
+
+    def close(self) -> None:
+        for netns in reversed(self._created):
+            # Processes still inside would keep the namespace alive: end them first.
+            pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True,
+                                  check=False).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), 9)
+                except (ProcessLookupError, ValueError):
+                    pass
+            subprocess.run(["ip", "netns", "delete", netns], capture_output=True, check=False)
+        self._created.clear()
+        self.hosts.clear()
+
+    def __enter__(self) -> "NetLab":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

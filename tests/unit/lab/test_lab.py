@@ -1,0 +1,29 @@
+import subprocess
+
+from ansible_collections.fleetcast.imaging.plugins.module_utils._lab import loopdisk
+
+
+def test_loop_disk_is_detached_and_removed(loop_disk, tmp_path):
+    disk = loop_disk(32 << 20, "a.img")
+    window = disk.window(1 << 20, 4 << 20)
+    assert loopdisk.backing_file(disk.device).endswith("a.img")
+    with open(window, "rb") as handle:
+        assert handle.seek(0, 2) == 4 << 20
+    disk.close()
+    assert not (tmp_path / "a.img").exists()
+    assert "a.img" not in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+
+
+def test_netlab_multicast_crosses_the_bridge(netlab):
+    sender, receiver = netlab.add_host("s"), netlab.add_host("r")
+    script = (
+        "import socket,struct,sys\n"
+        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(('',5999))\n"
+        "s.setsockopt(socket.IPPROTO_IP,socket.IP_ADD_MEMBERSHIP,"
+        "struct.pack('4s4s',socket.inet_aton('239.1.2.3'),socket.inet_aton(sys.argv[1])))\n"
+        "s.settimeout(5);print(s.recv(64).decode())\n")
+    proc = receiver.popen(["python3", "-c", script, receiver.address], stdout=subprocess.PIPE, text=True)
+    send = ("import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+            "for _ in range(20):\n s.sendto(b'hello',('239.1.2.3',5999));time.sleep(0.1)\n")
+    sender.run(["python3", "-c", send])
+    assert proc.communicate(timeout=10)[0].strip() == "hello"
