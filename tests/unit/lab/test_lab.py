@@ -11,7 +11,7 @@ def test_loop_disk_is_detached_and_removed(loop_disk, tmp_path):
         assert handle.seek(0, 2) == 4 << 20
     disk.close()
     assert not (tmp_path / "a.img").exists()
-    assert "a.img" not in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    assert "a.img" not in subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True).stdout
 
 
 def test_netlab_multicast_crosses_the_bridge(netlab):
