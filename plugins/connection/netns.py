@@ -16,7 +16,7 @@ description:
     server whose multicast interface lives in a dedicated namespace.
   - Files are copied as with the C(local) connection (the namespace shares the controller's
     file systems), so modules, C(async) jobs and C(fetch) work unchanged.
-author: fleetcast.imaging developers
+author: fleetcast.imaging developers (@fleetcast)
 version_added: 0.1.0
 options:
   netns_name:

@@ -1,0 +1,92 @@
+"""The progress action plugin: a long module runs in the background, its progress file is shown
+per poll, its own result comes back; on timeout the job's processes really end."""
+import os
+import re
+import subprocess
+import textwrap
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+# A module of the test's own (next to the playbook) that behaves like a transfer: writes progress,
+# takes a while, and returns a result; or, told to hang, records its pid and sleeps.
+SLOW_MODULE = '''#!/usr/bin/python3
+import json, os, time
+from ansible.module_utils.basic import AnsibleModule
+m = AnsibleModule(argument_spec=dict(steps=dict(type="int", default=3), hang=dict(type="bool", default=False),
+                  pid_file=dict(type="path"), progress_file=dict(type="path")))
+if m.params["hang"]:
+    with open(m.params["pid_file"], "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(120)
+for step in range(1, m.params["steps"] + 1):
+    tmp = m.params["progress_file"] + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"bytes_done": step * 1048576, "bytes_total": m.params["steps"] * 1048576,
+                   "receivers": {"p1": {"state": "receiving", "bytes_done": step * 1048576},
+                                 "p2": {"state": "joined", "bytes_done": 0}}}, f)
+    os.replace(tmp, m.params["progress_file"])
+    time.sleep(0.8)
+m.exit_json(changed=True, bytes_sent=m.params["steps"] * 1048576)
+'''
+
+
+def _playbook(tmp_path, tasks):
+    (tmp_path / "library").mkdir(exist_ok=True)
+    (tmp_path / "library" / "slow_transfer.py").write_text(SLOW_MODULE)
+    (tmp_path / "play.yml").write_text(textwrap.dedent("""\
+        - hosts: localhost
+          connection: local
+          gather_facts: false
+          tasks:
+        """) + textwrap.indent(textwrap.dedent(tasks), "    "))
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "tests", "ansible.cfg"),
+               ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
+               ANSIBLE_NOCOLOR="1", LC_ALL="C.UTF-8")
+    return subprocess.run([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), "-i", "localhost,",
+                           str(tmp_path / "play.yml")], capture_output=True, text=True, env=env,
+                          timeout=120, cwd=tmp_path)
+
+
+@pytest.mark.timeout(120)
+def test_progress_lines_then_the_module_result(tmp_path):
+    proc = _playbook(tmp_path, """\
+        - name: Transfer
+          fleetcast.imaging.progress:
+            module: slow_transfer
+            module_args: {steps: 4}
+            progress_option: progress_file
+            poll_interval: 0.5
+          register: transfer
+        - name: Show
+          ansible.builtin.debug:
+            msg: "sent={{ transfer.bytes_sent }} changed={{ transfer.changed }} last={{ transfer.progress_last.bytes_done }}"
+        """)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = re.findall(r"^localhost: \d+:\d\d .*$", proc.stdout, re.M)
+    assert lines, proc.stdout
+    assert any(re.search(r"MiB of 4\.0 MiB \(\d+%\).*\| p1 receiving \d+%, p2 joined 0%", line)
+               for line in lines), lines
+    assert "sent=4194304 changed=True last=4194304" in proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_timeout_cancels_the_job_and_says_so(tmp_path):
+    pid_file = tmp_path / "pid"
+    proc = _playbook(tmp_path, f"""\
+        - name: Transfer that hangs
+          fleetcast.imaging.progress:
+            module: slow_transfer
+            module_args: {{hang: true, pid_file: {pid_file}}}
+            timeout: 3
+            poll_interval: 0.5
+        """)
+    assert proc.returncode != 0
+    assert "slow_transfer on localhost did not finish within 3 seconds and was cancelled." in proc.stdout
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{pid}"), "the hanging module is still running"
