@@ -1,0 +1,103 @@
+# -*- coding: utf-8 -*-
+# Copyright: fleetcast.imaging developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Snapshot and apply: the two entry points the modules call. Private to the collection."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional
+
+from .._errors import IdentityError, ValidationError
+from . import hardware, linux, windows
+from .offline import offline_root
+from .record import IdentityRecord
+from .rootfs import Root
+
+
+@contextmanager
+def _root(root: Optional[str], device: Optional[str], partition: Optional[int], writable: bool) -> Iterator[Root]:
+    if device:
+        with offline_root(device, partition, writable) as (path, dummy_description):
+            yield Root(path)
+    else:
+        yield Root(root or "/")
+
+
+def _os_of(root: Root) -> str:
+    if windows.is_windows_root(root):
+        return "windows"
+    if os.path.isdir(os.path.join(root.path, "etc")):
+        return "linux"
+    raise IdentityError(f"{root.path} holds neither a Linux root (/etc) nor a Windows one "
+                        "(Windows/System32/config/SYSTEM).")
+
+
+def snapshot(inventory_name: str, root: Optional[str] = None, device: Optional[str] = None,
+             partition: Optional[int] = None, sysfs: str = "/sys") -> IdentityRecord:
+    """The identity record of a running system (root ``/``) or of an offline root."""
+    present = hardware.read_hardware(sysfs)
+    with _root(root, device, partition, writable=False) as tree:
+        record = IdentityRecord(inventory_name=inventory_name, os=_os_of(tree), hardware=present)
+        if record.os == "windows":
+            windows.gather(tree, record, list(present["macs"]))
+        else:
+            linux.gather(tree, record)
+    return record
+
+
+@dataclass
+class ApplyResult:
+    changed: bool
+    changes: List[Dict[str, Any]] = field(default_factory=list)
+    diff: List[Dict[str, str]] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+
+def _shown(data: Optional[bytes], secret: bool) -> str:
+    if data is None:
+        return ""
+    if secret:
+        return f"<secret, {len(data)} bytes>\n"
+    return data.decode("utf-8", "replace")
+
+
+def apply(record: IdentityRecord, root: Optional[str] = None, device: Optional[str] = None,
+          partition: Optional[int] = None, force: bool = False, check_mode: bool = False,
+          sysfs: str = "/sys") -> ApplyResult:
+    """Write ``record``'s identity onto a root; plan everything before the first write."""
+    reason = hardware.mismatch(record.hardware, hardware.read_hardware(sysfs))
+    if reason and not force:
+        raise ValidationError(f"The identity record of {record.inventory_name} is for another machine: "
+                              f"{reason}; use force to apply it anyway.")
+    with _root(root, device, partition, writable=not check_mode) as tree:
+        found = _os_of(tree)
+        if found != record.os:
+            raise ValidationError(f"The identity record of {record.inventory_name} is for {record.os} but "
+                                  f"{tree.path} holds {found}.")
+        result = ApplyResult(changed=False)
+        if record.os == "windows":
+            plan = windows.WindowsPlan(tree, record)
+            result.notes = plan.notes
+            for change in plan.changes:
+                result.changes.append(change.describe())
+                path = change.describe()["path"]
+                result.diff.append({"before_header": path, "after_header": path,
+                                    "before": change.show(change.before) + "\n", "after": change.show(change.data) + "\n"})
+            if plan.changes and not check_mode:
+                plan.commit()
+        else:
+            changes, result.notes = linux.plan(tree, record)
+            for change in changes:
+                result.changes.append(change.describe())
+                after = change.data if change.action == "write" else (
+                    f"-> {change.link}\n".encode() if change.action == "link" else None)
+                result.diff.append({"before_header": change.path, "after_header": change.path,
+                                    "before": _shown(change.before, change.secret),
+                                    "after": _shown(after, change.secret)})
+            if changes and not check_mode:
+                linux.execute(tree, changes)
+        result.changed = bool(result.changes)
+    return result

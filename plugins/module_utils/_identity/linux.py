@@ -1,0 +1,302 @@
+# -*- coding: utf-8 -*-
+# Copyright: fleetcast.imaging developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Linux identity: gather it from a root, and plan its return onto a restored root.
+
+Private to the collection. Whole files (hostname, machine-id, SSH host keys, keytab) are restored
+as saved; files that also hold unrelated settings (network configuration, ``/etc/hosts``,
+``smb.conf``) keep the restored image's content and only get their identity values replaced.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from .._errors import IdentityError
+from . import netconf
+from .record import FileItem, IdentityRecord
+from .rootfs import FileState, Root
+
+WHOLE_FILES = (
+    ("/etc/hostname", "hostname", False),
+    ("/etc/machine-id", "machine-id", False),
+    ("/var/lib/dbus/machine-id", "machine-id", False),
+    ("/etc/krb5.keytab", "keytab", True),
+)
+SSH_DIR = "/etc/ssh"
+HOSTS = "/etc/hosts"
+SMB_CONF = "/etc/samba/smb.conf"
+SECRET_MODE_MASK = 0o600
+
+
+@dataclass
+class Change:
+    """One planned change to a file below the root."""
+
+    path: str
+    kind: str
+    action: str                     # write, remove, link
+    data: Optional[bytes] = None
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    secret: bool = False
+    before: Optional[bytes] = None
+    link: Optional[str] = None
+
+    def describe(self) -> Dict[str, object]:
+        return {"path": self.path, "item": self.kind, "action": self.action,
+                "mode": f"{self.mode:04o}", "secret": self.secret}
+
+
+def _text(data: Optional[bytes]) -> str:
+    return "" if data is None else data.decode("utf-8", "replace")
+
+
+def ssh_fingerprint(public_key: bytes) -> Optional[str]:
+    """OpenSSH's SHA256 fingerprint of a ``.pub`` line."""
+    fields = public_key.split()
+    if len(fields) < 2:
+        return None
+    try:
+        blob = base64.b64decode(fields[1], validate=True)
+    except ValueError:
+        return None
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def _smb_values(text: str) -> Dict[str, Tuple[int, int, str]]:
+    """``workgroup`` and ``netbios name`` in smb.conf's [global], with their value spans."""
+    found: Dict[str, Tuple[int, int, str]] = {}
+    section = "global"
+    offset = 0
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped[1:-1].strip().lower()
+        elif section == "global":
+            match = re.match(r"\s*(workgroup|netbios name|security)\s*=\s*(.*?)\s*$", line.rstrip("\r\n"),
+                             re.IGNORECASE)
+            if match:
+                key = re.sub(r"\s+", " ", match.group(1).lower())
+                found[key] = (offset + match.start(2), offset + match.end(2), match.group(2))
+        offset += len(line)
+    return found
+
+
+def _network_files(root: Root) -> List[Tuple[netconf.NetFormat, str]]:
+    found = []
+    for fmt in netconf.FORMATS:
+        paths = [fmt.single] if fmt.single and root.read(fmt.single) is not None else []
+        paths += root.glob(fmt.directory, suffix=fmt.suffix, prefix=fmt.prefix)
+        found.extend((fmt, path) for path in paths)
+    return found
+
+
+def _item(path: str, kind: str, state: FileState, secret: bool) -> FileItem:
+    return FileItem(path=path, kind=kind, mode=state.mode, uid=state.uid, gid=state.gid, secret=secret,
+                    symlink=state.symlink)
+
+
+def gather(root: Root, record: IdentityRecord) -> None:
+    """Fill ``record`` with the Linux identity found below ``root``."""
+    summary = record.summary
+    for path, kind, secret in WHOLE_FILES:
+        state = root.read(path)
+        if state is None:
+            record.notes.append(f"{path} is absent below {root.path}.")
+            continue
+        record.add_file(_item(path, kind, state, secret), state.data)
+    summary["hostname"] = _text(record.file_data("/etc/hostname")).strip() or None
+    summary["machine_id"] = _text(record.file_data("/etc/machine-id")).strip() or None
+    summary["dbus_machine_id"] = _text(record.file_data("/var/lib/dbus/machine-id")).strip() or None
+
+    fingerprints = []
+    for path in root.glob(SSH_DIR, prefix="ssh_host_"):
+        if not (path.endswith("_key") or path.endswith("_key.pub")):
+            continue
+        state = root.read(path)
+        secret = path.endswith("_key")
+        record.add_file(_item(path, "ssh-host-key" if secret else "ssh-host-key-public", state, secret),
+                        state.data)
+        if not secret:
+            fingerprint = ssh_fingerprint(state.data)
+            if fingerprint:
+                fingerprints.append(fingerprint)
+    summary["ssh_fingerprints"] = fingerprints
+
+    hosts = root.read(HOSTS)
+    if hosts is not None:
+        record.add_file(_item(HOSTS, "hosts", hosts, False), hosts.data)
+    smb = root.read(SMB_CONF)
+    if smb is not None:
+        record.add_file(_item(SMB_CONF, "samba", smb, False), smb.data)
+        values = _smb_values(_text(smb.data))
+        summary["workgroup"] = values.get("workgroup", (0, 0, None))[2]
+        summary["netbios_name"] = values.get("netbios name", (0, 0, None))[2]
+        if values.get("security", (0, 0, ""))[2].lower() in ("ads", "domain"):
+            summary["domain_member"] = True
+
+    addresses: List[str] = []
+    macs: List[str] = []
+    for fmt, path in _network_files(root):
+        state = root.read(path)
+        text = _text(state.data)
+        try:
+            entry = netconf.describe(fmt, path, text)
+        except IdentityError as err:
+            raise IdentityError(f"Cannot read {path} below {root.path}: {err}") from None
+        secret = bool(fmt.secrets and fmt.secrets(text))
+        record.add_file(_item(path, "network:" + fmt.name, state, secret), state.data)
+        record.network.append(entry)
+        for stanza in entry["stanzas"]:
+            for field_name, values in stanza["values"].items():
+                if field_name.startswith("address"):
+                    addresses.extend(value.split("/")[0] for value in values)
+                elif field_name == "mac":
+                    macs.extend(value.lower() for value in values)
+    summary["addresses"] = sorted(set(addresses))
+    summary["configured_macs"] = sorted(set(macs))
+    if record.file("/etc/krb5.keytab") is not None:
+        summary["domain_member"] = True
+
+
+def _substitute_tokens(text: str, mapping: Dict[str, str], hostnames: Tuple[Optional[str], Optional[str]]) -> str:
+    """Replace whole whitespace-separated tokens: addresses, and the host name (also as an FQDN)."""
+    old_host, new_host = hostnames
+
+    def replace(match: "re.Match[str]") -> str:
+        token = match.group()
+        if token in mapping:
+            return mapping[token]
+        if old_host and new_host and (token == old_host or token.startswith(old_host + ".")):
+            return new_host + token[len(old_host):]
+        return token
+
+    return "\n".join(line if line.lstrip().startswith("#") else re.sub(r"\S+", replace, line)
+                     for line in text.split("\n"))
+
+
+def _target_mode(saved: Optional[FileItem], current: Optional[FileState], default: int) -> Tuple[int, int, int]:
+    if saved is not None:
+        mode, uid, gid = saved.mode, saved.uid, saved.gid
+    elif current is not None:
+        mode, uid, gid = current.mode, current.uid, current.gid
+    else:
+        mode, uid, gid = default, 0, 0
+    if saved is not None and saved.secret:
+        mode &= SECRET_MODE_MASK
+    return mode, uid, gid
+
+
+def _propose(changes: List[Change], root: Root, path: str, kind: str, data: bytes,
+             saved: Optional[FileItem], default_mode: int = 0o644) -> None:
+    current = root.read(path)
+    mode, uid, gid = _target_mode(saved, current, default_mode)
+    secret = bool(saved and saved.secret)
+    if current is not None and current.data == data and (current.mode, current.uid, current.gid) == (mode, uid, gid):
+        return
+    changes.append(Change(path, kind, "write", data, mode, uid, gid, secret,
+                          None if current is None else current.data))
+
+
+def _saved_data(record: IdentityRecord, item: FileItem) -> bytes:
+    data = item.data(record.secrets)
+    if data is None:
+        raise IdentityError(f"The record for {record.inventory_name} lacks the secret content of "
+                            f"{item.path}; load it from the controller's store with its secrets.")
+    return data
+
+
+def plan(root: Root, record: IdentityRecord) -> Tuple[List[Change], List[str]]:
+    """Every change that makes ``root`` carry ``record``'s identity, and notes for the user."""
+    changes: List[Change] = []
+    notes: List[str] = []
+    current = IdentityRecord(inventory_name="", os="linux")
+    gather(root, current)
+
+    for item in record.files:
+        if item.kind in ("hostname", "machine-id", "keytab", "ssh-host-key", "ssh-host-key-public"):
+            if item.symlink is not None:
+                state_link = root.read(item.path)
+                if state_link is None or state_link.symlink != item.symlink:
+                    changes.append(Change(item.path, item.kind, "link", link=item.symlink))
+                continue
+            _propose(changes, root, item.path, item.kind, _saved_data(record, item), item)
+    saved_keys = {item.path for item in record.files if item.kind.startswith("ssh-host-key")}
+    for item in current.files:
+        if item.kind.startswith("ssh-host-key") and item.path not in saved_keys:
+            changes.append(Change(item.path, item.kind, "remove", before=b""))
+
+    address_map: Dict[str, str] = {}
+    handled = set()
+    saved_stanzas = []
+    for item in record.files:
+        if item.kind.startswith("network:"):
+            fmt = netconf.FORMAT_BY_NAME[item.kind.split(":", 1)[1]]
+            text = _text(_saved_data(record, item))
+            saved_stanzas.extend((item.path, stanza) for stanza in fmt.parse(text))
+    for fmt, path in _network_files(root):
+        state = root.read(path)
+        text = _text(state.data)
+        targets = fmt.parse(text)
+        pairs = netconf.pair_stanzas(path, targets, saved_stanzas)
+        new_text, unmatched = netconf.rewrite(text, targets, pairs)
+        saved_item = record.file(path)
+        if unmatched and saved_item is not None:
+            # the restored file is shaped differently from the saved one: the saved file wins whole
+            new_text = _text(_saved_data(record, saved_item))
+        elif unmatched:
+            notes.append(f"{path}: no saved value for {', '.join(unmatched)}; left as restored.")
+        for position, target in enumerate(targets):
+            source = pairs.get(position)
+            if source is None:
+                continue
+            saved_values = source.values()
+            for slot in target.slots:
+                if slot.field.startswith("address") and slot.index < len(saved_values.get(slot.field, [])):
+                    address_map[slot.value.split("/")[0]] = saved_values[slot.field][slot.index].split("/")[0]
+        handled.add(path)
+        _propose(changes, root, path, "network:" + fmt.name, new_text.encode("utf-8"), saved_item, fmt.mode)
+    for item in record.files:
+        if item.kind.startswith("network:") and item.path not in handled:
+            fmt = netconf.FORMAT_BY_NAME[item.kind.split(":", 1)[1]]
+            _propose(changes, root, item.path, item.kind, _saved_data(record, item), item, fmt.mode)
+
+    hosts = root.read(HOSTS)
+    if hosts is not None:
+        new = _substitute_tokens(_text(hosts.data), address_map,
+                                 (current.summary.get("hostname"), record.summary.get("hostname")))
+        _propose(changes, root, HOSTS, "hosts", new.encode("utf-8"), record.file(HOSTS))
+    elif record.file(HOSTS) is not None:
+        _propose(changes, root, HOSTS, "hosts", record.file_data(HOSTS) or b"", record.file(HOSTS))
+
+    smb = root.read(SMB_CONF)
+    if smb is not None:
+        text = _text(smb.data)
+        spans = _smb_values(text)
+        for key, summary_key in (("netbios name", "netbios_name"), ("workgroup", "workgroup")):
+            wanted = record.summary.get(summary_key)
+            if key in spans and wanted and spans[key][2] != wanted:
+                start, end, _ = spans[key]
+                text = text[:start] + wanted + text[end:]
+                spans = _smb_values(text)
+        _propose(changes, root, SMB_CONF, "samba", text.encode("utf-8"), record.file(SMB_CONF))
+    if record.summary.get("domain_member"):
+        notes.append("Domain membership cannot be restored faithfully (the machine account password "
+                     "rotates): re-join the domain after imaging (for example `net ads join` or `realm join`).")
+    return changes, notes
+
+
+def execute(root: Root, changes: List[Change]) -> None:
+    for change in changes:
+        if change.action == "remove":
+            root.remove(change.path)
+        elif change.action == "link":
+            root.symlink(change.path, change.link or "")
+        else:
+            root.write(change.path, change.data or b"", change.mode, change.uid, change.gid)
