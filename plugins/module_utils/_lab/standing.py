@@ -26,8 +26,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
-from .._disk.command import run
-from .._errors import ValidationError
+from .._errors import FleetcastError, ValidationError
 from . import loopdisk
 from .netlab import NetLab
 
@@ -35,6 +34,10 @@ MiB = 1024 * 1024
 SECTOR = 512
 STATE_FILE = "state.json"
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{1,7}$")
+
+
+class LabError(FleetcastError):
+    """The lab could not be built (a tool failed on one of its disks)."""
 
 
 @dataclass
@@ -87,6 +90,17 @@ class LabState:
     def to_result(self) -> dict:
         return {"prefix": self.prefix, "directory": self.directory, "image_dir": self.image_dir,
                 "hosts": {name: asdict(machine) for name, machine in self.machines.items()}}
+
+
+def run(argv: List[str], device: str) -> subprocess.CompletedProcess:
+    """Run one tool while building `device`; a failure is one sentence naming both."""
+    proc = subprocess.run([str(arg) for arg in argv], capture_output=True, text=True, check=False,
+                          env=dict(os.environ, LC_ALL="C", LANG="C"))
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        reason = detail[-1].rstrip(".") if detail else f"exit code {proc.returncode}"
+        raise LabError(f"{os.path.basename(argv[0])} failed on {device}: {reason}.")
+    return proc
 
 
 def check_prefix(prefix: str) -> None:
