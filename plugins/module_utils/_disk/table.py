@@ -1,0 +1,327 @@
+# -*- coding: utf-8 -*-
+# Copyright: fleetcast.imaging developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Partition tables: read a disk's layout and recreate it exactly on another disk.
+
+Private to the collection: not a public API. libparted (pyparted) lays out the partitions; the fields
+it cannot read or set (GUIDs, MBR type ids and disk identifier, partition numbers with gaps) are read
+and patched by `rawlabel`. The label type always comes from the layout: a GPT is never silently
+turned into an msdos table.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Dict, List, Optional
+
+import parted
+
+from .._errors import FleetcastError, ValidationError
+from . import rawlabel
+from .blockdev import device_size, reread_partitions, sector_size, zero_range
+from .command import run
+
+LABELS = ("gpt", "msdos", "none")
+GPT_ENTRIES_BYTES = 128 * 128
+MSDOS_MAX_SECTOR = 2 ** 32 - 1
+_FLAG_BY_NAME = {name: number for number, name in parted.partitionFlag.items()}
+
+
+@dataclass
+class PartitionLayout:
+    number: int
+    start: int  # sector
+    end: int  # sector, inclusive
+    type_guid: Optional[str] = None  # GPT partition type
+    mbr_type: Optional[int] = None  # MBR type id (0x83, 0x0c...)
+    part_uuid: Optional[str] = None  # GPT unique partition GUID
+    name: str = ""
+    flags: List[str] = field(default_factory=list)
+    fs: Optional[str] = None
+    fs_uuid: Optional[str] = None
+    fs_label: Optional[str] = None
+    kind: str = "primary"  # primary | extended | logical (msdos)
+    gpt_attributes: Optional[int] = None
+
+    @property
+    def sectors(self) -> int:
+        return self.end - self.start + 1
+
+
+@dataclass
+class DiskLayout:
+    size: int  # bytes
+    sector_size: int
+    label: str  # gpt | msdos | none
+    guid: Optional[str] = None  # GPT disk GUID, or MBR disk identifier as "0x…"
+    partitions: List[PartitionLayout] = field(default_factory=list)
+    first_usable: int = 0
+    last_usable: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DiskLayout":
+        known = {f.name for f in fields(PartitionLayout)}
+        parts = [PartitionLayout(**{k: v for k, v in part.items() if k in known})
+                 for part in data.get("partitions", [])]
+        top = {f.name for f in fields(cls)} - {"partitions"}
+        return cls(partitions=parts, **{k: v for k, v in data.items() if k in top})
+
+    def partition(self, number: int) -> Optional[PartitionLayout]:
+        return next((part for part in self.partitions if part.number == number), None)
+
+
+def usable_range(label: str, size: int, sector: int) -> tuple:
+    """(first, last) usable sector of a disk of `size` bytes carrying `label`."""
+    total = size // sector
+    if label == "gpt":
+        entries = -(-GPT_ENTRIES_BYTES // sector)
+        return 2 + entries, total - 2 - entries
+    if label == "msdos":
+        return 1, min(total - 1, MSDOS_MAX_SECTOR)
+    return 0, total - 1
+
+
+def probe_filesystem(path: str, offset: int, size: int) -> Dict[str, str]:
+    """What blkid finds at one byte range (TYPE, UUID, LABEL...), or {} when nothing is there."""
+    proc = run(["blkid", "-p", "-o", "export", "-O", offset, "-S", size, path], device=path,
+               ok_codes=(0, 2, 8))
+    if proc.returncode != 0:
+        return {}
+    found = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    found.pop("DEVNAME", None)
+    return found
+
+
+def _flags(part: "parted.Partition") -> List[str]:
+    return sorted(name for number, name in parted.partitionFlag.items()
+                  if part.isFlagAvailable(number) and part.getFlag(number))
+
+
+def _open_parted(path: str):
+    device = parted.getDevice(path)
+    try:
+        disk = parted.newDisk(device)
+    except (parted.DiskException, parted.IOException):
+        disk = None
+    return device, disk
+
+
+def read_layout(path: str) -> DiskLayout:
+    """The partition table of a disk or disk image, with the filesystem found in each partition."""
+    size, sector = device_size(path), sector_size(path)
+    if size < 2 * sector:
+        raise ValidationError(f"{path} is too small to hold a partition table ({size} bytes).")
+    device, disk = _open_parted(path)
+    try:
+        label = disk.type if disk is not None and disk.type in ("gpt", "msdos") else "none"
+        parts = []
+        if label != "none":
+            for part in disk.partitions:
+                kind = ("logical" if part.type & parted.PARTITION_LOGICAL
+                        else "extended" if part.type & parted.PARTITION_EXTENDED else "primary")
+                parts.append(PartitionLayout(
+                    number=part.number, start=part.geometry.start, end=part.geometry.end,
+                    name=(part.name or "") if label == "gpt" else "", flags=_flags(part), kind=kind))
+    finally:
+        device.removeFromCache()
+    first, last = usable_range(label, size, sector)
+    layout = DiskLayout(size=size, sector_size=sector, label=label, partitions=parts,
+                        first_usable=first, last_usable=last)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _read_raw_fields(fd, layout)
+    finally:
+        os.close(fd)
+    for part in parts:
+        if part.kind != "extended":
+            found = probe_filesystem(path, part.start * sector, part.sectors * sector)
+            part.fs, part.fs_uuid, part.fs_label = found.get("TYPE"), found.get("UUID"), found.get("LABEL")
+    parts.sort(key=lambda part: part.number)
+    return layout
+
+
+def _read_raw_fields(fd: int, layout: DiskLayout) -> None:
+    if layout.label == "gpt":
+        found = rawlabel.read_gpt(fd, layout.sector_size, layout.size)
+        if found:
+            header, entries = found
+            layout.guid, layout.first_usable, layout.last_usable = (header.disk_guid, header.first_usable,
+                                                                    header.last_usable)
+            by_slot = {entry.slot + 1: entry for entry in entries}
+            for part in layout.partitions:
+                entry = by_slot.get(part.number)
+                if entry:
+                    part.type_guid, part.part_uuid, part.gpt_attributes = (entry.type_guid, entry.part_guid,
+                                                                           entry.attributes)
+    elif layout.label == "msdos":
+        found = rawlabel.read_mbr(fd, layout.sector_size)
+        if found:
+            layout.guid = found[0]
+            by_number = {entry.number: entry for entry in found[1]}
+            for part in layout.partitions:
+                if part.number in by_number:
+                    part.mbr_type = by_number[part.number].type_id
+
+
+def plan_layout(path: str, layout: DiskLayout, grow_last: bool = False) -> DiskLayout:
+    """Check that `layout` fits the disk at `path` and return exactly what `write_layout` would write
+    there (grown last partition, the target's size and usable range). Raises ValidationError."""
+    if layout.label not in LABELS:
+        raise ValidationError(f"Cannot write a partition table of unknown type {layout.label!r} to {path}.")
+    size, sector = device_size(path), sector_size(path)
+    if sector != layout.sector_size:
+        raise ValidationError(f"{path} has {sector}-byte sectors but the layout was made for "
+                              f"{layout.sector_size}-byte sectors.")
+    first, last = usable_range(layout.label, size, sector)
+    parts = [replace(part, flags=list(part.flags)) for part in layout.partitions]
+    numbers = [part.number for part in parts]
+    if len(set(numbers)) != len(numbers):
+        raise ValidationError(f"The layout for {path} numbers two partitions alike.")
+    if layout.label == "msdos":
+        _check_msdos(path, parts)
+    if grow_last and parts:
+        _grow_last(path, parts, last)
+    for part in parts:
+        if part.start < first or part.end > last or part.end < part.start:
+            raise ValidationError(
+                f"{path} is too small for the layout: partition {part.number} spans sectors {part.start}-"
+                f"{part.end} but the usable sectors are {first}-{last}.")
+    outer = sorted((p for p in parts if p.kind != "logical"), key=lambda p: p.start)
+    for before, after in zip(outer, outer[1:]):
+        if after.start <= before.end:
+            raise ValidationError(f"Partitions {before.number} and {after.number} of the layout for {path} overlap.")
+    return replace(layout, size=size, partitions=parts, first_usable=first, last_usable=last)
+
+
+def _check_msdos(path: str, parts: List[PartitionLayout]) -> None:
+    extended = [part for part in parts if part.kind == "extended"]
+    logical = sorted((part for part in parts if part.kind == "logical"), key=lambda part: part.start)
+    if len(extended) > 1 or (logical and not extended):
+        raise ValidationError(f"The msdos layout for {path} needs exactly one extended partition around its "
+                              f"logical partitions.")
+    for part in parts:
+        if (part.kind == "logical") != (part.number >= 5) or part.number < 1:
+            raise ValidationError(f"Partition {part.number} of the msdos layout for {path} has a number "
+                                  f"its kind ({part.kind}) cannot have.")
+    if [part.number for part in logical] != list(range(5, 5 + len(logical))):
+        raise ValidationError(f"The logical partitions of the msdos layout for {path} are not numbered from 5 "
+                              f"in disk order.")
+    for part in logical:
+        if not extended[0].start < part.start <= part.end <= extended[0].end:
+            raise ValidationError(f"Logical partition {part.number} of the layout for {path} lies outside the "
+                                  f"extended partition.")
+
+
+def _grow_last(path: str, parts: List[PartitionLayout], last_usable: int) -> None:
+    """Let the partition that ends last end at the disk's last usable sector (with its extended)."""
+    tail = max(parts, key=lambda part: part.end)
+    grown = [tail] + [part for part in parts if part.kind == "extended" and tail.kind == "logical"]
+    if last_usable < tail.end:
+        raise ValidationError(f"{path} is too small for the layout: partition {tail.number} ends at sector "
+                              f"{tail.end} but the last usable sector is {last_usable}.")
+    for part in grown:
+        part.end = last_usable
+
+
+def clear_labels(fd: int, size: int, sector: int) -> None:
+    """Zero the MBR and both GPT copies (the first and last 34 sectors' worth for 512-byte sectors)."""
+    first, _ = usable_range("gpt", size, sector)
+    span = min(first * sector, size)
+    zero_range(fd, 0, span)
+    tail = max(size - (first - 1) * sector, span)
+    zero_range(fd, tail, size - tail)
+    os.fsync(fd)
+
+
+def write_layout(path: str, layout: DiskLayout, grow_last: bool = False) -> DiskLayout:
+    """Recreate `layout` on the disk at `path` (same label, numbers, sectors, types, names, flags and
+    GUIDs; with `grow_last` the last partition ends at the disk's last usable sector). Returns the
+    layout read back from the disk."""
+    from .safety import check_target  # safety uses discover only; imported here to keep table light
+
+    plan = plan_layout(path, layout, grow_last)
+    check_target(path)
+    if plan.label == "none":
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            clear_labels(fd, plan.size, plan.sector_size)
+        finally:
+            os.close(fd)
+        reread_partitions(path)
+        return read_layout(path)
+    created = _create_with_parted(path, plan)
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        _patch_raw_fields(fd, plan, created)
+    finally:
+        os.close(fd)
+    reread_partitions(path)
+    return read_layout(path)
+
+
+def _creation_order(plan: DiskLayout) -> List[PartitionLayout]:
+    return sorted(plan.partitions, key=lambda part: (part.kind == "logical", part.number))
+
+
+def _create_with_parted(path: str, plan: DiskLayout) -> Dict[int, int]:
+    """Lay out the partitions with libparted; return {number parted gave: number wanted}."""
+    device = parted.getDevice(path)
+    try:
+        disk = parted.freshDisk(device, plan.label)
+        created: Dict[int, int] = {}
+        for part in _creation_order(plan):
+            kind = {"primary": parted.PARTITION_NORMAL, "extended": parted.PARTITION_EXTENDED,
+                    "logical": parted.PARTITION_LOGICAL}.get(part.kind)
+            if kind is None:
+                raise ValidationError(f"Partition {part.number} of the layout for {path} has an unknown kind "
+                                      f"{part.kind!r}.")
+            geometry = parted.Geometry(device=device, start=part.start, end=part.end)
+            new = parted.Partition(disk=disk, type=kind, geometry=geometry)
+            try:
+                disk.addPartition(new, parted.Constraint(exactGeom=geometry))
+            except parted.PartitionException as err:
+                raise ValidationError(f"Cannot place partition {part.number} at sectors {part.start}-{part.end} "
+                                      f"on {path}: {err}.") from err
+            if plan.label == "gpt" and part.name:
+                new.set_name(part.name)
+            for flag in part.flags:
+                number = _FLAG_BY_NAME.get(flag)
+                if number is not None and new.isFlagAvailable(number):
+                    new.setFlag(number)
+            created[new.number] = part.number
+        try:
+            disk.commitToDevice()
+        except (parted.DiskException, parted.IOException) as err:
+            raise FleetcastError(f"Cannot write the partition table of {path}: {err}.") from err
+    finally:
+        device.removeFromCache()
+    return created
+
+
+def _patch_raw_fields(fd: int, plan: DiskLayout, created: Dict[int, int]) -> None:
+    by_number = {part.number: part for part in plan.partitions}
+    if plan.label == "gpt":
+        found = rawlabel.read_gpt(fd, plan.sector_size, plan.size)
+        if found is None:
+            raise FleetcastError(f"The GPT just written to {_name(fd)} cannot be read back.")
+        changes = {}
+        for entry in found[1]:
+            wanted = by_number[created[entry.slot + 1]]
+            changes[entry.slot] = rawlabel.gpt_entry(wanted.number - 1, entry, wanted.type_guid,
+                                                     wanted.part_uuid, wanted.gpt_attributes)
+        rawlabel.patch_gpt(fd, plan.sector_size, plan.size, plan.guid, changes)
+    else:
+        slots = {got: wanted for got, wanted in created.items() if got <= 4}
+        types = {part.number: part.mbr_type for part in plan.partitions if part.mbr_type}
+        rawlabel.patch_mbr(fd, plan.sector_size, plan.guid, slots, types)
+
+
+def _name(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "the disk"

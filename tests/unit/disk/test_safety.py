@@ -1,0 +1,81 @@
+# open_target: the only door to writing a disk. Real loop devices for mounts and O_EXCL, fake
+# sysfs trees for the boot medium and holders (a real loop device plays the named disk there).
+import os
+import subprocess
+
+import pytest
+
+from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import blockdev, safety
+from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import UnsafeTargetError, ValidationError
+
+from disk_helpers import sh
+
+MiB = 1 << 20
+
+
+def test_regular_file_is_allowed(tmp_path):
+    image = tmp_path / "disk.raw"
+    image.write_bytes(bytes(4096))
+    fd = safety.open_target(str(image))
+    try:
+        os.pwrite(fd, b"ok", 0)
+    finally:
+        os.close(fd)
+    assert image.read_bytes()[:2] == b"ok"
+
+
+def test_missing_and_odd_paths_are_refused(tmp_path):
+    with pytest.raises(ValidationError, match=f"^Target {tmp_path}/nope does not exist"):
+        safety.open_target(str(tmp_path / "nope"))
+    with pytest.raises(ValidationError, match="^Target /dev/null is neither a block device nor a regular file.$"):
+        safety.open_target("/dev/null")
+
+
+def test_boot_medium_is_refused_through_its_partitions(loop_disk, fake_host):
+    disk = loop_disk(4 * MiB)
+    name = os.path.basename(disk.device)
+    fake_host.disk(name, partitions=[(1, 2048, 4096)])
+    fake_host.mount(f"{name}p1", "/boot")
+    with pytest.raises(UnsafeTargetError, match=f"^{fake_host.dev}/{name} is the boot medium of this host "
+                                                f"\\(it holds /boot\\).$"):
+        safety.open_target(disk.device, **fake_host.views)
+
+
+def test_held_disk_is_refused(loop_disk, fake_host):
+    disk = loop_disk(4 * MiB)
+    name = os.path.basename(disk.device)
+    fake_host.disk(name)
+    fake_host.disk("dm-3", slaves=[name])
+    with pytest.raises(UnsafeTargetError, match="is held by dm-3 \\(RAID, LVM or device-mapper\\).$"):
+        safety.open_target(disk.device, **fake_host.views)
+
+
+def test_disk_with_mounted_partition_window_is_refused(loop_disk, tmp_path):
+    disk = loop_disk(32 * MiB)
+    sh("sgdisk", "-n1:2048:0", disk.device)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    with blockdev.partition_path(disk.device, 1) as window:
+        sh("mkfs.ext4", "-q", window)
+        sh("mount", window, mountpoint)
+        try:
+            with pytest.raises(UnsafeTargetError, match=f"^{disk.device} is in use: mounted at {mountpoint}.$"):
+                safety.open_target(disk.device)
+            with pytest.raises(UnsafeTargetError, match=f"^{window} is in use: mounted at {mountpoint}.$"):
+                safety.open_target(window)
+        finally:
+            subprocess.run(["umount", str(mountpoint)], check=True)
+    fd = safety.open_target(disk.device)  # unmounted and detached: writable again
+    os.close(fd)
+
+
+def test_exclusive_user_makes_the_open_fail(loop_disk):
+    disk = loop_disk(4 * MiB)
+    holder = os.open(disk.device, os.O_RDWR | os.O_EXCL)
+    try:
+        with pytest.raises(UnsafeTargetError, match=f"^Target {disk.device} is busy"):
+            safety.open_target(disk.device)
+    finally:
+        os.close(holder)
+    fd = safety.open_target(disk.device, write=False)
+    os.close(fd)
