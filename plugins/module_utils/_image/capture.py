@@ -1,0 +1,199 @@
+# -*- coding: utf-8 -*-
+# Copyright: fleetcast.imaging developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Capture: turn disks, partitions or raw disk-image files into a layout and a stream of chunks.
+Private to the collection: not a public API.
+
+The layout is known before the first chunk; the chunks are produced while the source is read
+(reader in the consumer's thread, compression in a bounded pool), so a live sender can send them
+as they come and memory stays at about (threads * 2 + 1) chunks whatever the disk size.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
+
+from .._errors import ValidationError
+from .format import ChunkRecord
+from .usedmap import used_map
+
+DEFAULT_CHUNK_SIZE = 4 << 20
+MAX_CHUNK_SIZE = 32 << 20
+LAYOUT_FORMAT = "fleetcast-image"
+BOOT_CODE_BYTES = 440   # the MBR's boot code; the disk identifier and table after it are rebuilt
+
+
+@dataclass
+class CaptureSource:
+    """One thing to image: `kind` "disk" (a whole disk or raw disk-image file, with its partition
+    table) or "partition" (one volume on its own, restored onto a partition or device)."""
+
+    path: str
+    kind: str = "disk"
+
+
+def _open_source(path: str) -> Tuple[int, int]:
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        raise ValidationError(f"Source {path} cannot be read: {err.strerror}.") from None
+    if not (stat.S_ISBLK(info.st_mode) or stat.S_ISREG(info.st_mode)):
+        raise ValidationError(f"Source {path} is neither a block device nor a regular file.")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise ValidationError(f"Source {path} cannot be opened: {err.strerror}.") from None
+    return fd, os.lseek(fd, 0, os.SEEK_END)
+
+
+Extents = List[Tuple[int, int]]
+
+
+def _region(name: str, offset: int, length: int, fd: int, extents: Extents, **extra: Any) -> Dict[str, Any]:
+    """A region of the disk; its used extents (absolute) are appended to `extents`."""
+    found = used_map(fd, length, base=offset)
+    extents.extend((offset + start, size) for start, size in found.extents)
+    region = {"name": name, "offset": offset, "length": length, "filesystem": found.filesystem,
+              "map": found.method, "used_bytes": found.used_bytes}
+    if found.note:
+        region["note"] = found.note
+    region.update(extra)
+    return region
+
+
+def _raw_region(name: str, offset: int, length: int, extents: Extents) -> Dict[str, Any]:
+    """A region stored whole (zero runs still become zero chunks): boot code, gaps."""
+    extents.append((offset, length))
+    return {"name": name, "offset": offset, "length": length, "filesystem": None, "map": "all",
+            "used_bytes": length}
+
+
+def _disk_regions(path: str, fd: int, size: int, extents: Extents) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+    """The partition table (from _disk) and the regions: boot code, the gap before the first
+    partition (where GRUB's core image lives), then every partition."""
+    from .._disk import table
+
+    layout = table.read_layout(path)
+    sector = layout.sector_size
+    regions: List[Dict[str, Any]] = []
+    if layout.label not in ("gpt", "msdos"):
+        return layout.to_dict(), [_region("whole disk", 0, size, fd, extents)]
+    regions.append(_raw_region("boot code", 0, BOOT_CODE_BYTES, extents))
+    starts = [part.start * sector for part in layout.partitions]
+    # GPT: the gap starts after the entry array (first usable LBA); MBR: right after sector 0.
+    gap_start = (layout.first_usable if layout.label == "gpt" else 1) * sector
+    gap_end = min(starts) if starts else gap_start
+    if gap_end > gap_start:
+        regions.append(_raw_region("gap before the first partition", gap_start, gap_end - gap_start, extents))
+    for part in layout.partitions:
+        if part.mbr_type in (0x05, 0x0F, 0x85):   # an extended container: its logical partitions follow
+            continue
+        start, end = part.start * sector, min((part.end + 1) * sector, size)
+        regions.append(_region(f"partition {part.number}", start, end - start, fd, extents, partition=part.number))
+    return layout.to_dict(), regions
+
+
+def describe(sources: Sequence[Union[str, CaptureSource]],
+             chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tuple[Dict[str, Any], List[Extents]]:
+    """The layout dict of an image of `sources` (disks, tables, regions) and, per disk, the
+    sorted used extents to read."""
+    if not sources:
+        raise ValidationError("Nothing to capture: give at least one disk, partition or image file.")
+    if not 4096 <= chunk_size <= MAX_CHUNK_SIZE or chunk_size % 4096:
+        raise ValidationError(f"Chunk size {chunk_size} is not a multiple of 4096 between 4 KiB and 32 MiB.")
+    disks, plan = [], []
+    for number, source in enumerate(sources):
+        source = source if isinstance(source, CaptureSource) else CaptureSource(str(source))
+        if source.kind not in ("disk", "partition"):
+            raise ValidationError(f"Source {source.path} has unknown kind {source.kind!r} (disk or partition).")
+        fd, size = _open_source(source.path)
+        extents: Extents = []
+        try:
+            entry: Dict[str, Any] = {"index": number, "source": source.path, "kind": source.kind, "size": size}
+            if source.kind == "disk":
+                entry["table"], entry["regions"] = _disk_regions(source.path, fd, size, extents)
+            else:
+                entry["table"], entry["regions"] = None, [_region("volume", 0, size, fd, extents)]
+        finally:
+            os.close(fd)
+        disks.append(entry)
+        plan.append(sorted(extents))
+    return {"format": LAYOUT_FORMAT, "chunk_size": chunk_size, "disks": disks}, plan
+
+
+def plan_pieces(plan: List[Extents], chunk_size: int) -> Iterator[Tuple[int, int, int]]:
+    """(disk, offset, length) of every chunk, in order: each used extent cut at multiples of the
+    chunk size, so that chunks of one disk line up whatever the extents."""
+    for disk, extents in enumerate(plan):
+        for offset, length in extents:
+            end = offset + length
+            while offset < end:
+                stop = min(end, (offset // chunk_size + 1) * chunk_size)
+                yield disk, offset, stop - offset
+                offset = stop
+
+
+def iter_chunks(layout: Dict[str, Any], plan: List[Extents], level: int = 3, threads: int = 0) -> Iterator[ChunkRecord]:
+    """Read every planned piece and yield its ChunkRecord, in index order. Reading happens in the
+    caller's thread; digests and compression in `threads` workers, at most 2 * threads ahead."""
+    threads = threads or os.cpu_count() or 1
+    fds: Dict[int, int] = {}
+    pending: deque = deque()
+    try:
+        for disk in layout["disks"]:
+            fds[disk["index"]], _size = _open_source(disk["source"])
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fleetcast-compress") as pool:
+            for index, (disk, offset, length) in enumerate(plan_pieces(plan, layout["chunk_size"])):
+                raw = os.pread(fds[disk], length, offset)
+                if len(raw) != length:
+                    raise ValidationError(f"Source {layout['disks'][disk]['source']} ended early: {length} bytes "
+                                          f"wanted at offset {offset}, {len(raw)} read.")
+                pending.append(pool.submit(ChunkRecord.from_raw, index, disk, offset, raw, level))
+                if len(pending) > 2 * threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        for fd in fds.values():
+            os.close(fd)
+
+
+def capture(sources: Sequence[Union[str, CaptureSource]], chunk_size: int = DEFAULT_CHUNK_SIZE, level: int = 3,
+            threads: int = 0) -> Tuple[Dict[str, Any], Iterator[ChunkRecord]]:
+    """The layout of `sources` at once, and an iterator that reads and compresses their chunks."""
+    if not 1 <= level <= 19:
+        raise ValidationError(f"Compression level {level} is outside 1..19.")
+    layout, plan = describe(sources, chunk_size)
+    return layout, iter_chunks(layout, plan, level, threads)
+
+
+def capture_to_file(sources: Sequence[Union[str, CaptureSource]], dest: str, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                    level: int = 3, threads: int = 0, mode: int = 0o600):
+    """Capture into an image file written beside `dest` and renamed into place when complete."""
+    from .format import ImageWriter
+
+    layout, records = capture(sources, chunk_size, level, threads)
+    partial = f"{dest}.partial"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), mode)
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as handle:
+            writer = ImageWriter(handle, layout)
+            for record in records:
+                writer.add(record)
+            manifest = writer.close()
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(partial, mode)
+        os.replace(partial, dest)
+    except BaseException:
+        if os.path.exists(partial):
+            os.unlink(partial)
+        raise
+    return manifest

@@ -1,0 +1,343 @@
+# -*- coding: utf-8 -*-
+# Copyright: fleetcast.imaging developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Restore: lay an image down onto target disks, or find that they already hold it.
+Private to the collection: not a public API.
+
+`RestoreSession` is the sink both for an image file (`restore_image`) and for the multicast
+receiver: validate (nothing touched), prepare (wipe, partition table), write chunks in any order
+from any number of threads, finish (grow, re-read the table, check the image id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional
+
+from .._errors import FleetcastError, ImageError, ValidationError
+from .capture import LAYOUT_FORMAT
+from .format import ChunkEntry, ChunkRecord, ImageReader, Manifest, image_id
+
+GROWABLE = ("ext2", "ext3", "ext4")
+
+
+@dataclass
+class TargetPlan:
+    """What restoring one image disk onto one target means."""
+
+    target: str
+    disk: int
+    kind: str
+    target_size: int
+    image_size: int
+    label: Optional[str] = None
+    partitions: List[Dict[str, Any]] = field(default_factory=list)
+    grow_partition: Optional[int] = None
+    grow_filesystem: Optional[str] = None
+    wipe: List[str] = field(default_factory=list)
+    state: str = "restore"      # restore | unchanged
+    reason: str = ""
+
+
+@dataclass
+class RestorePlan:
+    targets: List[TargetPlan]
+
+    @property
+    def changed(self) -> bool:
+        return any(target.state != "unchanged" for target in self.targets)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"changed": self.changed, "targets": [asdict(target) for target in self.targets]}
+
+
+@dataclass
+class RestoreResult:
+    image_id: str
+    changed: bool
+    chunks_written: int
+    data_bytes_written: int
+    zero_bytes_written: int
+    targets: List[Dict[str, Any]]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _table_key(table: Dict[str, Any], ignore_last_end: bool = False) -> Dict[str, Any]:
+    """What must match for a disk to count as holding the image's table (not sizes or probes)."""
+    parts = sorted(table.get("partitions") or [], key=lambda part: part["start"])
+    keep = ("number", "start", "end", "type_guid", "mbr_type", "part_uuid", "name", "flags", "kind")
+    rows = [{key: part.get(key) for key in keep} for part in parts]
+    if ignore_last_end and rows:
+        rows[-1]["end"] = None
+    return {"label": table.get("label"), "guid": (table.get("guid") or "").lower() or None,
+            "sector_size": table.get("sector_size"), "partitions": rows}
+
+
+def _run(argv: List[str], device: str, ok_codes=(0,)) -> None:
+    env = dict(os.environ, LC_ALL="C", LANG="C")
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode not in ok_codes:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise FleetcastError(f"{argv[0]} failed on {device}: {detail[-1] if detail else proc.returncode}.")
+
+
+class RestoreSession:
+    """Lay one image (its layout dict) onto `targets` (one per image disk, in order)."""
+
+    def __init__(self, layout: Dict[str, Any], targets: List[str], grow_last: bool = False,
+                 check_mode: bool = False):
+        self.layout = layout
+        self.targets = list(targets)
+        self.grow_last = grow_last
+        self.check_mode = check_mode
+        self.plan: Optional[RestorePlan] = None
+        self._fds: Dict[int, int] = {}
+        self._sizes: Dict[int, int] = {}
+        self._written: Dict[int, ChunkEntry] = {}
+        self._lock = threading.Lock()
+        self._data_bytes = 0
+        self._zero_bytes = 0
+        self._tables: Dict[int, Dict[str, Any]] = {}
+
+    # -- validation: reads only -------------------------------------------------------------
+    def validate(self) -> RestorePlan:
+        """Check the layout and every target; raise before anything is touched."""
+        from .._disk import blockdev, safety, table
+
+        if self.layout.get("format") != LAYOUT_FORMAT or not isinstance(self.layout.get("disks"), list):
+            raise ImageError("The image layout is not a fleetcast image layout.")
+        disks = self.layout["disks"]
+        if len(self.targets) != len(disks):
+            raise ValidationError(f"The image holds {len(disks)} disk(s) but {len(self.targets)} target(s) were "
+                                  f"given ({', '.join(self.targets) or 'none'}): give one target per image disk.")
+        if len(set(map(os.path.realpath, self.targets))) != len(self.targets):
+            raise ValidationError(f"The targets {', '.join(self.targets)} name one device twice.")
+        plans = []
+        for disk, target in zip(disks, self.targets):
+            safety.check_target(target)
+            size = blockdev.device_size(target)
+            plan = TargetPlan(target, disk["index"], disk["kind"], size, disk["size"])
+            if disk["kind"] == "disk" and disk.get("table") and disk["table"]["label"] != "none":
+                written = table.plan_layout(target, table.DiskLayout.from_dict(disk["table"]), self.grow_last)
+                plan.label = written.label
+                plan.partitions = [{"number": p.number, "start": p.start, "end": p.end, "name": p.name}
+                                   for p in written.partitions]
+                if self.grow_last and written.partitions:
+                    last = max(written.partitions, key=lambda part: part.end)
+                    source = next(p for p in disk["table"]["partitions"] if p["number"] == last.number)
+                    if last.end > source["end"]:
+                        plan.grow_partition = last.number
+                        fs = self._region_fs(disk, last.number)
+                        plan.grow_filesystem = fs if fs in GROWABLE else None
+                self._tables[disk["index"]] = written.to_dict()
+            if size < disk["size"]:
+                raise ValidationError(f"Target {target} is too small: {size} bytes, the image's disk "
+                                      f"{disk['index']} needs {disk['size']} bytes.")
+            plans.append(plan)
+        self.plan = RestorePlan(plans)
+        return self.plan
+
+    @staticmethod
+    def _region_fs(disk: Dict[str, Any], number: int) -> Optional[str]:
+        region = next((r for r in disk["regions"] if r.get("partition") == number), None)
+        return region.get("filesystem") if region else None
+
+    def already_holds(self, manifest: Manifest, threads: int = 0) -> bool:
+        """True when every target already holds the image: same partition table and every data and
+        zero range reads back with its digest. Reads only; marks each target plan unchanged or not."""
+        from .._disk import table
+
+        plan = self.plan or self.validate()
+        by_disk: Dict[int, List[ChunkEntry]] = {}
+        for entry in manifest.chunks:
+            by_disk.setdefault(entry.disk, []).append(entry)
+        for target_plan, disk in zip(plan.targets, self.layout["disks"]):
+            if disk["kind"] == "disk" and disk.get("table") and disk["table"]["label"] != "none":
+                try:
+                    present = table.read_layout(target_plan.target).to_dict()
+                except FleetcastError:
+                    present = {}
+                want = self._tables[disk["index"]]
+                if _table_key(present) != _table_key(want):
+                    target_plan.reason = "its partition table differs from the image's"
+                    continue
+            bad = _first_mismatch(target_plan.target, by_disk.get(disk["index"], []), threads)
+            if bad is not None:
+                target_plan.reason = f"chunk {bad.index} (offset {bad.offset}) differs from the image"
+                continue
+            target_plan.state = "unchanged"
+            target_plan.reason = "it already holds this image"
+        return not plan.changed
+
+    # -- writing -----------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Wipe every target, recreate its partition table, and open it for the chunks."""
+        from .._disk import safety, table, wipe
+
+        if self.check_mode:
+            raise ValidationError("A check-mode restore session cannot write.")
+        plan = self.plan or self.validate()
+        for target_plan, disk in zip(plan.targets, self.layout["disks"]):
+            target = target_plan.target
+            wipe.wipe(target)
+            if disk["index"] in self._tables:
+                written = table.write_layout(target, table.DiskLayout.from_dict(disk["table"]), self.grow_last)
+                self._tables[disk["index"]] = written.to_dict()
+            self._fds[disk["index"]] = safety.open_target(target)
+            self._sizes[disk["index"]] = target_plan.target_size
+
+    def write(self, record: ChunkRecord) -> bool:
+        """Verify one chunk and write it (data) or zero its range (zero); thread-safe. A chunk
+        already written is skipped (False)."""
+        from .._disk import blockdev
+
+        fd = self._fds.get(record.disk)
+        if fd is None:
+            raise ImageError(f"Chunk {record.index} names disk {record.disk}, which this restore has no target for.")
+        if record.offset < 0 or record.offset + record.length > self._sizes[record.disk]:
+            raise ImageError(f"Chunk {record.index} (disk {record.disk}, offset {record.offset}) lies beyond the "
+                             f"end of target {self.targets[record.disk]}.")
+        with self._lock:
+            if record.index in self._written:
+                return False
+        raw = record.decompress_verified()
+        target = self.targets[record.disk]
+        try:
+            if record.kind == "zero":
+                blockdev.zero_range(fd, record.offset, record.length)
+            else:
+                view, offset = memoryview(raw), record.offset
+                while view:
+                    done = os.pwrite(fd, view, offset)
+                    view, offset = view[done:], offset + done
+        except OSError as err:
+            raise FleetcastError(f"Writing chunk {record.index} at offset {record.offset} of {target} failed: "
+                                 f"{err.strerror}.") from None
+        with self._lock:
+            self._written[record.index] = record.entry()
+            if record.kind == "zero":
+                self._zero_bytes += record.length
+            else:
+                self._data_bytes += record.length
+        return True
+
+    def written_image_id(self) -> str:
+        """The image id of what this session verified and wrote (the receiver's digest)."""
+        with self._lock:
+            return image_id(self.layout, list(self._written.values()))
+
+    def finish(self, manifest: Manifest) -> RestoreResult:
+        """Check completeness and the image id, grow the last filesystem, re-read the tables."""
+        from .._disk import blockdev
+
+        missing = [entry.index for entry in manifest.chunks if entry.index not in self._written]
+        if missing:
+            raise ImageError(f"The restore is incomplete: {len(missing)} chunk(s) never arrived, first chunk "
+                             f"{missing[0]}.")
+        got = self.written_image_id()
+        if got != manifest.image_id:
+            raise ImageError(f"What was written has image id {got}, not the image's {manifest.image_id}.")
+        for fd in self._fds.values():
+            os.fsync(fd)
+        self._close()
+        plan = self.plan
+        for target_plan in plan.targets:
+            if target_plan.grow_filesystem:
+                self._grow(target_plan)
+            blockdev.reread_partitions(target_plan.target)
+        return RestoreResult(got, True, len(self._written), self._data_bytes, self._zero_bytes,
+                             [asdict(target) for target in plan.targets])
+
+    def _grow(self, target_plan: TargetPlan) -> None:
+        from .._disk import blockdev, table
+
+        layout = table.DiskLayout.from_dict(self._tables[target_plan.disk])
+        part = layout.partition(target_plan.grow_partition)
+        with blockdev.partition_path(target_plan.target, part) as node:
+            # resize2fs insists on a freshly checked filesystem; exit codes 1 and 2 mean "fixed".
+            _run(["e2fsck", "-f", "-p", node], node, ok_codes=(0, 1, 2))
+            _run(["resize2fs", node], node)
+
+    def _close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def abort(self) -> None:
+        self._close()
+
+
+def _first_mismatch(target: str, entries: List[ChunkEntry], threads: int = 0) -> Optional[ChunkEntry]:
+    """The first chunk whose range on `target` does not hash to its digest (None: all match)."""
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return entries[0] if entries else None
+
+    def check(entry: ChunkEntry) -> bool:
+        data = os.pread(fd, entry.length, entry.offset)
+        return len(data) == entry.length and hashlib.sha256(data).digest() == entry.digest
+
+    try:
+        return _first_false(check, entries, threads)
+    finally:
+        os.close(fd)
+
+
+def _first_false(check: Callable[[Any], bool], items: Iterable[Any], threads: int = 0) -> Optional[Any]:
+    """Run `check` over `items` in a bounded thread pool; the first item it rejects, or None."""
+    threads = threads or min(4, os.cpu_count() or 1)
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for item in items:
+            pending.append((item, pool.submit(check, item)))
+            if len(pending) > 2 * threads:
+                item_done, future = pending.popleft()
+                if not future.result():
+                    return item_done
+        for item_done, future in pending:
+            if not future.result():
+                return item_done
+    return None
+
+
+def restore_image(path: str, targets: List[str], grow_last: bool = False, check_mode: bool = False,
+                  threads: int = 0) -> Dict[str, Any]:
+    """Restore an image file: verify it whole, validate the targets, then (unless they already
+    hold it, or in check mode) wipe, partition, write and finish. Returns what the module reports."""
+    with ImageReader(path) as reader:
+        manifest = reader.manifest
+        reader.verify(threads)
+        session = RestoreSession(manifest.layout, targets, grow_last, check_mode)
+        plan = session.validate()
+        unchanged = session.already_holds(manifest, threads)
+        report: Dict[str, Any] = {"image_id": manifest.image_id, "chunk_count": manifest.chunk_count,
+                                  "plan": plan.to_dict()}
+        if unchanged or check_mode:
+            report.update(changed=not unchanged, chunks_written=0, data_bytes_written=0, zero_bytes_written=0)
+            return report
+        session.prepare()
+        try:
+            _write_all(session, reader, threads)
+            result = session.finish(manifest)
+        finally:
+            session.abort()
+        report.update(result.to_dict())
+        report["plan"] = plan.to_dict()
+        return report
+
+
+def _write_all(session: RestoreSession, reader: ImageReader, threads: int = 0) -> None:
+    """Feed every record to the session: reads in this thread, verify+write in a bounded pool."""
+    def write(index: int) -> bool:
+        session.write(reader.record(index))
+        return True
+    _first_false(write, range(reader.chunk_count), threads)

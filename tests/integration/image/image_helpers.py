@@ -1,0 +1,98 @@
+# Helpers: a master disk like a real workstation's (GPT: EFI vfat, BIOS boot, ext4 root with thousands of
+# files) and dirty targets to restore onto. All on loop devices the tests make.
+import hashlib
+import os
+import subprocess
+
+from ansible_collections.fleetcast.imaging.plugins.module_utils._lab.loopdisk import LoopDisk
+
+MiB = 1 << 20
+SECTOR = 512
+ENV = dict(os.environ, LC_ALL="C")
+# (number, first sector, last sector, type code, name)
+MASTER_PARTS = [
+    (1, 2048, 2048 + 32 * 2048 - 1, "ef00", "EFI system"),
+    (2, 67584, 67584 + 2048 - 1, "ef02", "BIOS boot"),
+    (3, 69632, 0, "8300", "root"),
+]
+MASTER_SIZE = 224 * MiB
+
+
+def run(*argv, check=True):
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, env=ENV, check=False)
+    if check and proc.returncode:
+        raise AssertionError(f"{argv} failed ({proc.returncode}): {proc.stderr or proc.stdout}")
+    return proc
+
+
+def part_range(number, disk_size=MASTER_SIZE):
+    """(offset, size) in bytes of a master partition; the last one ends before the backup GPT."""
+    _, first, last, _, _ = MASTER_PARTS[number - 1]
+    last = last or disk_size // SECTOR - 34
+    return first * SECTOR, (last - first + 1) * SECTOR
+
+
+def fat_path(disk, number=1):
+    """mtools' name for the FAT in partition `number`: the backing file at the partition's offset
+    (mtools cannot ask a loop device for its geometry)."""
+    run("blockdev", "--flushbufs", disk.device)
+    return f"{disk.path}@@{part_range(number)[0]}"
+
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(4 * MiB), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def make_master(disk, tree):
+    run("sgdisk", "-Z", disk.device)
+    args = []
+    for number, first, last, code, name in MASTER_PARTS:
+        args += [f"-n{number}:{first}:{last or 0}", f"-t{number}:{code}", f"-c{number}:{name}"]
+    run("sgdisk", *args, disk.device)
+    efi = disk.window(*part_range(1))
+    run("mkfs.vfat", "-I", "-n", "EFI", efi)
+    os.makedirs(tree / "efi" / "EFI" / "debian")
+    (tree / "efi" / "EFI" / "debian" / "grubx64.efi").write_bytes(os.urandom(700 * 1024))
+    (tree / "efi" / "EFI" / "debian" / "grub.cfg").write_text("search --fs-uuid\n")
+    run("blockdev", "--flushbufs", efi)
+    run("mcopy", "-s", "-i", fat_path(disk), tree / "efi" / "EFI", "::/")
+    with open(disk.device, "r+b") as handle:     # the BIOS boot partition holds GRUB's core image
+        handle.seek(part_range(2)[0])
+        handle.write(os.urandom(MiB))
+        handle.seek(0)
+        handle.write(os.urandom(440))            # boot code
+        handle.seek(40 * SECTOR)
+        handle.write(os.urandom(8 * SECTOR))     # something in the gap before the first partition
+    root = disk.window(*part_range(3))
+    run("mkfs.ext4", "-q", "-L", "root", root)
+    mnt = tree / "mnt"
+    mnt.mkdir()
+    run("mount", root, mnt)
+    try:
+        for i in range(3000):
+            sub = mnt / "usr" / f"d{i % 40}"
+            sub.mkdir(parents=True, exist_ok=True)
+            (sub / f"file{i}").write_bytes(os.urandom(i % 5000 + 1) if i % 3 else b"config %d\n" % i * (i % 50))
+        os.symlink("usr/d1/file1", mnt / "link")
+        run("dd", "if=/dev/zero", f"of={mnt}/zeros.bin", "bs=1M", "count=64", "conv=fsync")
+        # A deleted file leaves free blocks with old bytes: they must not be needed on the target.
+        run("dd", "if=/dev/urandom", f"of={mnt}/deleted.bin", "bs=1M", "count=8", "conv=fsync")
+        os.unlink(mnt / "deleted.bin")
+    finally:
+        run("umount", mnt)
+    run("blockdev", "--flushbufs", disk.device)
+
+
+def make_dirty(disk, stride=MiB):
+    """A used disk: random bytes (in every `stride`-th MiB), another table, a filesystem where ours will go."""
+    with open(disk.device, "r+b") as handle:
+        for offset in range(0, disk.size, stride):
+            handle.seek(offset)
+            handle.write(os.urandom(MiB))
+    run("sgdisk", "-Z", disk.device)
+    run("sgdisk", "-n1:2048:+50M", "-n2:0:+20M", "-n3:0:0", disk.device)
+    run("mkfs.ext2", "-q", "-F", disk.window(2048 * SECTOR + 50 * MiB, 20 * MiB))
