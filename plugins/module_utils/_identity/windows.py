@@ -103,6 +103,32 @@ def encode_lsa_string(text: str, header: int = 16) -> bytes:
     return struct.pack("<HHIQ", len(raw), len(raw) + 2, 0, 16) + raw + b"\0\0"
 
 
+def scrub_free_cells(path: str) -> None:
+    """Zero the free cells of a hive file.
+
+    hivex frees a replaced value's cell without clearing it, so the image's old names and
+    addresses would otherwise stay readable in the hive.
+    """
+    with open(path, "r+b") as handle:
+        data = bytearray(handle.read())
+        page = 4096
+        while page + 32 <= len(data) and data[page:page + 4] == b"hbin":
+            page_size = struct.unpack_from("<I", data, page + 8)[0]
+            if page_size < 32 or page + page_size > len(data):
+                break
+            cell = page + 32
+            while cell + 4 <= page + page_size:
+                size = struct.unpack_from("<i", data, cell)[0]
+                if size == 0:
+                    break
+                if size > 0:
+                    data[cell + 4:cell + size] = bytes(size - 4)
+                cell += abs(size)
+            page += page_size
+        handle.seek(0)
+        handle.write(data)
+
+
 class Hive:
     """A hive opened with hivex, with path lookups and error messages naming the file."""
 
@@ -160,6 +186,7 @@ class Hive:
         os.close(fd)
         try:
             self.handle.commit(tmp)
+            scrub_free_cells(tmp)
             os.chmod(tmp, os.stat(self.path).st_mode & 0o7777)
         except (RuntimeError, OSError) as err:
             os.unlink(tmp)

@@ -1,0 +1,85 @@
+import json
+import os
+import stat
+
+import pytest
+
+from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import IdentityError, ValidationError
+from ansible_collections.fleetcast.imaging.plugins.module_utils._identity import api, conflicts, store
+from ansible_collections.fleetcast.imaging.plugins.module_utils._identity.record import IdentityRecord
+
+from identity_trees import build_linux_root, fake_sysfs, host
+
+
+def _record(tmp_path, spec):
+    root = str(tmp_path / spec.name)
+    os.makedirs(root)
+    build_linux_root(root, spec, str(tmp_path))
+    return api.snapshot(spec.name, root=root, sysfs=fake_sysfs(str(tmp_path / (spec.name + "-sys")), spec))
+
+
+def test_conflict_check_names_hosts_and_items(tmp_path):
+    alpha, beta, gamma = host("alpha", 11), host("beta", 12), host("gamma", 13)
+    records = {spec.name: _record(tmp_path, spec).to_dict() for spec in (alpha, beta, gamma)}
+    assert conflicts.find_conflicts(records) == []
+    conflicts.check_conflicts(records)
+
+    # gamma was cloned from beta and never got its own identity back
+    clone = json.loads(json.dumps(records["beta"]))
+    clone["inventory_name"] = "gamma"
+    clone["hardware"] = records["gamma"]["hardware"]
+    records["gamma"] = clone
+    found = [c.to_dict() for c in conflicts.find_conflicts(records)]
+    assert {"item": "hostname", "value": "beta", "hosts": ["beta", "gamma"]} in found
+    assert {"item": "address", "value": "10.20.0.12", "hosts": ["beta", "gamma"]} in found
+    assert {"item": "machine-id", "value": beta.machine_id, "hosts": ["beta", "gamma"]} in found
+    assert {"item": "mac", "value": beta.mac, "hosts": ["beta", "gamma"]} in found
+    assert all("alpha" not in c["hosts"] for c in found)
+    with pytest.raises(ValidationError, match=r"hostname beta is shared by beta, gamma; .*machine-id "):
+        conflicts.check_conflicts(records)
+
+
+def test_conflict_check_rejects_a_non_record(tmp_path):
+    with pytest.raises(IdentityError, match="the identity record of web1 is not a fleetcast identity record"):
+        conflicts.find_conflicts({"web1": {"hostname": "x"}})
+
+
+def test_store_round_trip_with_vault_encrypted_secrets(tmp_path):
+    record = _record(tmp_path, host("delta", 14))
+    path = str(tmp_path / "store" / "delta.json")
+    store.save_record(path, record, vault_password="correct horse")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    text = open(path).read()
+    assert "OPENSSH PRIVATE KEY" not in text and "$ANSIBLE_VAULT;" in text
+    assert json.loads(text)["secrets"]["/etc/ssh/ssh_host_ed25519_key"].startswith("$ANSIBLE_VAULT;1.1;AES256")
+    loaded = store.load_record(path, vault_password="correct horse")
+    assert loaded.to_dict() == record.to_dict()
+    with pytest.raises(IdentityError, match="has vault-encrypted secrets; give the vault password"):
+        store.load_record(path)
+    with pytest.raises(IdentityError, match="Cannot decrypt secret /etc/"):
+        store.load_record(path, vault_password="wrong")
+
+
+def test_store_plain_and_public_copy(tmp_path):
+    record = _record(tmp_path, host("eps", 15))
+    path = str(tmp_path / "eps.json")
+    store.save_record(path, record)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert store.load_record(path).to_dict() == record.to_dict()
+    public = str(tmp_path / "persist" / "identity.json")
+    store.save_public_copy(public, record)
+    text = open(public).read()
+    assert "PRIVATE KEY" not in text and "s3cret" not in text and '"hostname": "eps"' in text
+    assert IdentityRecord.from_dict(json.loads(text)).summary == record.summary
+
+
+def test_store_errors_are_clear(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(IdentityError, match=f"The identity record {bad} is not valid JSON"):
+        store.load_record(str(bad))
+    bad.write_text(json.dumps({"format": "fleetcast.identity", "version": 99}))
+    with pytest.raises(IdentityError, match="has identity record version 99"):
+        store.load_record(str(bad))
+    with pytest.raises(IdentityError, match="Cannot read the identity record .*missing.json"):
+        store.load_record(str(tmp_path / "missing.json"))
