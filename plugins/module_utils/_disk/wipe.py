@@ -1,0 +1,142 @@
+# -*- coding: utf-8 -*-
+# Copyright: fleetcast.imaging developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Wiping a disk: every partition and every filesystem, RAID, LVM and table signature.
+
+Private to the collection: not a public API. `plan_wipe` lists exactly what `wipe` removes and
+writes nothing, which is what check and diff mode show. Signatures inside partitions are found by
+probing each partition on its own (its node, or a loop device over its byte range), so that md
+superblocks at the end of a partition are found too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional
+
+from . import rawlabel
+from .blockdev import partition_path, reread_partitions, zero_range
+from .command import run
+from .safety import check_target, open_target
+from .table import PartitionLayout, read_layout, usable_range
+
+
+@dataclass
+class Signature:
+    where: str  # "disk" or "partition N"
+    offset: int  # bytes from the start of the disk
+    type: str
+    length: int = 0  # bytes of magic that wipe zeroes
+    uuid: Optional[str] = None
+    label: Optional[str] = None
+
+
+@dataclass
+class Region:
+    offset: int  # bytes from the start of the disk
+    length: int
+    what: str
+
+
+@dataclass
+class WipePlan:
+    path: str
+    label: str  # the partition table found: gpt | msdos | none
+    partitions: List[dict] = field(default_factory=list)  # number, start, end (sectors), fs
+    signatures: List[Signature] = field(default_factory=list)
+    regions: List[Region] = field(default_factory=list)  # partition table areas zeroed as a whole
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to remove: the disk is already blank."""
+        return not (self.partitions or self.signatures)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> List[str]:
+        """One line per thing that goes, for diff output."""
+        lines = [f"partition table: {self.label}"] if self.label != "none" else []
+        lines += [f"partition {p['number']}: sectors {p['start']}-{p['end']}"
+                  + (f" ({p['fs']})" if p.get("fs") else "") for p in self.partitions]
+        lines += [f"signature {s.type} on {s.where} at byte {s.offset}"
+                  + (f" (UUID {s.uuid})" if s.uuid else "") + (f" (label {s.label})" if s.label else "")
+                  for s in self.signatures]
+        return lines
+
+
+def _signatures(device: str, where: str, base: int, about: str) -> List[Signature]:
+    """What `wipefs` finds on one device (the disk, or one partition of it at byte `base`)."""
+    out = run(["wipefs", "--no-act", "--json", "--output", "OFFSET,TYPE,LENGTH,UUID,LABEL", device],
+              device=about).stdout.strip()
+    if not out:
+        return []
+    return [Signature(where=where, offset=base + int(sig["offset"], 16), type=sig.get("type") or "unknown",
+                      length=int(sig.get("length") or 0), uuid=sig.get("uuid"), label=sig.get("label"))
+            for sig in json.loads(out).get("signatures", [])]
+
+
+def _table_regions(path: str, label: str, size: int, sector: int) -> List[Region]:
+    """The sectors holding the partition table itself: zeroed whole, not just their magic."""
+    if label == "gpt":
+        first, _ = usable_range("gpt", size, sector)
+        return [Region(0, first * sector, "protective MBR and primary GPT"),
+                Region(size - (first - 1) * sector, (first - 1) * sector, "backup GPT")]
+    if label == "msdos":
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            found = rawlabel.read_mbr(fd, sector)
+        finally:
+            os.close(fd)
+        ebrs = found[2] if found else []
+        return [Region(0, sector, "MBR")] + [Region(ebr * sector, sector, "extended boot record") for ebr in ebrs]
+    return []
+
+
+def plan_wipe(path: str) -> WipePlan:
+    """Everything `wipe(path)` would remove; writes nothing."""
+    layout = read_layout(path)
+    plan = WipePlan(path=path, label=layout.label)
+    plan.regions = _table_regions(path, layout.label, layout.size, layout.sector_size)
+    plan.signatures = _signatures(path, "disk", 0, path)
+    for part in layout.partitions:
+        plan.partitions.append({"number": part.number, "start": part.start, "end": part.end, "fs": part.fs})
+        if part.kind == "extended":
+            continue
+        with partition_path(path, part, read_only=True) as node:
+            plan.signatures += _signatures(node, f"partition {part.number}", part.start * layout.sector_size,
+                                           f"partition {part.number} of {path}")
+    return plan
+
+
+def _wipe_partition(path: str, part: PartitionLayout) -> None:
+    with partition_path(path, part) as node:
+        run(["wipefs", "--all", node], device=f"partition {part.number} of {path}")
+
+
+def wipe(path: str) -> WipePlan:
+    """Remove every partition and signature from the disk at `path`; return what was removed.
+
+    The target is checked (boot medium, mounted, held) before the first byte is written.
+    """
+    check_target(path)
+    plan = plan_wipe(path)
+    if plan.empty:
+        return plan
+    layout_parts = {part.number: part for part in read_layout(path).partitions}
+    for entry in plan.partitions:
+        part = layout_parts[entry["number"]]
+        if part.kind != "extended":
+            _wipe_partition(path, part)
+    run(["wipefs", "--all", path], device=path)
+    fd = open_target(path)
+    try:
+        for region in plan.regions:
+            zero_range(fd, region.offset, region.length)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    reread_partitions(path)
+    return plan
