@@ -96,75 +96,88 @@ def probe_filesystem(path: str, offset: int, size: int) -> Dict[str, str]:
     return found
 
 
-def _flags(part: "parted.Partition") -> List[str]:
-    return sorted(name for number, name in parted.partitionFlag.items()
-                  if part.isFlagAvailable(number) and part.getFlag(number))
+# Flags as libparted names them, derived from the type (GPT type GUID, MBR type id) and attribute
+# bits, so that reading never needs libparted (which opens devices read-write).
+_GPT_TYPE_FLAGS = {
+    "c12a7328-f81f-11d2-ba4b-00a0c93ec93b": ["boot", "esp"],
+    "21686148-6449-6e6f-744e-656564454649": ["bios_grub"],
+    "e3c9e316-0b5c-4db8-817d-f92df00215ae": ["msftres"],
+    "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7": ["msftdata"],
+    "de94bba4-06d1-4d40-a16a-bfd50179d6ac": ["diag"],
+    "e6d6d379-f507-44c2-a23c-238f2a3df928": ["lvm"],
+    "a19d880f-05fc-4d3b-a006-743f0f84911e": ["raid"],
+    "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f": ["swap"],
+    "933ac7e1-2eb4-4f13-b844-0e14e2aef915": ["linux-home"],
+    "9e1a2d38-c612-4316-aa26-8b49521e5a8b": ["prep"],
+    "bc13c2ff-59e6-4262-a352-b275fd6f7172": ["bls_boot"],
+}
+_GPT_ATTRIBUTE_FLAGS = {2: "legacy_boot"}
+_MBR_TYPE_FLAGS = {0x0C: ["lba"], 0x0E: ["lba"], 0x0F: ["lba"], 0x82: ["swap"], 0xEF: ["esp"], 0x8E: ["lvm"],
+                   0xFD: ["raid"], 0x41: ["prep"], 0x12: ["diag"], 0x27: ["diag"]}
+_MBR_HIDDEN = (0x11, 0x14, 0x16, 0x17, 0x1B, 0x1C, 0x1E)
 
 
-def _open_parted(path: str):
-    device = parted.getDevice(path)
-    try:
-        disk = parted.newDisk(device)
-    except (parted.DiskException, parted.IOException):
-        disk = None
-    return device, disk
+def _gpt_flags(entry: rawlabel.GptEntry) -> List[str]:
+    flags = list(_GPT_TYPE_FLAGS.get(entry.type_guid, []))
+    flags += [name for bit, name in _GPT_ATTRIBUTE_FLAGS.items() if entry.attributes >> bit & 1]
+    return sorted(flags)
+
+
+def _mbr_flags(entry: rawlabel.MbrEntry) -> List[str]:
+    flags = list(_MBR_TYPE_FLAGS.get(entry.type_id, []))
+    flags += (["boot"] if entry.bootable else []) + (["hidden"] if entry.type_id in _MBR_HIDDEN else [])
+    return sorted(flags)
 
 
 def read_layout(path: str) -> DiskLayout:
-    """The partition table of a disk or disk image, with the filesystem found in each partition."""
+    """The partition table of a disk or disk image, with the filesystem found in each partition.
+
+    Reads only (GPT and MBR are parsed directly; blkid probes each partition's byte range).
+    """
     size, sector = device_size(path), sector_size(path)
     if size < 2 * sector:
         raise ValidationError(f"{path} is too small to hold a partition table ({size} bytes).")
-    device, disk = _open_parted(path)
-    try:
-        label = disk.type if disk is not None and disk.type in ("gpt", "msdos") else "none"
-        parts = []
-        if label != "none":
-            for part in disk.partitions:
-                kind = ("logical" if part.type & parted.PARTITION_LOGICAL
-                        else "extended" if part.type & parted.PARTITION_EXTENDED else "primary")
-                parts.append(PartitionLayout(
-                    number=part.number, start=part.geometry.start, end=part.geometry.end,
-                    name=(part.name or "") if label == "gpt" else "", flags=_flags(part), kind=kind))
-    finally:
-        device.removeFromCache()
-    first, last = usable_range(label, size, sector)
-    layout = DiskLayout(size=size, sector_size=sector, label=label, partitions=parts,
-                        first_usable=first, last_usable=last)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _read_raw_fields(fd, layout)
+        layout = _read_table(fd, size, sector)
     finally:
         os.close(fd)
-    for part in parts:
+    for part in layout.partitions:
         if part.kind != "extended":
             found = probe_filesystem(path, part.start * sector, part.sectors * sector)
             part.fs, part.fs_uuid, part.fs_label = found.get("TYPE"), found.get("UUID"), found.get("LABEL")
-    parts.sort(key=lambda part: part.number)
     return layout
 
 
-def _read_raw_fields(fd: int, layout: DiskLayout) -> None:
-    if layout.label == "gpt":
-        found = rawlabel.read_gpt(fd, layout.sector_size, layout.size)
-        if found:
-            header, entries = found
-            layout.guid, layout.first_usable, layout.last_usable = (header.disk_guid, header.first_usable,
-                                                                    header.last_usable)
-            by_slot = {entry.slot + 1: entry for entry in entries}
-            for part in layout.partitions:
-                entry = by_slot.get(part.number)
-                if entry:
-                    part.type_guid, part.part_uuid, part.gpt_attributes = (entry.type_guid, entry.part_guid,
-                                                                           entry.attributes)
-    elif layout.label == "msdos":
-        found = rawlabel.read_mbr(fd, layout.sector_size)
-        if found:
-            layout.guid = found[0]
-            by_number = {entry.number: entry for entry in found[1]}
-            for part in layout.partitions:
-                if part.number in by_number:
-                    part.mbr_type = by_number[part.number].type_id
+def _read_table(fd: int, size: int, sector: int) -> DiskLayout:
+    mbr = rawlabel.read_mbr(fd, sector)
+    protective = mbr is not None and any(entry.type_id == 0xEE for entry in mbr[1] if entry.number <= 4)
+    gpt = rawlabel.read_gpt(fd, sector, size) if mbr is None or protective else None
+    if gpt is not None:
+        header, entries = gpt
+        parts = [PartitionLayout(number=entry.slot + 1, start=entry.first, end=entry.last,
+                                 type_guid=entry.type_guid, part_uuid=entry.part_guid, name=entry.name,
+                                 flags=_gpt_flags(entry), gpt_attributes=entry.attributes)
+                 for entry in entries]
+        return DiskLayout(size=size, sector_size=sector, label="gpt", guid=header.disk_guid, partitions=parts,
+                          first_usable=header.first_usable, last_usable=header.last_usable)
+    if mbr is not None and not protective and _plausible_mbr(mbr[1], size // sector):
+        first, last = usable_range("msdos", size, sector)
+        parts = [PartitionLayout(number=entry.number, start=entry.start, end=entry.start + entry.sectors - 1,
+                                 mbr_type=entry.type_id, flags=_mbr_flags(entry),
+                                 kind=("logical" if entry.ebr is not None else
+                                       "extended" if entry.type_id in rawlabel.EXTENDED_TYPES else "primary"))
+                 for entry in mbr[1]]
+        return DiskLayout(size=size, sector_size=sector, label="msdos", guid=mbr[0], partitions=parts,
+                          first_usable=first, last_usable=last)
+    first, last = usable_range("none", size, sector)
+    return DiskLayout(size=size, sector_size=sector, label="none", first_usable=first, last_usable=last)
+
+
+def _plausible_mbr(entries: List[rawlabel.MbrEntry], total_sectors: int) -> bool:
+    """A FAT or NTFS boot sector also ends in 55 AA: only a table whose entries fit is one."""
+    return all(entry.sectors > 0 and entry.start > 0 and entry.start + entry.sectors <= total_sectors
+               for entry in entries)
 
 
 def plan_layout(path: str, layout: DiskLayout, grow_last: bool = False) -> DiskLayout:

@@ -124,3 +124,11 @@ def test_label_none_clears_tables_and_reads_back_as_none(loop_disk):
         assert handle.read(34 * 512) == bytes(34 * 512)
         handle.seek(-33 * 512, 2)
         assert handle.read() == bytes(33 * 512)
+
+
+def test_filesystem_on_the_whole_disk_is_no_partition_table(loop_disk):
+    """A FAT boot sector ends in 55 AA like an MBR; its "entries" do not fit, so it is label none."""
+    disk = loop_disk(16 * MiB)
+    sh("mkfs.vfat", "-I", disk.device)
+    layout = table.read_layout(disk.device)
+    assert (layout.label, layout.partitions) == ("none", [])
