@@ -142,6 +142,9 @@ def read_layout(path: str) -> DiskLayout:
         layout = _read_table(fd, size, sector)
     finally:
         os.close(fd)
+    if layout.label == "msdos" and not layout.partitions and probe_filesystem(path, 0, size).get("TYPE"):
+        # A FAT or NTFS boot sector on the whole disk, not an empty partition table.
+        layout = replace(layout, label="none", guid=None, first_usable=0)
     for part in layout.partitions:
         if part.kind != "extended":
             found = probe_filesystem(path, part.start * sector, part.sectors * sector)
