@@ -16,6 +16,7 @@ import ipaddress
 import os
 import struct
 import tempfile
+import traceback
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -29,11 +30,22 @@ NET_CLASS = "{4d36e972-e325-11ce-bfc1-08002be10318}"
 CONFIG_DIR = ("Windows", "System32", "config")
 
 
+try:
+    import hivex  # Debian's python3-hivex, not the unrelated PyPI project of that name
+except ImportError:
+    hivex = None
+    HIVEX_IMPORT_ERROR: Optional[str] = traceback.format_exc()
+else:
+    HIVEX_IMPORT_ERROR = None
+
+
+class HivexMissingError(IdentityError):
+    """A Windows root was found, but this host cannot read registry hives."""
+
+
 def _hivex():
-    try:
-        import hivex  # Debian's python3-hivex, not the unrelated PyPI project of that name
-    except ImportError:
-        raise IdentityError("Reading Windows registry hives needs Debian's python3-hivex on this host.") from None
+    if hivex is None:
+        raise HivexMissingError("Reading Windows registry hives needs Debian's python3-hivex on this host.")
     return hivex
 
 

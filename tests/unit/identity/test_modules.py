@@ -1,0 +1,113 @@
+"""The modules run for real through ansible-playbook against local roots."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from identity_trees import build_linux_root, host, snapshot_tree
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+BIN = os.path.dirname(sys.executable)
+MODULES = ("identity_snapshot", "identity_apply", "identity_conflicts")
+
+PLAYBOOK = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Snapshot host A
+      fleetcast.imaging.identity_snapshot:
+        inventory_name: hosta
+        root: "{{ a_root }}"
+        public_copy: "{{ out }}/persist/identity.json"
+      register: snap
+      no_log: true
+
+    - name: Apply in check mode with diff
+      fleetcast.imaging.identity_apply:
+        record: "{{ snap.record }}"
+        secrets: "{{ snap.secrets }}"
+        root: "{{ m_root }}"
+      check_mode: true
+      diff: true
+      register: check
+
+    - name: Apply
+      fleetcast.imaging.identity_apply:
+        record: "{{ snap.record }}"
+        secrets: "{{ snap.secrets }}"
+        root: "{{ m_root }}"
+      register: first
+
+    - name: Apply again
+      fleetcast.imaging.identity_apply:
+        record: "{{ snap.record }}"
+        secrets: "{{ snap.secrets }}"
+        root: "{{ m_root }}"
+      register: again
+
+    - name: Two hosts with one identity
+      fleetcast.imaging.identity_conflicts:
+        records:
+          hosta: "{{ snap.record }}"
+          clone: "{{ snap.record }}"
+      register: conflict
+      ignore_errors: true
+
+    - name: A Linux record is no Windows answer file
+      fleetcast.imaging.identity_apply:
+        record: "{{ snap.record }}"
+        secrets: "{{ snap.secrets }}"
+        root: "{{ m_root }}"
+        unattend: "{{ out }}/unattend.xml"
+      register: wrong
+      ignore_errors: true
+
+    - name: Keep the results for the test
+      ansible.builtin.copy:
+        content: "{{ {'snap_summary': snap.summary, 'check': check, 'first': first, 'again': again,
+                      'conflict': conflict, 'wrong': wrong} | to_json }}"
+        dest: "{{ out }}/results.json"
+        mode: "0600"
+"""
+
+
+def _env():
+    return dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
+                ANSIBLE_CONFIG=os.path.join(ROOT, "tests", "ansible.cfg"), LC_ALL="C.UTF-8")
+
+
+def test_modules_snapshot_apply_conflicts_through_ansible(tmp_path):
+    a_root, m_root = tmp_path / "a", tmp_path / "m"
+    a_root.mkdir()
+    m_root.mkdir()
+    build_linux_root(str(a_root), host("hosta", 7), str(tmp_path))
+    build_linux_root(str(m_root), host("master", 9), str(tmp_path), extra_key=True)
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(PLAYBOOK)
+    proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local",
+                           "-e", f"a_root={a_root} m_root={m_root} out={tmp_path}", str(playbook)],
+                          capture_output=True, text=True, env=_env(), check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "PRIVATE KEY" not in proc.stdout and "s3cret" not in proc.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["snap_summary"]["hostname"] == "hosta"
+    assert results["check"]["changed"] and any(d["after_header"] == "/etc/hostname" for d in results["check"]["diff"])
+    assert results["first"]["changed"] and results["again"]["changed"] is False
+    assert snapshot_tree(str(m_root)) == snapshot_tree(str(a_root))
+    assert "hostname hosta is shared by clone, hosta" in results["conflict"]["msg"]
+    assert {"item": "machine-id", "value": "07" * 16, "hosts": ["clone", "hosta"]} in results["conflict"]["conflicts"]
+    assert results["wrong"]["msg"] == "unattend applies to Windows records only; the record of hosta is for linux."
+    public = json.loads((tmp_path / "persist" / "identity.json").read_text())
+    assert public["secrets"] == {} and public["summary"]["hostname"] == "hosta"
+    assert os.stat(tmp_path / "persist" / "identity.json").st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ansible_doc_renders(module):
+    proc = subprocess.run([os.path.join(BIN, "ansible-doc"), "--json", f"fleetcast.imaging.{module}"],
+                          capture_output=True, text=True, env=_env(), check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)[f"fleetcast.imaging.{module}"]
+    assert doc["doc"]["options"] and doc["examples"].strip() and doc["return"]
