@@ -195,6 +195,8 @@ def _identity_tree(tree: str, machine: LabMachine, subnet: str, hostname: str) -
         os.chmod(target, mode)
 
     short = hostname.split(".")[0]
+    put("/etc/os-release", 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\n'
+        'VERSION_ID="12"\nID=debian\n')
     put("/etc/hostname", hostname + "\n")
     put("/etc/machine-id", machine.machine_id + "\n", 0o444)
     put("/etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {hostname} {short}\n")
