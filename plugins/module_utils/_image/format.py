@@ -23,12 +23,19 @@ import json
 import os
 import struct
 import threading
+import traceback
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Union
 
-import zstandard
+try:
+    import zstandard
+except ImportError:
+    zstandard = None
+    ZSTD_IMPORT_ERROR: Optional[str] = traceback.format_exc()
+else:
+    ZSTD_IMPORT_ERROR = None
 
 from .._errors import ChunkCorruptError, ImageError
 

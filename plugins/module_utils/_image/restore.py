@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +37,7 @@ class TargetPlan:
     image_size: int
     label: Optional[str] = None
     partitions: List[Dict[str, Any]] = field(default_factory=list)
+    current: Optional[Dict[str, Any]] = None
     grow_partition: Optional[int] = None
     grow_filesystem: Optional[str] = None
     wipe: List[str] = field(default_factory=list)
@@ -81,12 +81,19 @@ def _table_key(table: Dict[str, Any], ignore_last_end: bool = False) -> Dict[str
             "sector_size": table.get("sector_size"), "partitions": rows}
 
 
-def _run(argv: List[str], device: str, ok_codes=(0,)) -> None:
-    env = dict(os.environ, LC_ALL="C", LANG="C")
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-    if proc.returncode not in ok_codes:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise FleetcastError(f"{argv[0]} failed on {device}: {detail[-1] if detail else proc.returncode}.")
+def _summary(layout: Any) -> Dict[str, Any]:
+    return {"label": layout.label, "partitions": [{"number": p.number, "start": p.start, "end": p.end,
+                                                   "name": p.name, "fs": p.fs} for p in layout.partitions]}
+
+
+def _current(target: str) -> Optional[Dict[str, Any]]:
+    """What the target holds now (for the plan and diff); None when it has no readable table."""
+    from .._disk import table
+
+    try:
+        return _summary(table.read_layout(target))
+    except FleetcastError:
+        return None
 
 
 class RestoreSession:
@@ -124,12 +131,11 @@ class RestoreSession:
         for disk, target in zip(disks, self.targets):
             safety.check_target(target)
             size = blockdev.device_size(target)
-            plan = TargetPlan(target, disk["index"], disk["kind"], size, disk["size"])
+            plan = TargetPlan(target, disk["index"], disk["kind"], size, disk["size"], current=_current(target))
             if disk["kind"] == "disk" and disk.get("table") and disk["table"]["label"] != "none":
                 written = table.plan_layout(target, table.DiskLayout.from_dict(disk["table"]), self.grow_last)
                 plan.label = written.label
-                plan.partitions = [{"number": p.number, "start": p.start, "end": p.end, "name": p.name}
-                                   for p in written.partitions]
+                plan.partitions = _summary(written)["partitions"]
                 if self.grow_last and written.partitions:
                     last = max(written.partitions, key=lambda part: part.end)
                     source = next(p for p in disk["table"]["partitions"] if p["number"] == last.number)
@@ -258,13 +264,14 @@ class RestoreSession:
 
     def _grow(self, target_plan: TargetPlan) -> None:
         from .._disk import blockdev, table
+        from .._disk.command import run
 
         layout = table.DiskLayout.from_dict(self._tables[target_plan.disk])
         part = layout.partition(target_plan.grow_partition)
         with blockdev.partition_path(target_plan.target, part) as node:
             # resize2fs insists on a freshly checked filesystem; exit codes 1 and 2 mean "fixed".
-            _run(["e2fsck", "-f", "-p", node], node, ok_codes=(0, 1, 2))
-            _run(["resize2fs", node], node)
+            run(["e2fsck", "-f", "-p", node], node, ok_codes=(0, 1, 2))
+            run(["resize2fs", node], node)
 
     def _close(self) -> None:
         for fd in self._fds.values():

@@ -12,10 +12,17 @@ from __future__ import annotations
 
 import os
 import struct
+import traceback
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
-import numpy
+try:
+    import numpy
+except ImportError:
+    numpy = None
+    NUMPY_IMPORT_ERROR: Optional[str] = traceback.format_exc()
+else:
+    NUMPY_IMPORT_ERROR = None
 
 Extent = Tuple[int, int]
 # Free gaps shorter than this are stored anyway: fewer, larger chunks cost less than the gap.

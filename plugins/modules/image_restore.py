@@ -1,0 +1,182 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: fleetcast.imaging developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: image_restore
+short_description: Lay a fleetcast image file down onto target disks
+version_added: 0.1.0
+description:
+  - Restores an image made by M(fleetcast.imaging.image_capture) onto one target per image disk
+    (or per captured partition), in the order of the image's disks.
+  - Validates everything before the first byte is written. Every chunk of the image is checked
+    against its SHA-256 digest; every target must exist, be large enough, and be neither
+    mounted, held, nor the boot medium; there must be exactly one target per image disk.
+  - Then wipes each target (every signature and partition table), recreates the partition table
+    (same label, numbers, sectors, types, names, flags and GUIDs), writes every data chunk, zeroes
+    every range the image recorded as zeros, and tells the kernel to re-read the table. Ranges the
+    filesystems mark as free are not written and may keep old bytes.
+  - Idempotent. A target already holding the image (same partition table, every data and zero
+    range reading back with its digest; checked read-only) is reported unchanged and not written.
+  - In check mode the same validation and comparison run and the plan is reported; nothing is written.
+author: fleetcast.imaging developers (@fleetcast)
+options:
+  image:
+    description: Path of the image file on the target host.
+    type: path
+    required: true
+  targets:
+    description:
+      - The devices to restore onto, one per disk of the image, in the image's order (see
+        M(fleetcast.imaging.image_info)). Whole disks for a disk image, partitions or any block
+        device for an image of partitions. Regular files (raw disk images) work too.
+      - Everything on them is destroyed unless they already hold this image.
+    type: list
+    elements: path
+    required: true
+  grow_last_partition:
+    description:
+      - Let the partition that ends last fill a larger target, and grow its ext2/3/4 filesystem
+        with C(resize2fs). Other filesystems keep their size inside the grown partition.
+      - A target that was grown differs from the image afterwards, so it is written again on
+        the next run.
+    type: bool
+    default: false
+  threads:
+    description: Threads verifying and writing chunks; V(0) means one per CPU.
+    type: int
+    default: 0
+extends_documentation_fragment:
+  - fleetcast.imaging.attributes
+  - fleetcast.imaging.attributes.check_full
+notes:
+  - Needs C(wipefs), C(losetup), and for O(grow_last_partition) C(e2fsck) and C(resize2fs).
+  - Restoring through a multicast session is M(fleetcast.imaging.multicast_receive); it uses the
+    same engine.
+seealso:
+  - module: fleetcast.imaging.image_capture
+  - module: fleetcast.imaging.image_info
+"""
+
+EXAMPLES = r"""
+- name: Restore the workstation image onto the first disk
+  fleetcast.imaging.image_restore:
+    image: /srv/images/workstation.fcimg
+    targets: [/dev/sda]
+    grow_last_partition: true
+
+- name: Show what a restore would do, without writing
+  fleetcast.imaging.image_restore:
+    image: /srv/images/workstation.fcimg
+    targets: [/dev/nvme0n1]
+  check_mode: true
+  register: plan
+"""
+
+RETURN = r"""
+image_id:
+  description: The image id (SHA-256 over the layout and the chunk table).
+  returned: always
+  type: str
+  sample: 99c4d9939c84d443c790bbfcabc184b90f253acd7fccb9b36343bfb080d74d6c
+chunk_count:
+  description: Number of chunks in the image.
+  returned: always
+  type: int
+  sample: 212
+chunks_written:
+  description: Chunks written or zeroed on the targets (0 when unchanged or in check mode).
+  returned: always
+  type: int
+  sample: 212
+data_bytes_written:
+  description: Bytes of data written.
+  returned: always
+  type: int
+  sample: 31457280
+zero_bytes_written:
+  description: Bytes zeroed because the image recorded them as zeros.
+  returned: always
+  type: int
+  sample: 67108864
+plan:
+  description: What was (or, in check mode, would be) done per target.
+  returned: always
+  type: dict
+  contains:
+    changed:
+      description: Whether any target is (or would be) written.
+      type: bool
+    targets:
+      description: >-
+        One entry per target with C(target), C(disk) (image disk index), C(kind), C(target_size),
+        C(image_size), C(label), C(partitions) (number, start, end, name as they will be written),
+        C(current) (the partitions the target has now), C(grow_partition), C(grow_filesystem),
+        C(state) (V(restore) or V(unchanged)) and C(reason).
+      type: list
+      elements: dict
+  sample:
+    changed: true
+    targets:
+      - target: /dev/sda
+        disk: 0
+        kind: disk
+        state: restore
+        reason: its partition table differs from the image's
+        label: gpt
+        partitions: [{number: 1, start: 2048, end: 67583, name: EFI system}]
+        grow_partition: 3
+        grow_filesystem: ext4
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import FleetcastError
+from ansible_collections.fleetcast.imaging.plugins.module_utils._image import format as image_format
+from ansible_collections.fleetcast.imaging.plugins.module_utils._image import restore
+
+
+def _diff(plan):
+    before, after = {}, {}
+    for target in plan["targets"]:
+        before[target["target"]] = target["current"]
+        after[target["target"]] = "unchanged" if target["state"] == "unchanged" else target["partitions"]
+    return {"before": before, "after": after}
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            image=dict(type="path", required=True),
+            targets=dict(type="list", elements="path", required=True),
+            grow_last_partition=dict(type="bool", default=False),
+            threads=dict(type="int", default=0),
+        ),
+        supports_check_mode=True,
+    )
+    if image_format.ZSTD_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("zstandard (apt: python3-zstandard)"),
+                         exception=image_format.ZSTD_IMPORT_ERROR)
+    params = module.params
+    if params["threads"] < 0:
+        module.fail_json(msg="threads must be 0 (one per CPU) or more.")
+    error = None
+    try:
+        report = restore.restore_image(params["image"], params["targets"], params["grow_last_partition"],
+                                       module.check_mode, params["threads"])
+    except FleetcastError as err:
+        error = str(err)
+    if error:
+        # Outside the except block, so that the user sees the sentence and not a traceback.
+        module.fail_json(msg=error)
+    if module._diff:
+        report["diff"] = _diff(report["plan"])
+    module.exit_json(**report)
+
+
+if __name__ == "__main__":
+    main()
