@@ -92,6 +92,11 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
+def _cap(text: str) -> str:
+    """Capitalise a sentence without touching the rest (str.capitalize lowercases paths)."""
+    return text[:1].upper() + text[1:]
+
+
 def _nested(prefix: str, err: Exception) -> str:
     text = str(err)
     return f"{prefix}: {text[:1].lower()}{text[1:]}"
@@ -139,7 +144,7 @@ class ChunkRecord:
             raise ImageError(f"A chunk record of {len(view)} bytes is truncated: its header needs {fixed} bytes.")
         record, payload_len = cls._parse_head(view[:RECORD.size], view[RECORD.size:fixed])
         if len(view) != fixed + payload_len:
-            raise ImageError(f"{_where(record.index, record.disk, record.offset).capitalize()} is framed "
+            raise ImageError(f"{_cap(_where(record.index, record.disk, record.offset))} is framed "
                              f"wrongly: {len(view)} bytes where the header announces {fixed + payload_len}.")
         record.payload = bytes(view[fixed:])
         return record
@@ -152,9 +157,9 @@ class ChunkRecord:
         if RECORD_CRC.unpack(crc)[0] != zlib.crc32(head):
             raise ChunkCorruptError(f"The header of chunk record {index} is corrupt (CRC32 mismatch).")
         if kind not in KIND_NAMES:
-            raise ImageError(f"{_where(index, disk, offset).capitalize()} has an unknown kind code {kind}.")
+            raise ImageError(f"{_cap(_where(index, disk, offset))} has an unknown kind code {kind}.")
         if payload_len > MAX_PAYLOAD or (kind == KINDS["zero"] and payload_len):
-            raise ImageError(f"{_where(index, disk, offset).capitalize()} announces an impossible payload "
+            raise ImageError(f"{_cap(_where(index, disk, offset))} announces an impossible payload "
                              f"of {payload_len} bytes.")
         return cls(index, disk, offset, length, KIND_NAMES[kind], bytes(digest)), payload_len
 
@@ -172,9 +177,9 @@ class ChunkRecord:
         try:
             raw = _decompressor().decompress(self.payload, max_output_size=self.length)
         except zstandard.ZstdError as err:
-            raise ChunkCorruptError(f"{where.capitalize()} cannot be decompressed: {err}.") from None
+            raise ChunkCorruptError(f"{_cap(where)} cannot be decompressed: {err}.") from None
         if len(raw) != self.length or hashlib.sha256(raw).digest() != self.digest:
-            raise ChunkCorruptError(f"{where.capitalize()} failed its SHA-256 check "
+            raise ChunkCorruptError(f"{_cap(where)} failed its SHA-256 check "
                                     f"({len(raw)} of {self.length} bytes decoded).")
         return raw
 
@@ -345,9 +350,9 @@ def _parse_header(fileobj: BinaryIO, name: str) -> "tuple[Dict[str, Any], int]":
     magic, version, _flags, layout_len = HEADER.unpack(head)
     if magic != MAGIC:
         raise ImageError(f"{name} is not a fleetcast image (bad magic {magic!r}).")
-    _check_version(version, name.capitalize())
+    _check_version(version, _cap(name))
     if layout_len > MAX_LAYOUT:
-        raise ImageError(f"{name.capitalize()} announces an impossible layout of {layout_len} bytes.")
+        raise ImageError(f"{_cap(name)} announces an impossible layout of {layout_len} bytes.")
     body = _read_exact(fileobj, layout_len + 32, "the layout", HEADER.size)
     if hashlib.sha256(body[:layout_len]).digest() != body[layout_len:]:
         raise ImageError(f"The layout in {name} is corrupt (SHA-256 mismatch at byte {HEADER.size}).")
@@ -386,10 +391,10 @@ def iter_stream(fileobj: BinaryIO, name: str = "the image stream") -> Iterator[U
         got = seen.get(entry.index)
         if got is None or (got.disk, got.offset, got.length, got.kind, got.digest, got.file_offset) != (
                 entry.disk, entry.offset, entry.length, entry.kind, entry.digest, entry.file_offset):
-            raise ImageError(f"{_where(entry.index, entry.disk, entry.offset).capitalize()} in {name} does not "
+            raise ImageError(f"{_cap(_where(entry.index, entry.disk, entry.offset))} in {name} does not "
                              f"match the chunk table.")
     if len(seen) != manifest.chunk_count:
-        raise ImageError(f"{name.capitalize()} holds {len(seen)} chunk records, its table lists {manifest.chunk_count}.")
+        raise ImageError(f"{_cap(name)} holds {len(seen)} chunk records, its table lists {manifest.chunk_count}.")
     yield manifest
 
 
@@ -412,7 +417,7 @@ class ImageReader:
     def _pread(self, size: int, offset: int, what: str) -> bytes:
         data = os.pread(self._fd, size, offset)
         if len(data) != size:
-            raise ImageError(f"{self.name.capitalize()} is truncated: {what} at byte {offset} needs {size} "
+            raise ImageError(f"{_cap(self.name)} is truncated: {what} at byte {offset} needs {size} "
                              f"bytes, only {len(data)} remain.")
         return data
 
@@ -421,13 +426,13 @@ class ImageReader:
         with io.FileIO(os.dup(self._fd), "rb") as handle:
             layout, header_end = _parse_header(handle, self.name)
         if size < header_end + FOOTER.size:
-            raise ImageError(f"{self.name.capitalize()} is truncated: {size} bytes, no room for a footer.")
+            raise ImageError(f"{_cap(self.name)} is truncated: {size} bytes, no room for a footer.")
         footer = FOOTER.unpack(self._pread(FOOTER.size, size - FOOTER.size, "the footer"))
         magic, version, _a, _b, trailer_offset, trailer_len, trailer_digest = footer
         if magic != FOOTER_MAGIC:
-            raise ImageError(f"{self.name.capitalize()} is truncated or incomplete: no footer in its last "
+            raise ImageError(f"{_cap(self.name)} is truncated or incomplete: no footer in its last "
                              f"{FOOTER.size} bytes (file size {size}).")
-        _check_version(version, self.name.capitalize())
+        _check_version(version, _cap(self.name))
         if trailer_offset + trailer_len != size - FOOTER.size or trailer_len < TRAILER.size:
             raise ImageError(f"The footer of {self.name} points outside the file (trailer at byte {trailer_offset}).")
         trailer = self._pread(trailer_len, trailer_offset, "the trailer")
@@ -436,7 +441,7 @@ class ImageReader:
         if mark != TRAILER_MARK or body_len != len(body) or hashlib.sha256(body).digest() != trailer_digest:
             raise ImageError(f"The trailer of {self.name} at byte {trailer_offset} is corrupt.")
         manifest = Manifest.from_dict(json.loads(body))
-        _check_version(manifest.version, self.name.capitalize())
+        _check_version(manifest.version, _cap(self.name))
         if manifest.layout != layout:
             raise ImageError(f"The manifest of {self.name} describes another layout than its header.")
         return manifest
@@ -447,7 +452,7 @@ class ImageReader:
 
     def _entry(self, index: int) -> ChunkEntry:
         if not 0 <= index < self.chunk_count:
-            raise ImageError(f"{self.name.capitalize()} has no chunk {index} (it holds {self.chunk_count}).")
+            raise ImageError(f"{_cap(self.name)} has no chunk {index} (it holds {self.chunk_count}).")
         return self.manifest.chunks[index]
 
     def record_bytes(self, index: int) -> bytes:

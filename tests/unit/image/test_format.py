@@ -1,6 +1,7 @@
 # Image file format: records, writer, random-access and streaming readers, and their errors.
 import io
 import os
+import re
 
 import pytest
 
@@ -133,12 +134,13 @@ def test_truncated_file_is_refused_by_both_readers(tmp_path, cut):
 
 
 def test_unknown_version_is_named(tmp_path):
-    path = tmp_path / "a.fcimg"
+    path = tmp_path / "Master-A.fcimg"
     _write_image(path)
     data = bytearray(path.read_bytes())
     data[8] = 9   # header version field
     path.write_bytes(bytes(data))
-    with pytest.raises(ImageError, match="format version 9; this collection reads version 1"):
+    with pytest.raises(ImageError, match=re.escape(f"Image {path} has format version 9; this collection reads "
+                                                   "version 1 only.")):
         fmt.ImageReader(str(path))
     with pytest.raises(ImageError, match="format version 9"), open(path, "rb") as handle:
         next(fmt.iter_stream(handle))
