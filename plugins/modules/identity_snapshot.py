@@ -56,8 +56,9 @@ options:
     type: path
 extends_documentation_fragment:
   - fleetcast.imaging.attributes
-  - fleetcast.imaging.attributes.info_module
+  - fleetcast.imaging.attributes.check_full
 notes:
+  - The module only reads the root; it changes something only when O(public_copy) is written.
   - Secrets (SSH host private keys, NetworkManager and netplan secrets, keytabs) are returned apart
     from the record, in RV(secrets), so that the record itself can be shown, compared and copied
     freely. Run the task with C(no_log=true) all the same, because RV(secrets) is in the result, and keep both on
@@ -170,16 +171,20 @@ def main():
     try:
         record = api.snapshot(params["inventory_name"], root=params["root"], device=params["device"],
                               partition=params["partition"])
-        changed = False
-        if params["public_copy"] and not module.check_mode:
-            store.save_public_copy(params["public_copy"], record)
-            changed = True
+        changed, extra = False, {}
+        if params["public_copy"]:
+            changed, before, after = store.save_public_copy(params["public_copy"], record,
+                                                            check_mode=module.check_mode)
+            if module._diff and changed:
+                extra["diff"] = dict(before=before, after=after, before_header=params["public_copy"],
+                                     after_header=params["public_copy"])
     except windows.HivexMissingError:
         module.fail_json(msg=missing_required_lib("hivex (Debian package python3-hivex)"),
                          exception=windows.HIVEX_IMPORT_ERROR)
     except FleetcastError as err:
         module.fail_json(msg=str(err))
-    module.exit_json(changed=changed, record=record.public_dict(), secrets=record.secrets, summary=record.summary)
+    module.exit_json(changed=changed, record=record.public_dict(), secrets=record.secrets, summary=record.summary,
+                     **extra)
 
 
 if __name__ == "__main__":

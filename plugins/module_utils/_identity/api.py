@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 from .._errors import IdentityError, ValidationError
 from . import hardware, linux, windows
@@ -17,13 +17,13 @@ from .record import IdentityRecord
 from .rootfs import Root
 
 
-@contextmanager
-def _root(root: Optional[str], device: Optional[str], partition: Optional[int], writable: bool) -> Iterator[Root]:
+def _open_root(stack: ExitStack, root: Optional[str], device: Optional[str], partition: Optional[int],
+               writable: bool) -> Root:
+    """The root to work on; a device is mounted for the life of ``stack``."""
     if device:
-        with offline_root(device, partition, writable) as (path, dummy_description):
-            yield Root(path)
-    else:
-        yield Root(root or "/")
+        path, dummy_description = stack.enter_context(offline_root(device, partition, writable))
+        return Root(path)
+    return Root(root or "/")
 
 
 def _os_of(root: Root) -> str:
@@ -39,7 +39,8 @@ def snapshot(inventory_name: str, root: Optional[str] = None, device: Optional[s
              partition: Optional[int] = None, sysfs: str = "/sys") -> IdentityRecord:
     """The identity record of a running system (root ``/``) or of an offline root."""
     present = hardware.read_hardware(sysfs)
-    with _root(root, device, partition, writable=False) as tree:
+    with ExitStack() as stack:
+        tree = _open_root(stack, root, device, partition, writable=False)
         record = IdentityRecord(inventory_name=inventory_name, os=_os_of(tree), hardware=present)
         if record.os == "windows":
             windows.gather(tree, record, list(present["macs"]))
@@ -72,7 +73,8 @@ def apply(record: IdentityRecord, root: Optional[str] = None, device: Optional[s
     if reason and not force:
         raise ValidationError(f"The identity record of {record.inventory_name} is for another machine: "
                               f"{reason}; use force to apply it anyway.")
-    with _root(root, device, partition, writable=not check_mode) as tree:
+    with ExitStack() as stack:
+        tree = _open_root(stack, root, device, partition, writable=not check_mode)
         found = _os_of(tree)
         if found != record.os:
             raise ValidationError(f"The identity record of {record.inventory_name} is for {record.os} but "

@@ -41,7 +41,7 @@ def _as_record(name: str, value: Any) -> IdentityRecord:
 def _items(record: IdentityRecord) -> Iterable[Tuple[str, str]]:
     summary, hardware = record.summary, record.hardware
     if summary.get("hostname"):
-        yield "hostname", str(summary["hostname"]).split(".")[0].lower()
+        yield "hostname", str(summary["hostname"]).split(".", maxsplit=1)[0].lower()
     for address in summary.get("addresses") or []:
         if not address.startswith("127.") and address != "::1":
             yield "address", address

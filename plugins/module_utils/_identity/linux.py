@@ -282,7 +282,7 @@ def plan(root: Root, record: IdentityRecord) -> Tuple[List[Change], List[str]]:
         for key, summary_key in (("netbios name", "netbios_name"), ("workgroup", "workgroup")):
             wanted = record.summary.get(summary_key)
             if key in spans and wanted and spans[key][2] != wanted:
-                start, end, _ = spans[key]
+                start, end, dummy_old = spans[key]
                 text = text[:start] + wanted + text[end:]
                 spans = _smb_values(text)
         _propose(changes, root, SMB_CONF, "samba", text.encode("utf-8"), record.file(SMB_CONF))

@@ -150,7 +150,7 @@ def parse_networkmanager(text: str) -> List[Stanza]:
             stanza.add("mac", start, end, value)
         elif section in ("ipv4", "ipv6") and re.fullmatch(r"address(es)?\d*", key):
             # "10.0.0.5/24" or "10.0.0.5/24,10.0.0.1" (address, then an optional gateway)
-            address, _, gateway = value.partition(",")
+            address, dummy_comma, gateway = value.partition(",")
             stanza.add(_address_field(address), start, start + len(address), address)
             if gateway:
                 gw_start = start + len(address) + 1
@@ -163,7 +163,7 @@ def parse_networkmanager(text: str) -> List[Stanza]:
 
 
 def networkmanager_secrets(text: str) -> bool:
-    return any(_NM_SECRET.match(key) for _, key, _, _, _ in _ini_entries(text))
+    return any(_NM_SECRET.match(key) for dummy_section, key, dummy_start, dummy_end, dummy_value in _ini_entries(text))
 
 
 # --- ifcfg: /etc/sysconfig/network-scripts/ifcfg-* -------------------------------------------------
@@ -332,5 +332,3 @@ def pair_stanzas(path: str, targets: List[Stanza], candidates: List[Tuple[str, S
                     used.add(number)
                     break
     return pairs
-
-

@@ -56,7 +56,7 @@ def test_store_round_trip_with_vault_encrypted_secrets(tmp_path):
     assert loaded.to_dict() == record.to_dict()
     with pytest.raises(IdentityError, match="has vault-encrypted secrets; give the vault password"):
         store.load_record(path)
-    with pytest.raises(IdentityError, match="Cannot decrypt secret /etc/"):
+    with pytest.raises(IdentityError, match="Cannot decrypt secret /etc/.*: wrong vault password"):
         store.load_record(path, vault_password="wrong")
 
 
@@ -67,7 +67,9 @@ def test_store_plain_and_public_copy(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert store.load_record(path).to_dict() == record.to_dict()
     public = str(tmp_path / "persist" / "identity.json")
-    store.save_public_copy(public, record)
+    assert store.save_public_copy(public, record, check_mode=True)[0] and not os.path.exists(public)
+    assert store.save_public_copy(public, record)[:2] == (True, "")
+    assert not store.save_public_copy(public, record)[0]
     text = open(public).read()
     assert "PRIVATE KEY" not in text and "s3cret" not in text and '"hostname": "eps"' in text
     assert IdentityRecord.from_dict(json.loads(text)).summary == record.summary
@@ -83,3 +85,21 @@ def test_store_errors_are_clear(tmp_path):
         store.load_record(str(bad))
     with pytest.raises(IdentityError, match="Cannot read the identity record .*missing.json"):
         store.load_record(str(tmp_path / "missing.json"))
+
+
+def test_vault_values_are_ansible_vault_compatible_both_ways():
+    from ansible.constants import DEFAULT_VAULT_ID_MATCH
+    from ansible.parsing.vault import VaultLib, VaultSecret
+
+    vault = VaultLib([(DEFAULT_VAULT_ID_MATCH, VaultSecret(b"pw"))])
+    codec = store.VaultCodec("pw")
+    secret = "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n" * 3
+    ours = codec.encrypt(secret)
+    assert ours.startswith("$ANSIBLE_VAULT;1.1;AES256\n")
+    assert vault.decrypt(ours.encode()).decode() == secret
+    theirs = vault.encrypt(secret.encode()).decode()
+    assert codec.decrypt(theirs, "x") == secret
+    with pytest.raises(IdentityError, match="Cannot decrypt x: wrong vault password or a damaged value"):
+        store.VaultCodec("other").decrypt(theirs, "x")
+    with pytest.raises(IdentityError, match="Cannot decrypt x: it is not an ansible-vault AES256 value"):
+        codec.decrypt("plain", "x")

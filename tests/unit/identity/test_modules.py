@@ -24,6 +24,14 @@ PLAYBOOK = """
       register: snap
       no_log: true
 
+    - name: Snapshot host A again (the public copy is already there)
+      fleetcast.imaging.identity_snapshot:
+        inventory_name: hosta
+        root: "{{ a_root }}"
+        public_copy: "{{ out }}/persist/identity.json"
+      register: snap2
+      no_log: true
+
     - name: Apply in check mode with diff
       fleetcast.imaging.identity_apply:
         record: "{{ snap.record }}"
@@ -66,7 +74,7 @@ PLAYBOOK = """
 
     - name: Keep the results for the test
       ansible.builtin.copy:
-        content: "{{ {'snap_summary': snap.summary, 'check': check, 'first': first, 'again': again,
+        content: "{{ {'snap_summary': snap.summary, 'snap_changed': [snap.changed, snap2.changed], 'check': check, 'first': first, 'again': again,
                       'conflict': conflict, 'wrong': wrong} | to_json }}"
         dest: "{{ out }}/results.json"
         mode: "0600"
@@ -92,7 +100,7 @@ def test_modules_snapshot_apply_conflicts_through_ansible(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "PRIVATE KEY" not in proc.stdout and "s3cret" not in proc.stdout
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["snap_summary"]["hostname"] == "hosta"
+    assert results["snap_summary"]["hostname"] == "hosta" and results["snap_changed"] == [True, False]
     assert results["check"]["changed"] and any(d["after_header"] == "/etc/hostname" for d in results["check"]["diff"])
     assert results["first"]["changed"] and results["again"]["changed"] is False
     assert snapshot_tree(str(m_root)) == snapshot_tree(str(a_root))
