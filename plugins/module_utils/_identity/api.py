@@ -69,7 +69,8 @@ def apply(record: IdentityRecord, root: Optional[str] = None, device: Optional[s
           partition: Optional[int] = None, force: bool = False, check_mode: bool = False,
           sysfs: str = "/sys") -> ApplyResult:
     """Write ``record``'s identity onto a root; plan everything before the first write."""
-    reason = hardware.mismatch(record.hardware, hardware.read_hardware(sysfs))
+    present = hardware.read_hardware(sysfs)
+    reason = hardware.mismatch(record.hardware, present)
     if reason and not force:
         raise ValidationError(f"The identity record of {record.inventory_name} is for another machine: "
                               f"{reason}; use force to apply it anyway.")
@@ -91,7 +92,7 @@ def apply(record: IdentityRecord, root: Optional[str] = None, device: Optional[s
             if plan.changes and not check_mode:
                 plan.commit()
         else:
-            changes, result.notes = linux.plan(tree, record)
+            changes, result.notes = linux.plan(tree, record, present)
             for change in changes:
                 result.changes.append(change.describe())
                 after = change.data if change.action == "write" else (

@@ -212,8 +212,16 @@ def _saved_data(record: IdentityRecord, item: FileItem) -> bytes:
     return data
 
 
-def plan(root: Root, record: IdentityRecord) -> Tuple[List[Change], List[str]]:
-    """Every change that makes ``root`` carry ``record``'s identity, and notes for the user."""
+def _interface_macs(hardware: Optional[Dict[str, object]]) -> Dict[str, str]:
+    return {entry["name"]: entry["mac"] for entry in (hardware or {}).get("interfaces", [])}  # type: ignore[union-attr]
+
+
+def plan(root: Root, record: IdentityRecord, hardware_now: Optional[Dict[str, object]] = None
+         ) -> Tuple[List[Change], List[str]]:
+    """Every change that makes ``root`` carry ``record``'s identity, and notes for the user.
+
+    ``hardware_now`` (this machine's NICs) lets a stanza be found by MAC when its interface was renamed.
+    """
     changes: List[Change] = []
     notes: List[str] = []
     current = IdentityRecord(inventory_name="", os="linux")
@@ -244,7 +252,8 @@ def plan(root: Root, record: IdentityRecord) -> Tuple[List[Change], List[str]]:
         state = root.read(path)
         text = _text(state.data)
         targets = fmt.parse(text)
-        pairs = netconf.pair_stanzas(path, targets, saved_stanzas)
+        pairs = netconf.pair_stanzas(path, targets, saved_stanzas, _interface_macs(hardware_now),
+                                     _interface_macs(record.hardware))
         new_text, unmatched = netconf.rewrite(text, targets, pairs)
         saved_item = record.file(path)
         if unmatched and saved_item is not None:

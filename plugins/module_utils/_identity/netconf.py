@@ -315,12 +315,22 @@ def rewrite(text: str, targets: List[Stanza], pairs: Dict[int, Stanza]) -> Tuple
     return text, unmatched
 
 
-def pair_stanzas(path: str, targets: List[Stanza], candidates: List[Tuple[str, Stanza]]) -> Dict[int, Stanza]:
-    """Pair each target stanza with a saved (path, stanza): same file and key first, then MAC, then name."""
+def pair_stanzas(path: str, targets: List[Stanza], candidates: List[Tuple[str, Stanza]],
+                 target_macs: Optional[Dict[str, str]] = None,
+                 saved_macs: Optional[Dict[str, str]] = None) -> Dict[int, Stanza]:
+    """Pair each target stanza with a saved (path, stanza): same file and key first, then MAC, then name.
+
+    A stanza's MAC is the one its file names, else the MAC of the interface it names on that
+    machine (``target_macs`` for this machine, ``saved_macs`` for the saved one: name -> MAC), so an
+    interface renamed between snapshot and apply is still found by its hardware.
+    """
+    def mac_of(stanza: Stanza, macs: Optional[Dict[str, str]]) -> Optional[str]:
+        return (stanza.mac or (macs or {}).get(stanza.name or "") or "").lower() or None
+
     pairs: Dict[int, Stanza] = {}
     used = set()
     rules = (lambda p, s, t: p == path and s.key == t.key,
-             lambda p, s, t: bool(t.mac) and s.mac == t.mac,
+             lambda p, s, t: mac_of(t, target_macs) is not None and mac_of(s, saved_macs) == mac_of(t, target_macs),
              lambda p, s, t: bool(t.name) and s.name == t.name)
     for rule in rules:
         for position, target in enumerate(targets):

@@ -102,3 +102,17 @@ def test_secret_detection():
     assert netconf.networkmanager_secrets(_text(NM, A))
     assert not netconf.networkmanager_secrets(_text(NM, A).replace("password=", "identity="))
     assert netconf.netplan_secrets("network:\n  wifis:\n    w:\n      access-points:\n        x:\n          password: k\n")
+
+
+def test_renamed_interface_is_found_by_its_hardware_mac():
+    """Saved as eth0 (no MAC in the file); on this machine the same NIC is now enp1s0."""
+    fmt = netconf.FORMAT_BY_NAME["ifupdown"]
+    saved = fmt.parse("iface eth0 inet static\n    address 10.0.0.7/24\n")
+    target_text = "iface enp1s0 inet static\n    address 10.0.0.9/24\n"
+    targets = fmt.parse(target_text)
+    candidates = [("/etc/network/interfaces", stanza) for stanza in saved]
+    assert netconf.pair_stanzas("/etc/network/interfaces", targets, candidates) == {}
+    pairs = netconf.pair_stanzas("/etc/network/interfaces", targets, candidates,
+                                 target_macs={"enp1s0": "52:54:00:00:00:07"},
+                                 saved_macs={"eth0": "52:54:00:00:00:07"})
+    assert netconf.rewrite(target_text, targets, pairs)[0] == "iface enp1s0 inet static\n    address 10.0.0.7/24\n"
