@@ -22,6 +22,7 @@ SECTOR = 512  # sysfs counts sizes and starts in 512-byte units whatever the dev
 BOOT_MOUNTPOINTS = ("/", "/boot", "/boot/efi", "/efi")
 SWAP = "[SWAP]"
 # Kernel devices that are never "a fixed disk" in an all-disks selection.
+EXCLUDED = "is listed in exclude."  # the end of the refusal for an excluded disk
 VIRTUAL_PREFIXES = ("loop", "ram", "zram", "dm-", "md", "sr", "fd", "nbd", "drbd", "rbd")
 
 
@@ -352,7 +353,7 @@ def select_disks(devices: List[BlockDevice], explicit: Optional[List[str]] = Non
             continue
         seen.add(device.path)
         if device.path in excluded:
-            reason = f"{device.path} is listed in exclude."
+            reason = f"{device.path} {EXCLUDED}"
         else:
             reason = _refusal_for_all(device) if all_fixed else refusal(device)
         if reason:

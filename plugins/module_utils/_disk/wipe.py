@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional
+from typing import Dict, Iterable, List, Optional
 
+from .._errors import FleetcastError, UnsafeTargetError, ValidationError
 from . import rawlabel
 from .blockdev import partition_path, reread_partitions, zero_range
 from .command import run
+from .discover import EXCLUDED, BlockDevice, select_disks
 from .safety import check_target, open_target
 from .table import PartitionLayout, read_layout, usable_range
 
@@ -140,3 +142,58 @@ def wipe(path: str) -> WipePlan:
         os.close(fd)
     reread_partitions(path)
     return plan
+
+
+@dataclass
+class WipeRun:
+    """What `wipe_disks` did (or, in check mode, would do) to each selected disk."""
+
+    plans: List[WipePlan] = field(default_factory=list)
+    removed: List[WipePlan] = field(default_factory=list)  # filled unless check mode
+    refused: Dict[str, str] = field(default_factory=dict)
+    check_mode: bool = False
+
+    @property
+    def changed(self) -> bool:
+        done = self.plans if self.check_mode else self.removed
+        return any(not plan.empty for plan in done)
+
+    def results(self) -> List[dict]:
+        done = self.plans if self.check_mode else self.removed
+        return [dict(device=plan.path, changed=not plan.empty, label=plan.label, partitions=plan.partitions,
+                     signatures=[asdict(sig) for sig in plan.signatures]) for plan in done]
+
+    def diff(self) -> List[dict]:
+        return [dict(before_header=plan.path, after_header=plan.path,
+                     before="".join(line + "\n" for line in plan.describe()), after="")
+                for plan in self.plans if not plan.empty]
+
+
+def wipe_disks(devices: List[BlockDevice], explicit: Optional[List[str]] = None, all_fixed: bool = False,
+               exclude: Iterable[str] = (), force: bool = False, check_mode: bool = False) -> WipeRun:
+    """Select disks (named ones, or all fixed writable disks minus `exclude`), plan every wipe, and
+    unless in check mode wipe them. Raises before writing anything when a named disk is refused, or
+    when "all fixed disks" picked a disk that is not blank and `force` is not set (check mode then
+    still reports what would go)."""
+    if not explicit and not all_fixed:
+        raise ValidationError("Nothing to wipe: name devices, or select all fixed disks.")
+    selection = select_disks(devices, explicit=explicit, all_fixed=all_fixed, exclude=exclude)
+    if explicit:
+        unsafe = [reason for reason in selection.refused.values() if not reason.endswith(EXCLUDED)]
+        if unsafe:
+            raise UnsafeTargetError(" ".join(unsafe) + " Nothing was wiped.")
+    run_ = WipeRun(refused=selection.refused, check_mode=check_mode)
+    run_.plans = [plan_wipe(device.path) for device in selection.selected]
+    dirty = [plan.path for plan in run_.plans if not plan.empty]
+    if check_mode:
+        return run_
+    if all_fixed and dirty and not force:
+        raise ValidationError(f"Refusing to wipe {', '.join(dirty)}, selected as all fixed disks and not blank, "
+                              f"without force; check mode shows what would go. Nothing was wiped.")
+    for plan in run_.plans:
+        try:
+            run_.removed.append(wipe(plan.path) if not plan.empty else plan)
+        except FleetcastError as err:
+            done = [p.path for p in run_.removed if not p.empty]
+            raise FleetcastError(f"{str(err).rstrip('.')} (already wiped: {', '.join(done) or 'none'}).") from err
+    return run_

@@ -35,8 +35,9 @@ class FakeHost:
         return f"8:{self._minor}"
 
     def disk(self, name, size_sectors=2 ** 21, removable=False, ro=False, model="Fake Disk", serial="S1",
-             backing_file=None, slaves=(), partitions=()):
-        """partitions: [(number, start_sector, size_sectors)]; returns {name: major:minor}."""
+             backing_file=None, slaves=(), partitions=(), node=None):
+        """partitions: [(number, start_sector, size_sectors)]; node: a real device (one the test made)
+        that the fake /dev entry links to. Returns {name: major:minor}."""
         base = os.path.join(self.sysfs, "block", name)
         ids = {name: self._node(base, size_sectors)}
         self._write(os.path.join(base, "removable"), "1" if removable else "0")
@@ -58,7 +59,10 @@ class FakeHost:
             self._write(os.path.join(pbase, "partition"), str(number))
             self._write(os.path.join(pbase, "start"), str(start))
             open(os.path.join(self.dev, part), "w").close()
-        open(os.path.join(self.dev, name), "w").close()
+        if node:
+            os.symlink(node, os.path.join(self.dev, name))
+        else:
+            open(os.path.join(self.dev, name), "w").close()
         self.ids = getattr(self, "ids", {})
         self.ids.update(ids)
         return ids

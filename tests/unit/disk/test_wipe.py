@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import wipe
-from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import UnsafeTargetError
+from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import discover, wipe
+from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import UnsafeTargetError, ValidationError
 
 from disk_helpers import blkid, sh
 
@@ -121,3 +121,49 @@ def test_wipe_refuses_a_disk_with_a_mounted_partition(loop_disk, tmp_path):
         subprocess.run(["umount", str(mountpoint)], check=True)
     assert _digest(disk.path) == before
     assert os.path.exists(disk.path)
+
+
+def test_wipe_all_fixed_disks_needs_force_for_dirty_disks(loop_disk, fake_host):
+    """"All fixed disks" against a fake host whose sdb/sdc are our own loop disks; sda (the fake boot
+    medium) and sdd (removable) are plain files that must never be touched."""
+    dirty, _ = _dirty_gpt_disk(loop_disk)
+    blank = loop_disk(8 * MiB)
+    fake_host.disk("sda", partitions=[(1, 2048, 4096)])
+    fake_host.disk("sdb", node=dirty.device)
+    fake_host.disk("sdc", node=blank.device)
+    fake_host.disk("sdd", removable=True)
+    fake_host.mount("sda1", "/")
+    devices = discover.list_block_devices(**fake_host.views)
+    sdb, sdc = fake_host.dev + "/sdb", fake_host.dev + "/sdc"
+    before = _digest(dirty.path)
+
+    with pytest.raises(ValidationError, match=f"^Refusing to wipe {sdb}, selected as all fixed disks"):
+        wipe.wipe_disks(devices, all_fixed=True)
+    checked = wipe.wipe_disks(devices, all_fixed=True, check_mode=True)
+    assert _digest(dirty.path) == before
+    assert checked.changed and [r["device"] for r in checked.results()] == [sdb, sdc]
+    assert [r["changed"] for r in checked.results()] == [True, False]
+    assert "partition table: gpt" in checked.diff()[0]["before"] and len(checked.diff()) == 1
+    assert set(checked.refused) == {fake_host.dev + "/sda", fake_host.dev + "/sdd"}
+
+    done = wipe.wipe_disks(devices, all_fixed=True, force=True)
+    assert done.changed and blkid(dirty.device) == {}
+    assert [r["changed"] for r in done.results()] == [True, False]
+    assert not wipe.wipe_disks(devices, all_fixed=True).changed  # blank now: no force needed
+    assert os.path.getsize(fake_host.dev + "/sda") == 0
+
+
+def test_wipe_named_disks_refuses_all_before_touching_any(loop_disk, fake_host):
+    dirty, _ = _dirty_gpt_disk(loop_disk)
+    fake_host.disk("sda")
+    fake_host.disk("sdb", node=dirty.device)
+    fake_host.mount("sda", "/")
+    devices = discover.list_block_devices(**fake_host.views)
+    before = _digest(dirty.path)
+    with pytest.raises(UnsafeTargetError) as refused:
+        wipe.wipe_disks(devices, explicit=["sdb", "sda", "sdz"])
+    assert str(refused.value) == (f"{fake_host.dev}/sda is the boot medium of this host (it holds /). "
+                                  "sdz is not a block device on this host. Nothing was wiped.")
+    assert _digest(dirty.path) == before
+    run = wipe.wipe_disks(devices, explicit=["sdb", "sda"], exclude=["sda"])
+    assert run.changed and list(run.refused.values()) == [f"{fake_host.dev}/sda is listed in exclude."]
