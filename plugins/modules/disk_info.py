@@ -180,6 +180,9 @@ disks:
         name:
           description: GPT partition name.
           type: str
+        gpt_attributes:
+          description: GPT attribute bits (bit 2 is legacy BIOS bootable).
+          type: int
         flags:
           description: Flags as parted names them.
           type: list

@@ -3,10 +3,10 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Partition tables: read a disk's layout and recreate it exactly on another disk.
 
-Private to the collection: not a public API. libparted (pyparted) lays out the partitions; the fields
-it cannot read or set (GUIDs, MBR type ids and disk identifier, partition numbers with gaps) are read
-and patched by `rawlabel`. The label type always comes from the layout: a GPT is never silently
-turned into an msdos table.
+Private to the collection: not a public API. Reading parses GPT and MBR directly (`rawlabel`). For
+writing, libparted (pyparted) lays out the partitions and `rawlabel` then patches what libparted
+cannot set (GUIDs, MBR type ids and disk identifier, partition numbers with gaps). The label type
+always comes from the layout: a GPT is never silently turned into an msdos table.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Dict, List, Optional
-
-import parted
 
 from .._errors import FleetcastError, ValidationError
 from . import rawlabel
@@ -25,7 +23,6 @@ from .command import run
 LABELS = ("gpt", "msdos", "none")
 GPT_ENTRIES_BYTES = 128 * 128
 MSDOS_MAX_SECTOR = 2 ** 32 - 1
-_FLAG_BY_NAME = {name: number for number, name in parted.partitionFlag.items()}
 
 
 @dataclass
@@ -285,6 +282,10 @@ def _creation_order(plan: DiskLayout) -> List[PartitionLayout]:
 
 def _create_with_parted(path: str, plan: DiskLayout) -> Dict[int, int]:
     """Lay out the partitions with libparted; return {number parted gave: number wanted}."""
+    # Imported here: only writing needs libparted (python3-parted), reading and disk_info do not.
+    import parted
+
+    flag_numbers = {name: number for number, name in parted.partitionFlag.items()}
     device = parted.getDevice(path)
     try:
         disk = parted.freshDisk(device, plan.label)
@@ -305,7 +306,7 @@ def _create_with_parted(path: str, plan: DiskLayout) -> Dict[int, int]:
             if plan.label == "gpt" and part.name:
                 new.set_name(part.name)
             for flag in part.flags:
-                number = _FLAG_BY_NAME.get(flag)
+                number = flag_numbers.get(flag)
                 if number is not None and new.isFlagAvailable(number):
                     new.setFlag(number)
             created[new.number] = part.number

@@ -1,5 +1,7 @@
 # Partition tables: read and recreate GPT and msdos layouts on loop devices, checked with
 # sgdisk/sfdisk/blkid (independent tools) rather than with our own reader.
+import os
+
 import pytest
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import table
@@ -132,3 +134,31 @@ def test_filesystem_on_the_whole_disk_is_no_partition_table(loop_disk):
     sh("mkfs.vfat", "-I", disk.device)
     layout = table.read_layout(disk.device)
     assert (layout.label, layout.partitions) == ("none", [])
+
+
+def test_gpt_round_trip_on_4k_sector_disks(tmp_path):
+    """4096-byte sectors: GPT areas, usable range and partition windows all scale with the sector."""
+    from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import blockdev
+    from ansible_collections.fleetcast.imaging.plugins.module_utils._lab import loopdisk
+
+    devices = []
+    try:
+        for name in ("src", "dst"):
+            path = tmp_path / f"{name}.img"
+            path.write_bytes(b"")
+            os.truncate(path, 64 * MiB)
+            devices.append(sh("losetup", "--find", "--show", "--sector-size", "4096", path).strip())
+        source, target = devices
+        sh("sgdisk", "-n1:256:2815", "-t1:ef00", "-n2:2816:0", "-c2:data", source)
+        layout = table.read_layout(source)
+        assert (layout.sector_size, layout.first_usable, layout.last_usable) == (4096, 6, 16384 - 6)
+        written = table.write_layout(target, layout)
+        assert "No problems found" in sh("sgdisk", "-v", target)
+        assert [(p.number, p.start, p.end, p.part_uuid) for p in written.partitions] == \
+            [(p.number, p.start, p.end, p.part_uuid) for p in layout.partitions]
+        with blockdev.partition_path(target, 2) as node:
+            assert blockdev.sector_size(node) == 4096
+            assert blockdev.device_size(node) == (16384 - 6 - 2816 + 1) * 4096
+    finally:
+        for device in devices:
+            loopdisk.detach(device)
