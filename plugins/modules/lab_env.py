@@ -101,6 +101,9 @@ lab:
     image_dir:
       description: Where the image server keeps image files.
       type: str
+    identity_dir:
+      description: The controller's identity store for the lab's hosts (removed with the lab).
+      type: str
     hosts:
       description: >-
         Per host name, its C(role), C(netns), C(address), C(mac), C(interface), and for machines

@@ -69,6 +69,11 @@ class LabState:
     def image_dir(self) -> str:
         return os.path.join(self.directory, "images")
 
+    @property
+    def identity_dir(self) -> str:
+        # The controller's identity store for the lab's hosts: it goes with the lab.
+        return os.path.join(self.directory, "identity")
+
     def save(self) -> None:
         data = asdict(self)
         tmp = os.path.join(self.directory, STATE_FILE + ".tmp")
@@ -89,6 +94,7 @@ class LabState:
 
     def to_result(self) -> dict:
         return {"prefix": self.prefix, "directory": self.directory, "image_dir": self.image_dir,
+                "identity_dir": self.identity_dir,
                 "hosts": {name: asdict(machine) for name, machine in self.machines.items()}}
 
 
@@ -304,9 +310,10 @@ def destroy(directory: str, prefix: Optional[str] = None) -> dict:
             if os.path.exists(path):
                 os.unlink(path)
                 removed["files"].append(path)
-        if os.path.isdir(state.image_dir):
-            shutil.rmtree(state.image_dir)
-            removed["files"].append(state.image_dir)
+        for made in (state.image_dir, state.identity_dir):
+            if os.path.isdir(made):
+                shutil.rmtree(made)
+                removed["files"].append(made)
         os.unlink(os.path.join(directory, STATE_FILE))
         if not os.listdir(directory):
             os.rmdir(directory)
