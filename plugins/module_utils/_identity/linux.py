@@ -148,6 +148,9 @@ def gather(root: Root, record: IdentityRecord) -> None:
         text = _text(state.data)
         try:
             entry = netconf.describe(fmt, path, text)
+        except netconf.ParserUnavailable as err:
+            entry = {"path": path, "format": fmt.name, "stanzas": []}
+            record.notes.append(f"{path}: {err} It is saved whole and will be restored whole.")
         except IdentityError as err:
             raise IdentityError(f"Cannot read {path} below {root.path}: {err}") from None
         secret = bool(fmt.secrets and fmt.secrets(text))
@@ -212,6 +215,13 @@ def _saved_data(record: IdentityRecord, item: FileItem) -> bytes:
     return data
 
 
+def _parse_or_none(fmt: netconf.NetFormat, text: str) -> Optional[List[netconf.Stanza]]:
+    try:
+        return fmt.parse(text)
+    except netconf.ParserUnavailable:
+        return None
+
+
 def _interface_macs(hardware: Optional[Dict[str, object]]) -> Dict[str, str]:
     return {entry["name"]: entry["mac"] for entry in (hardware or {}).get("interfaces", [])}  # type: ignore[union-attr]
 
@@ -247,15 +257,22 @@ def plan(root: Root, record: IdentityRecord, hardware_now: Optional[Dict[str, ob
         if item.kind.startswith("network:"):
             fmt = netconf.FORMAT_BY_NAME[item.kind.split(":", 1)[1]]
             text = _text(_saved_data(record, item))
-            saved_stanzas.extend((item.path, stanza) for stanza in fmt.parse(text))
+            saved_stanzas.extend((item.path, stanza) for stanza in _parse_or_none(fmt, text) or [])
     for fmt, path in _network_files(root):
         state = root.read(path)
         text = _text(state.data)
-        targets = fmt.parse(text)
+        saved_item = record.file(path)
+        targets = _parse_or_none(fmt, text)
+        if targets is None:
+            handled.add(path)
+            if saved_item is not None:
+                _propose(changes, root, path, "network:" + fmt.name, _saved_data(record, saved_item), saved_item)
+            else:
+                notes.append(f"{path}: cannot be parsed on this host (no {fmt.name} parser); left as restored.")
+            continue
         pairs = netconf.pair_stanzas(path, targets, saved_stanzas, _interface_macs(hardware_now),
                                      _interface_macs(record.hardware))
         new_text, unmatched = netconf.rewrite(text, targets, pairs)
-        saved_item = record.file(path)
         if unmatched and saved_item is not None:
             # the restored file is shaped differently from the saved one: the saved file wins whole
             new_text = _text(_saved_data(record, saved_item))

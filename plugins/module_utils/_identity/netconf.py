@@ -17,6 +17,15 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from .._errors import IdentityError
 
+try:
+    import yaml
+except ImportError:  # netplan files are then saved and restored whole
+    yaml = None
+
+
+class ParserUnavailable(IdentityError):
+    """A format's parser cannot run on this host; its files are kept whole instead."""
+
 
 SECRET_FIELD = "secret:"  # slot fields holding a secret (a Wi-Fi key, an 802.1X password)
 
@@ -215,10 +224,9 @@ def _scalar(stanza: Stanza, kind: str, node) -> None:
 
 
 def parse_netplan(text: str) -> List[Stanza]:
-    try:
-        import yaml
-    except ImportError:  # the whole file is then restored as it was saved
-        raise IdentityError("PyYAML (python3-yaml) is needed to rewrite netplan files.") from None
+    if yaml is None:
+        raise ParserUnavailable("PyYAML (python3-yaml) is not installed, so netplan values cannot be "
+                                "located in the file.")
     try:
         root = yaml.compose(text)
     except yaml.YAMLError as err:

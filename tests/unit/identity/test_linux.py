@@ -134,3 +134,14 @@ def test_secret_content_missing_from_record_is_refused_before_writing(tmp_path):
     with pytest.raises(IdentityError, match="lacks the secret content of /etc/ssh/ssh_host_"):
         api.apply(public, root=root, sysfs=sysfs)
     assert snapshot_tree(root) == before
+
+
+def test_without_pyyaml_netplan_is_kept_whole(tmp_path, monkeypatch):
+    from ansible_collections.fleetcast.imaging.plugins.module_utils._identity import netconf
+    monkeypatch.setattr(netconf, "yaml", None)
+    root = str(tmp_path / "root")
+    os.makedirs(root)
+    original, record, sysfs = _round_trip(root, tmp_path)
+    assert any("50-lan.yaml: PyYAML (python3-yaml) is not installed" in note for note in record.notes)
+    assert api.apply(record, root=root, sysfs=sysfs).changed
+    assert snapshot_tree(root) == original
