@@ -38,8 +38,9 @@ options:
     default: {}
   record_path:
     description:
-      - A record file on the host (JSON), instead of O(record). Secrets in it must be in clear;
-        O(secrets) adds to them.
+      - A record file on the host (JSON), instead of O(record); either a record with its C(secrets)
+        or the roles' store layout C({"record": ..., "secrets": ...}). Secrets in it must be in
+        clear; O(secrets) adds to them.
     type: path
   root:
     description:

@@ -119,6 +119,9 @@ def load_record(path: str, vault_password: Optional[str] = None) -> IdentityReco
         raise IdentityError(f"Cannot read the identity record {path}: {err.strerror}.") from None
     except ValueError:
         raise IdentityError(f"The identity record {path} is not valid JSON.") from None
+    if isinstance(data, dict) and "format" not in data and isinstance(data.get("record"), dict):
+        # the roles' layout: {"record": <record without secrets>, "secrets": {...}}
+        data = dict(data["record"], secrets=dict(data["record"].get("secrets") or {}, **(data.get("secrets") or {})))
     record = IdentityRecord.from_dict(data, source=path)
     encrypted = {key: value for key, value in record.secrets.items() if value.startswith(VAULT_MARK)}
     if encrypted and not vault_password:

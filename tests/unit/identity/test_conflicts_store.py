@@ -103,3 +103,10 @@ def test_vault_values_are_ansible_vault_compatible_both_ways():
         store.VaultCodec("other").decrypt(theirs, "x")
     with pytest.raises(IdentityError, match="Cannot decrypt x: it is not an ansible-vault AES256 value"):
         codec.decrypt("plain", "x")
+
+
+def test_store_reads_the_roles_record_and_secrets_layout(tmp_path):
+    record = _record(tmp_path, host("zeta", 16))
+    path = tmp_path / "zeta.json"
+    path.write_text(json.dumps({"record": record.public_dict(), "secrets": record.secrets}))
+    assert store.load_record(str(path)).to_dict() == record.to_dict()
