@@ -39,8 +39,8 @@ options:
   record_path:
     description:
       - A record file on the host (JSON), instead of O(record); either a record with its C(secrets)
-        or the roles' store layout C({"record": ..., "secrets": ...}). Secrets in it must be in
-        clear; O(secrets) adds to them.
+        or the roles' store layout (an object with the keys C(record) and C(secrets)). Secrets in
+        it must be in clear; O(secrets) adds to them.
     type: path
   root:
     description:
