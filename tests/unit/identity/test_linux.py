@@ -145,3 +145,15 @@ def test_without_pyyaml_netplan_is_kept_whole(tmp_path, monkeypatch):
     assert any("50-lan.yaml: PyYAML (python3-yaml) is not installed" in note for note in record.notes)
     assert api.apply(record, root=root, sysfs=sysfs).changed
     assert snapshot_tree(root) == original
+
+
+def test_snapshot_of_the_running_system_reads_without_writing(tmp_path):
+    record = api.snapshot("self", root="/", sysfs=str(tmp_path / "nosys"))
+    assert record.os == "linux"
+    try:
+        with open("/etc/hostname") as handle:
+            expected = handle.read().strip() or None
+    except FileNotFoundError:
+        expected = None
+    assert record.summary["hostname"] == expected
+    assert all(item.path.startswith("/etc/") or item.path.startswith("/var/") for item in record.files)
