@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 GPT_SIGNATURE = b"EFI PART"
 GPT_HEADER = struct.Struct("<8sIIIIQQQQ16sQIII")  # 92 bytes, up to the entries CRC
 GPT_ENTRY = struct.Struct("<16s16sQQQ72s")
-MBR_ENTRY = struct.Struct("<B3sB3sII")
+MBR_ENTRY = struct.Struct("<B3xB3xII")  # status, type id, first sector, sector count (CHS skipped)
 MBR_TABLE = 446
 MBR_DISK_ID = 440
 EXTENDED_TYPES = (0x05, 0x0F, 0x85)
@@ -151,7 +151,7 @@ def read_mbr(fd: int, sector_size: int) -> Optional[Tuple[str, List[MbrEntry], L
     entries, ebrs = [], []
     extended = None
     for slot in range(4):
-        status, _, type_id, _, start, sectors = MBR_ENTRY.unpack_from(boot, MBR_TABLE + 16 * slot)
+        status, type_id, start, sectors = MBR_ENTRY.unpack_from(boot, MBR_TABLE + 16 * slot)
         if type_id:
             entries.append(MbrEntry(slot + 1, status == 0x80, type_id, start, sectors, None))
             if type_id in EXTENDED_TYPES and extended is None:
@@ -162,11 +162,11 @@ def read_mbr(fd: int, sector_size: int) -> Optional[Tuple[str, List[MbrEntry], L
         if sector[510:512] != b"\x55\xaa":
             break
         ebrs.append(ebr)
-        status, _, type_id, _, start, sectors = MBR_ENTRY.unpack_from(sector, MBR_TABLE)
+        status, type_id, start, sectors = MBR_ENTRY.unpack_from(sector, MBR_TABLE)
         if type_id:
             entries.append(MbrEntry(number, status == 0x80, type_id, ebr + start, sectors, ebr))
             number += 1
-        _, _, next_type, _, next_start, _ = MBR_ENTRY.unpack_from(sector, MBR_TABLE + 16)
+        next_type, next_start = MBR_ENTRY.unpack_from(sector, MBR_TABLE + 16)[1:3]
         ebr = extended + next_start if next_type in EXTENDED_TYPES and next_start else None
     return disk_id, entries, ebrs
 

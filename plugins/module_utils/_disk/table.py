@@ -242,7 +242,7 @@ def _grow_last(path: str, parts: List[PartitionLayout], last_usable: int) -> Non
 
 def clear_labels(fd: int, size: int, sector: int) -> None:
     """Zero the MBR and both GPT copies (the first and last 34 sectors' worth for 512-byte sectors)."""
-    first, _ = usable_range("gpt", size, sector)
+    first = usable_range("gpt", size, sector)[0]
     span = min(first * sector, size)
     zero_range(fd, 0, span)
     tail = max(size - (first - 1) * sector, span)

@@ -83,7 +83,7 @@ def _signatures(device: str, where: str, base: int, about: str) -> List[Signatur
 def _table_regions(path: str, label: str, size: int, sector: int) -> List[Region]:
     """The sectors holding the partition table itself: zeroed whole, not just their magic."""
     if label == "gpt":
-        first, _ = usable_range("gpt", size, sector)
+        first = usable_range("gpt", size, sector)[0]
         return [Region(0, first * sector, "protective MBR and primary GPT"),
                 Region(size - (first - 1) * sector, (first - 1) * sector, "backup GPT")]
     if label == "msdos":
