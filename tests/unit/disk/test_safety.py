@@ -52,7 +52,7 @@ def test_held_disk_is_refused(loop_disk, fake_host):
 
 def test_disk_with_mounted_partition_window_is_refused(loop_disk, tmp_path):
     disk = loop_disk(32 * MiB)
-    sh("sgdisk", "-n1:2048:0", disk.device)
+    sh("sgdisk", "-n1:2048:+16M", "-n2:0:0", disk.device)
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     with blockdev.partition_path(disk.device, 1) as window:
@@ -63,6 +63,10 @@ def test_disk_with_mounted_partition_window_is_refused(loop_disk, tmp_path):
                 safety.open_target(disk.device)
             with pytest.raises(UnsafeTargetError, match=f"^{window} is in use: mounted at {mountpoint}.$"):
                 safety.open_target(window)
+            with blockdev.partition_path(disk.device, 2) as sibling:  # another partition of that disk
+                with pytest.raises(UnsafeTargetError, match=f"^Target {sibling} lies on {disk.device}, and "
+                                                            f"{disk.device} is in use: mounted at {mountpoint}.$"):
+                    safety.open_target(sibling)
         finally:
             subprocess.run(["umount", str(mountpoint)], check=True)
     fd = safety.open_target(disk.device)  # unmounted and detached: writable again
