@@ -135,6 +135,19 @@ def parse_swaps(path: str) -> List[str]:
     return [_unescape(line.split()[0]) for line in _read(path).splitlines()[1:] if line.strip()]
 
 
+def _serial(base: str) -> str:
+    """sysfs serial (NVMe, virtio, USB), else the SCSI unit serial number VPD page (SATA/SAS)."""
+    text = _read(os.path.join(base, "device", "serial")) or _read(os.path.join(base, "serial"))
+    if text:
+        return text
+    try:
+        with open(os.path.join(base, "device", "vpd_pg80"), "rb") as handle:
+            page = handle.read()
+    except OSError:
+        return ""
+    return page[4:4 + page[3]].decode("ascii", "replace").strip() if len(page) > 4 else ""
+
+
 def _transport(sys_dev: str, name: str) -> str:
     if name.startswith("loop"):
         return "loop"
@@ -275,7 +288,7 @@ def list_block_devices(sysfs: str = "/sys", mountinfo: str = "/proc/self/mountin
             read_only=_read(os.path.join(base, "ro")) == "1",
             rotational=_read(os.path.join(base, "queue", "rotational")) == "1",
             model=_read(os.path.join(base, "device", "model")),
-            serial=_read(os.path.join(base, "device", "serial")) or _read(os.path.join(base, "serial")),
+            serial=_serial(base),
             transport=_transport(base, name),
             is_loop=name.startswith("loop"),
             backing_file=tree.nodes[name].backing_file,

@@ -1,4 +1,6 @@
 # Discovery and "all fixed disks" selection, only ever against fake sysfs trees.
+import os
+
 from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import discover
 
 
@@ -131,3 +133,11 @@ def test_swap_file_marks_the_disk_holding_it(fake_host):
     fake_host.swap("/var/swapfile")
     devices = _by_name(discover.list_block_devices(**fake_host.views))
     assert devices["sdb"].boot_mountpoints == ["[SWAP]"]
+
+
+def test_sata_serial_comes_from_the_vpd_page(fake_host):
+    fake_host.disk("sda", serial="")
+    os.remove(os.path.join(fake_host.sysfs, "block", "sda", "device", "serial"))
+    with open(os.path.join(fake_host.sysfs, "block", "sda", "device", "vpd_pg80"), "wb") as handle:
+        handle.write(b"\x00\x80\x00\x0b  WD-ABC123")
+    assert discover.list_block_devices(**fake_host.views)[0].serial == "WD-ABC123"
