@@ -229,6 +229,18 @@ def _interface_macs(system: Hive, control_set: str) -> Dict[str, str]:
     return macs
 
 
+def _sam_machine_sid(root: Root) -> Optional[str]:
+    """The machine SID from SAM\\Domains\\Account\\V, whose last 24 bytes are S-1-5-21-x-y-z."""
+    path = find_hive(root, "SAM")
+    if path is None:
+        return None
+    value = Hive(path).raw("SAM\\Domains\\Account", "V")
+    if value is None or len(value[1]) < 24:
+        return None
+    sid = decode_sid(value[1][-24:])
+    return sid if sid and sid.startswith("S-1-5-21-") else None
+
+
 INTERFACE_VALUES = (("enable_dhcp", "EnableDHCP"), ("ip_address", "IPAddress"), ("subnet_mask", "SubnetMask"),
                     ("default_gateway", "DefaultGateway"), ("name_server", "NameServer"))
 
@@ -275,6 +287,8 @@ def gather(root: Root, record: IdentityRecord, hardware_macs: List[str]) -> None
         for field_name, key in (("machine_sid", "PolAcDmS"), ("domain_sid", "PolPrDmS")):
             value = security.raw(f"Policy\\{key}", "")
             info[field_name] = decode_sid(value[1]) if value else None
+    if not info["machine_sid"]:
+        info["machine_sid"] = _sam_machine_sid(root)
     info["domain_joined"] = bool(info["domain_sid"])
     record.windows = info
     record.summary.update({

@@ -160,3 +160,22 @@ def test_no_hive_means_no_windows_root(tmp_path):
     assert not windows.is_windows_root(Root(str(tmp_path)))
     with pytest.raises(IdentityError, match="neither a Linux root"):
         api.snapshot("x", root=str(tmp_path), sysfs=str(tmp_path / "sys"))
+
+
+def test_machine_sid_from_sam_when_security_is_absent(tmp_path):
+    import hivex
+    from identity_trees import _sid
+    sysfs = fake_sysfs(str(tmp_path / "sys"), A)
+    config = build_windows_root(str(tmp_path / "a"), A, SID_A)
+    os.unlink(os.path.join(config, "SECURITY"))
+    sam = os.path.join(config, "SAM")
+    blank_hive(sam, "SAM")
+    hive = hivex.Hivex(sam, write=True)
+    node = hive.root()
+    for part in ("SAM", "Domains", "Account"):
+        node = hive.node_add_child(node, part)
+    hive.node_set_value(node, {"key": "V", "t": 3, "value": bytes(range(200)) + _sid(SID_A)})
+    hive.commit(sam)
+    record = api.snapshot("hosta", root=str(tmp_path / "a"), sysfs=sysfs)
+    assert record.windows["machine_sid"] == SID_A and record.windows["workgroup"] is None
+    assert any("No SECURITY hive" in note for note in record.notes)
