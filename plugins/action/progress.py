@@ -80,7 +80,7 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         del tmp
-        _, args = self.validate_argument_spec(argument_spec=dict(
+        dummy, args = self.validate_argument_spec(argument_spec=dict(
             module=dict(type="str", required=True),
             module_args=dict(type="dict", default={}),
             timeout=dict(type="int", default=3600),

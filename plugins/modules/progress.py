@@ -92,4 +92,3 @@ progress_last:
   returned: when progress_option is set and the module wrote progress
   type: dict
 """
-
