@@ -11,6 +11,7 @@ import time
 
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_text
+from ansible.parsing.plugin_docs import read_docstring
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
@@ -102,8 +103,12 @@ class ActionModule(ActionBase):
         tmpdir = self._connection._shell.tmpdir or self._make_tmp_path()
         progress_path = None
         if args["progress_option"]:
-            progress_path = self._connection._shell.join_path(tmpdir, "progress.json")
-            module_args[args["progress_option"]] = progress_path
+            if self._documents_option(module, args["progress_option"]):
+                progress_path = self._connection._shell.join_path(tmpdir, "progress.json")
+                module_args[args["progress_option"]] = progress_path
+            else:
+                display.warning(f"{module} has no option {args['progress_option']}: "
+                                "only the elapsed time can be shown while it runs.")
 
         started = time.monotonic()
         job_id = None
@@ -148,6 +153,15 @@ class ActionModule(ActionBase):
         if last_progress is not None:
             result["progress_last"] = last_progress
         return result
+
+    def _documents_option(self, module: str, option: str) -> bool:
+        """Whether the module's documentation lists `option` (so passing it cannot break it)."""
+        context = self._shared_loader_obj.module_loader.find_plugin_with_context(
+            module, collection_list=self._task.collections)
+        if not context.resolved or not context.plugin_resolved_path:
+            return False
+        doc = read_docstring(context.plugin_resolved_path, verbose=False, ignore_errors=True).get("doc") or {}
+        return option in (doc.get("options") or {})
 
     def _job_status(self, job_id: str, mode: str, task_vars: dict) -> dict:
         # What the async_status action does, without a task of its own.

@@ -13,6 +13,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 # A module of the test's own (next to the playbook) that behaves like a transfer: writes progress,
 # takes a while, and returns a result; or, told to hang, records its pid and sleeps.
 SLOW_MODULE = '''#!/usr/bin/python3
+DOCUMENTATION = """
+module: slow_transfer
+short_description: test stand-in for a transfer
+options:
+  steps: {type: int, description: [how many progress steps]}
+  hang: {type: bool, description: [sleep instead]}
+  pid_file: {type: path, description: [where to write the pid]}
+  progress_file: {type: path, description: [where to write progress]}
+"""
 import json, os, time
 from ansible.module_utils.basic import AnsibleModule
 m = AnsibleModule(argument_spec=dict(steps=dict(type="int", default=3), hang=dict(type="bool", default=False),
@@ -90,3 +99,23 @@ def test_timeout_cancels_the_job_and_says_so(tmp_path):
     while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
         time.sleep(0.1)
     assert not os.path.exists(f"/proc/{pid}"), "the hanging module is still running"
+
+
+@pytest.mark.timeout(120)
+def test_a_module_without_the_progress_option_runs_with_elapsed_time_only(tmp_path):
+    proc = _playbook(tmp_path, """\
+        - name: Plain command
+          fleetcast.imaging.progress:
+            module: ansible.builtin.command
+            module_args: {argv: [sh, -c, "sleep 1.5; echo finished"]}
+            progress_option: progress_file
+            poll_interval: 0.5
+          register: plain
+        - name: Show
+          ansible.builtin.debug:
+            msg: "out={{ plain.stdout }} rc={{ plain.rc }}"
+        """)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ansible.builtin.command has no option progress_file" in proc.stderr
+    assert re.search(r"^localhost: 0:0\d running$", proc.stdout, re.M)
+    assert "out=finished rc=0" in proc.stdout
