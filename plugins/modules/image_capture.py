@@ -49,9 +49,9 @@ options:
     type: int
     default: 4
   level:
-    description: zstd compression level (1 to 19).
+    description: zstd compression level (1 to 19), per chunk.
     type: int
-    default: 3
+    default: 4
   threads:
     description: Compression threads; V(0) means one per CPU.
     type: int
@@ -127,7 +127,7 @@ def main():
             dest=dict(type="path", required=True),
             force=dict(type="bool", default=False),
             chunk_size_mib=dict(type="int", default=4),
-            level=dict(type="int", default=3),
+            level=dict(type="int", default=4),
             threads=dict(type="int", default=0),
             mode=dict(type="raw", default="0600"),
         ),

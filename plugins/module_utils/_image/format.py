@@ -359,7 +359,10 @@ def _parse_header(fileobj: BinaryIO, name: str) -> "tuple[Dict[str, Any], int]":
     return json.loads(body[:layout_len]), HEADER.size + layout_len + 32
 
 
-def iter_stream(fileobj: BinaryIO, name: str = "the image stream") -> Iterator[Union[Dict[str, Any], ChunkRecord, Manifest]]:
+StreamItem = Union[Dict[str, Any], ChunkRecord, Manifest]
+
+
+def iter_stream(fileobj: BinaryIO, name: str = "the image stream") -> Iterator[StreamItem]:
     """Read an image front to back: yields the layout dict, every ChunkRecord (framing checked,
     payload not yet verified), then the Manifest once the trailer and footer check out."""
     layout, position = _parse_header(fileobj, name)

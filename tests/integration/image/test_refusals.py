@@ -54,7 +54,8 @@ def assert_refused_untouched(device, call, error, pattern):
 
 @pytest.mark.parametrize("how, error, pattern", [
     ("truncated", ImageError, r"is truncated or incomplete: no footer"),
-    ("flipped", ChunkCorruptError, r"at byte \d+: chunk \d+ \(disk 0, offset \d+\) (failed its SHA-256|cannot be decomp)"),
+    ("flipped", ChunkCorruptError,
+     r"at byte \d+: chunk \d+ \(disk 0, offset \d+\) (failed its SHA-256|cannot be decomp)"),
     ("version", ImageError, r"has format version 7; this collection reads version 1 only"),
 ])
 def test_bad_image_is_refused_before_the_target_is_touched(image, target, tmp_path, how, error, pattern):
