@@ -1,0 +1,10 @@
+# -*- coding: utf-8 -*-
+# Copyright: fleetcast.imaging developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""``python3 -m ...module_utils._transport``: the engine's command line. Private to the collection."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,144 @@
+# -*- coding: utf-8 -*-
+# Copyright: fleetcast.imaging developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Command line of the transport engine alone, for the lab, the tests and the benchmark.
+
+Private to the collection: not a public API. It moves one plain file as opaque objects (object 0:
+JSON with the size; then 8-byte offset + bytes), so the engine is exercised without any image.
+The session key comes from the ``FLEETCAST_SESSION_KEY`` environment variable, never the argv.
+The receiver writes ``OUTPUT.partial`` and renames it to ``OUTPUT`` only once every object has
+been verified; on failure the ``.partial`` file stays, marked incomplete by its name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import sys
+from typing import List, Optional
+
+from .._errors import FleetcastError
+from .netio import interface_address
+from .receiver import Receiver, ReceiverConfig
+from .sender import Sender, SenderConfig
+from .source import ReaderSource
+
+OFFSET = struct.Struct(">Q")
+
+
+def file_source(path: str, object_size: int) -> ReaderSource:
+    fd = os.open(path, os.O_RDONLY)
+    size = os.fstat(fd).st_size
+    count = -(-size // object_size) + 1
+    first = json.dumps({"size": size, "object_size": object_size}).encode()
+
+    def read(index: int) -> bytes:
+        offset = (index - 1) * object_size
+        return OFFSET.pack(offset) + os.pread(fd, object_size, offset)
+
+    return ReaderSource(first, count, read)
+
+
+class FileSink:
+    """Objects of `file_source` back into a file, in whatever order they arrive."""
+
+    def __init__(self, output: str):
+        self.output = output
+        self.partial = output + ".partial"
+        self.fd: Optional[int] = None
+        self.size: Optional[int] = None
+
+    def _open(self) -> int:
+        if self.fd is None:
+            self.fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        return self.fd
+
+    def __call__(self, index: int, data: bytes) -> None:
+        fd = self._open()
+        if index == 0:
+            self.size = int(json.loads(bytes(data))["size"])
+            os.ftruncate(fd, self.size)
+            return
+        (offset,) = OFFSET.unpack_from(data)
+        os.pwrite(fd, memoryview(data)[OFFSET.size:], offset)
+
+    def commit(self) -> None:
+        fd = self._open()
+        os.fsync(fd)
+        os.close(fd)
+        self.fd = None
+        os.rename(self.partial, self.output)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _key() -> bytes:
+    key = os.environ.get("FLEETCAST_SESSION_KEY", "")
+    if not key:
+        raise FleetcastError("Set FLEETCAST_SESSION_KEY to the session key.")
+    return key.encode()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="fleetcast-transport")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("send", "receive"):
+        command = sub.add_parser(name)
+        command.add_argument("--group", default="239.255.71.1")
+        command.add_argument("--port", type=int, default=9611)
+        command.add_argument("--interface", default="eth0")
+        command.add_argument("--no-offload", action="store_true")
+    send = sub.choices["send"]
+    send.add_argument("--file", required=True)
+    send.add_argument("--object-size", type=int, default=4 * 1024 * 1024)
+    send.add_argument("--expected", default="")
+    send.add_argument("--min-receivers", type=int, default=1)
+    send.add_argument("--max-wait", type=float, default=30.0)
+    send.add_argument("--rate", type=int, default=0, help="cap in bytes per second")
+    send.add_argument("--receiver-timeout", type=float, default=5.0)
+    send.add_argument("--encrypt", action="store_true")
+    receive = sub.choices["receive"]
+    receive.add_argument("--output", required=True)
+    receive.add_argument("--name", default="")
+    receive.add_argument("--timeout", type=float, default=30.0)
+    receive.add_argument("--window-mib", type=int, default=48)
+    args = parser.parse_args(argv)
+    offload = False if args.no_offload else None
+    try:
+        address = interface_address(args.interface)
+        if args.command == "send":
+            config = SenderConfig(
+                group=args.group, port=args.port, address=address, session_key=_key(),
+                expected=[e for e in args.expected.split(",") if e], min_receivers=args.min_receivers,
+                max_wait=args.max_wait, rate_cap=args.rate, receiver_timeout=args.receiver_timeout,
+                encrypt=args.encrypt, offload=offload)
+            result = Sender(config, file_source(args.file, args.object_size)).run().to_dict()
+        else:
+            sink = FileSink(args.output)
+            config = ReceiverConfig(group=args.group, port=args.port, address=address,
+                                    session_key=_key(), name=args.name or address,
+                                    timeout=args.timeout, window_bytes=args.window_mib * 1024 * 1024,
+                                    offload=offload)
+            try:
+                result = Receiver(config, sink).run().to_dict()
+                sink.commit()
+            finally:
+                sink.close()
+        import resource
+        result["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        result["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 3)
+        print(json.dumps(result), flush=True)
+        return 0
+    except FleetcastError as err:
+        print(json.dumps({"failed": True, "msg": str(err)}), flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+# -*- coding: utf-8 -*-
+# Copyright: fleetcast.imaging developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Sockets of a multicast session, with Linux UDP GSO/GRO where the kernel offers them.
+
+Private to the collection: not a public API. ``FLEETCAST_NO_OFFLOAD=1`` (or ``offload=False``)
+forces the plain one-datagram-per-system-call path, so both paths stay tested.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import struct
+from typing import Optional, Tuple
+
+from .._errors import TransportError
+from .wire import DATAGRAM
+
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+SIOCGIFADDR = 0x8915
+GSO_MAX_SEGMENTS = 44               # 44 * 1472 bytes stays under the 64 KiB UDP length limit
+SOCKET_BUFFER = 64 * 1024 * 1024
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+
+
+def offload_wanted(offload: Optional[bool]) -> bool:
+    if offload is not None:
+        return offload
+    return os.environ.get("FLEETCAST_NO_OFFLOAD", "") in ("", "0")
+
+
+def interface_address(interface: str) -> str:
+    """IPv4 address of a network interface, e.g. ``eth0`` -> ``10.0.0.5``."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        request = struct.pack("256s", interface.encode()[:15])
+        return socket.inet_ntoa(fcntl.ioctl(probe.fileno(), SIOCGIFADDR, request)[20:24])
+    except OSError as err:
+        raise TransportError(f"Interface {interface} has no IPv4 address usable for multicast ({err.strerror}).") from None
+    finally:
+        probe.close()
+
+
+def _big_buffers(sock: socket.socket, option: int) -> None:
+    # SO_*BUFFORCE passes the sysctl limits when we run as root (imaging runs as root).
+    forced = SO_RCVBUFFORCE if option == socket.SO_RCVBUF else SO_SNDBUFFORCE
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+
+
+def sender_socket(address: str, port: int, ttl: int, offload: Optional[bool]) -> Tuple[socket.socket, bool]:
+    """The sender's one socket: sends to the group, receives receivers' unicast control. Returns
+    (socket, GSO in use)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        _big_buffers(sock, socket.SO_SNDBUF)
+        _big_buffers(sock, socket.SO_RCVBUF)
+    except OSError as err:
+        sock.close()
+        raise TransportError(f"Cannot open the multicast sender socket on {address}:{port} ({err.strerror}).") from None
+    gso = False
+    if offload_wanted(offload):
+        try:
+            # Set once on the socket: a send longer than one segment is cut by the kernel (or the
+            # NIC) into DATAGRAM-sized datagrams; shorter sends (control) go out as they are.
+            sock.setsockopt(SOL_UDP, UDP_SEGMENT, DATAGRAM)
+            gso = True
+        except OSError:
+            gso = False
+    return sock, gso
+
+
+def receiver_sockets(group: str, port: int, address: str, offload: Optional[bool]) -> Tuple[socket.socket, socket.socket, bool]:
+    """(group socket, control socket, GRO in use) of a receiver on the interface with `address`."""
+    data = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    control = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        data.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        data.bind((group, port))
+        membership = socket.inet_aton(group) + socket.inet_aton(address)
+        data.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+        _big_buffers(data, socket.SO_RCVBUF)
+        control.bind((address, 0))
+        control.setblocking(False)
+    except OSError as err:
+        data.close()
+        control.close()
+        raise TransportError(f"Cannot join multicast group {group}:{port} on {address} ({err.strerror}).") from None
+    gro = False
+    if offload_wanted(offload):
+        try:
+            data.setsockopt(SOL_UDP, UDP_GRO, 1)
+            gro = True
+        except OSError:
+            gro = False
+    return data, control, gro
+
+
+def gro_segment_size(ancillary) -> int:
+    """Segment size the kernel reports for a coalesced GRO buffer, 0 for a single datagram."""
+    for level, kind, value in ancillary:
+        if level == SOL_UDP and kind == UDP_GRO:
+            return struct.unpack("=i", value[:4])[0] if len(value) >= 4 else struct.unpack("=H", value[:2])[0]
+    return 0
+
+
+def udp_receive_errors() -> int:
+    """Datagrams the kernel dropped in this network namespace because a socket buffer was full."""
+    try:
+        with open("/proc/net/snmp", encoding="ascii") as snmp:
+            lines = [line.split() for line in snmp if line.startswith("Udp:")]
+        names, values = lines[0], lines[1]
+        return int(values[names.index("RcvbufErrors")])
+    except (OSError, IndexError, ValueError):
+        return 0

@@ -1,0 +1,616 @@
+# -*- coding: utf-8 -*-
+# Copyright: fleetcast.imaging developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The receiving side of a multicast session. Private to the collection: not a public API.
+
+Three stages overlap in threads: the network loop (reassembles objects; with GRO a whole buffer of
+datagrams is one strided numpy copy), the verifier (decrypts, checks each object against the
+digest from an authenticated META message) and the writer (hands verified objects to the sink in
+the order they complete). Memory is bounded by ``window_bytes`` whatever the image size: data for
+an object that does not fit is dropped and asked for again later.
+
+A receiver joins only a session whose sender answered its own random nonce (WELCOME), so replayed
+announcements of an older session lead nowhere; once joined, every datagram of another session id
+is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import random
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+
+from .._errors import FleetcastError, TransportError
+from . import wire
+from .netio import gro_segment_size, receiver_sockets, udp_receive_errors
+
+STATUS_EVERY = 0.025
+NACK_AFTER = 0.015            # an object silent this long with holes gets its holes asked for
+NACK_RETRY = 0.05
+OBJECT_REQUEST_HOLDOFF = 0.3
+JOIN_EVERY = 0.2
+MAX_FRAGMENTS = (64 * 1024 * 1024) // wire.PAYLOAD + 1     # refuse objects over 64 MiB
+BUFFER = 65536 + 4096
+
+# the data header as numpy fields: rows of a GRO buffer viewed through it need no copies
+HEADER_ROW = np.dtype({"names": ["prefix", "session", "object", "fragment", "count"],
+                       "formats": [">u4", ">u8", ">u4", ">u4", ">u4"],
+                       "offsets": [0, 4, 12, 16, 20], "itemsize": wire.DATAGRAM})
+
+# object states
+MISSING, PENDING, DELIVERED = 0, 1, 2
+
+
+@dataclass
+class ReceiverConfig:
+    group: str
+    port: int
+    address: str
+    session_key: bytes
+    name: str = ""
+    timeout: float = 30.0              # silence (or no session at all) that ends with an error
+    window_bytes: int = 48 * 1024 * 1024
+    offload: Optional[bool] = None
+    layout_first: bool = False         # accept other objects only once object 0 was delivered
+
+
+@dataclass
+class ReceiveResult:
+    objects: int
+    bytes: int
+    fragment_requests: int
+    object_requests: int
+    seconds: float
+    digest: str
+    announced_image_id: str
+    sender: str
+    gro: bool
+    encrypted: bool
+    kernel_drops: int
+    window_drops: int
+    rejected_objects: int
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class _Partial:
+    __slots__ = ("rows", "got", "remaining", "count", "last_seen", "complete")
+
+    def __init__(self, count: int, now: float):
+        self.rows = np.empty((count, wire.PAYLOAD), dtype=np.uint8)
+        self.got = np.zeros(count, dtype=bool)
+        self.remaining = count
+        self.count = count
+        self.last_seen = now
+        self.complete = False
+
+
+class _Candidate:
+    __slots__ = ("keys", "sender", "nonce", "asked", "announce")
+
+    def __init__(self, keys: wire.SessionKeys, sender: Tuple[str, int]):
+        self.keys = keys
+        self.sender = sender
+        self.nonce = int.from_bytes(os.urandom(8), "big")
+        self.asked = 0.0
+        self.announce = b""
+
+
+# A sink gets (index, bytes-like object); the object is only valid during the call.
+Sink = Callable[[int, memoryview], None]
+
+
+class Receiver:
+    def __init__(self, config: ReceiverConfig, sink: Sink, finish: Optional[Callable[[bytes], bytes]] = None):
+        """`finish(announced image id)` runs once every object was delivered and returns the digest
+        this receiver reports (default: the session digest of what it verified)."""
+        self.config = config
+        self.sink = sink
+        self.finish = finish
+        self.receiver_id = int.from_bytes(os.urandom(8), "big") or 1
+        self.data_sock, self.control_sock, self.gro = receiver_sockets(
+            config.group, config.port, config.address, config.offload)
+        self.data_sock.settimeout(0.01)
+        self.buffer = bytearray(BUFFER)
+        self.view = memoryview(self.buffer)
+        self.array = np.frombuffer(self.buffer, dtype=np.uint8)
+        self.candidates: Dict[int, _Candidate] = {}
+        self.keys: Optional[wire.SessionKeys] = None
+        self.prefix = b""
+        self.prefix_head = 0
+        self.sender: Tuple[str, int] = ("", 0)
+        self.sender_window = wire.ReplayWindow()
+        self.seq = 0
+        self.cipher = None
+        self.encrypted = False
+        self.image_id = b""
+        self.final_count: Optional[int] = None
+        self.known = 0
+        self.sent_through = 0
+        self.state = bytearray()
+        self.meta: Dict[int, Tuple[int, bytes]] = {}
+        self.window: Dict[int, _Partial] = {}
+        self.inflight = 0                  # bytes held by the window and the two queues
+        self.inflight_lock = threading.Lock()
+        self.requested: Dict[int, float] = {}
+        self.lowest_missing = 0
+        self.delivered = 0
+        self.delivered_bytes = 0
+        self.fragment_requests = 0
+        self.object_requests = 0
+        self.window_drops = 0
+        self.pressure = 0
+        self.rejected_objects = 0
+        self.kernel_drops_base = udp_receive_errors()
+        self.rejected: "queue.SimpleQueue[int]" = queue.SimpleQueue()
+        self.to_verify: "queue.Queue" = queue.Queue()
+        self.to_write: "queue.Queue" = queue.Queue(maxsize=1)
+        self.error: Optional[BaseException] = None
+        self.last_from_sender = 0.0
+        self.ended: Optional[int] = None
+        self.done_acked = False
+        self.digests: List[Tuple[int, bytes]] = []
+
+    # --- stages ----------------------------------------------------------------------------------
+    def _release(self, size: int) -> None:
+        with self.inflight_lock:
+            self.inflight -= size
+
+    def _verify(self) -> None:
+        while True:
+            item = self.to_verify.get()
+            if item is None:
+                self.to_write.put(None)
+                return
+            index, partial, wire_length, digest = item
+            size = partial.rows.nbytes
+            try:
+                # a view, not a copy: hashlib and pwrite release the GIL on it, a copy would not
+                data = memoryview(partial.rows).cast("B")[:wire_length]
+                if self.cipher is not None:
+                    try:
+                        data = self.cipher.decrypt(wire.object_nonce(index), data.tobytes(),
+                                                   struct.pack(">Q", self.keys.session_id))
+                    except InvalidTag:   # forged or damaged: ask again
+                        self._release(size)
+                        self.rejected.put(index)
+                        continue
+                if hashlib.sha256(data).digest() != digest:
+                    self._release(size)
+                    self.rejected.put(index)
+                    continue
+                self.to_write.put((index, data, size))
+            except BaseException as err:
+                self.error = err
+                self._release(size)
+                self.to_write.put(None)
+                return
+
+    def _write(self) -> None:
+        while True:
+            item = self.to_write.get()
+            if item is None:
+                return
+            index, data, size = item
+            try:
+                if self.error is None:
+                    self.sink(index, data)
+                    self.delivered_bytes += data.nbytes if isinstance(data, memoryview) else len(data)
+                    self.delivered += 1
+            except BaseException as err:
+                self.error = err
+            finally:
+                self._release(size)
+
+    # --- control ---------------------------------------------------------------------------------
+    def _send(self, kind: int, body: bytes) -> None:
+        self.seq += 1
+        try:
+            self.control_sock.sendto(wire.pack_control(self.keys, kind, self.seq, body), self.sender)
+        except (BlockingIOError, OSError):
+            pass   # control is retried by the next status round
+
+    def _control_datagram(self, datagram: bytes, source: Tuple[str, int]) -> None:
+        head = wire.peek_control(datagram)
+        if head is None:
+            return
+        kind, _flags, session_id, _seq = head
+        if self.keys is None:
+            self._courting(kind, session_id, datagram, source)
+            return
+        opened = wire.open_control(self.keys, datagram)
+        if opened is None:
+            return
+        kind, _flags, seq, body = opened
+        if not self.sender_window.accept(seq):
+            return
+        self.last_from_sender = time.monotonic()
+        try:
+            self._handle(kind, body)
+        except struct.error:
+            pass
+
+    def _courting(self, kind: int, session_id: int, datagram: bytes, source: Tuple[str, int]) -> None:
+        """Before joining: answer authentic announcements with a JOIN, accept only the WELCOME that
+        echoes our nonce."""
+        candidate = self.candidates.get(session_id)
+        if candidate is None:
+            if kind != wire.ANNOUNCE or len(self.candidates) > 64:
+                return
+            keys = wire.SessionKeys.derive(self.config.session_key, session_id)
+            if wire.open_control(keys, datagram) is None:
+                return
+            candidate = _Candidate(keys, source)
+            self.candidates[session_id] = candidate
+        opened = wire.open_control(candidate.keys, datagram)
+        if opened is None:
+            return
+        kind, _flags, seq, body = opened
+        now = time.monotonic()
+        if kind == wire.ANNOUNCE:
+            candidate.announce = body
+        if kind == wire.ANNOUNCE and now - candidate.asked >= JOIN_EVERY:
+            candidate.asked = now
+            self.seq += 1
+            join = wire.JOIN_BODY.pack(self.receiver_id, candidate.nonce) + self.config.name.encode()[:64]
+            try:
+                self.control_sock.sendto(wire.pack_control(candidate.keys, wire.JOIN, self.seq, join), source)
+            except OSError:
+                pass
+        elif kind == wire.WELCOME:
+            receiver_id, nonce = wire.WELCOME_BODY.unpack_from(body)
+            if receiver_id == self.receiver_id and nonce == candidate.nonce:
+                self._lock(candidate)
+                self.sender_window.accept(seq)
+                if candidate.announce:
+                    self._handle(wire.ANNOUNCE, candidate.announce)
+
+    def _lock(self, candidate: _Candidate) -> None:
+        self.keys = candidate.keys
+        self.sender = candidate.sender
+        self.candidates.clear()
+        self.prefix = struct.pack(">BBHQ", wire.DATA, wire.VERSION, 0, self.keys.session_id)
+        self.prefix_head = struct.unpack(">I", self.prefix[:4])[0]
+        self.last_from_sender = time.monotonic()
+
+    def _grow(self, count: int) -> None:
+        if count > len(self.state):
+            self.state.extend(bytes(count - len(self.state)))
+
+    def _handle(self, kind: int, body: bytes) -> None:
+        if kind == wire.ANNOUNCE:
+            known, sent_through, final, encrypted, payload, _r, image_id = wire.ANNOUNCE_BODY.unpack_from(body)
+            if payload != wire.PAYLOAD:
+                raise TransportError(f"Sender {self.sender[0]} uses datagrams of another size ({payload}); versions differ.")
+            self.known = max(self.known, known)
+            self.sent_through = max(self.sent_through, min(sent_through, known))
+            self._grow(self.known)
+            if encrypted and self.cipher is None:
+                from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+                self.cipher = AESGCM(self.keys.enc)
+            self.encrypted = bool(encrypted)
+            if final:
+                self.final_count = known
+                self.image_id = image_id
+        elif kind == wire.META:
+            first, count = wire.META_HEAD.unpack_from(body)
+            offset = wire.META_HEAD.size
+            for index in range(first, first + min(count, wire.META_PER_MESSAGE)):
+                if index not in self.meta:
+                    self.meta[index] = wire.META_ENTRY.unpack_from(body, offset)
+                offset += wire.META_ENTRY.size
+                partial = self.window.get(index)
+                if partial is not None and partial.complete:
+                    self._complete(index, partial)
+        elif kind == wire.END:
+            self.ended = wire.END_BODY.unpack_from(body)[0]
+        elif kind == wire.DONE_ACK:
+            if wire.DONE_ACK_BODY.unpack_from(body)[0] == self.receiver_id:
+                self.done_acked = True
+
+    def _status(self, now: float) -> None:
+        requests: List[bytes] = []
+        budget = wire.REQUESTS_PER_STATUS
+        for index, partial in list(self.window.items()):
+            if len(requests) >= budget:
+                break
+            if partial.complete:
+                requests.append(wire.REQUEST.pack(wire.REQ_META, index, 0, 1))
+                continue
+            if now - partial.last_seen < NACK_AFTER:
+                continue
+            missing = np.flatnonzero(~partial.got)
+            breaks = np.flatnonzero(np.diff(missing) != 1) + 1
+            for run in np.split(missing, breaks)[:8]:
+                requests.append(wire.REQUEST.pack(wire.REQ_FRAGMENTS, index, int(run[0]), len(run)))
+                self.fragment_requests += len(run)
+            partial.last_seen = now + NACK_RETRY    # ask again only if the repair does not come
+        # Whole objects the sender has passed that we never started: as many as the window holds.
+        with self.inflight_lock:
+            room = self.config.window_bytes - self.inflight
+        average = 4 * 1024 * 1024
+        if self.meta:
+            average = max(wire.PAYLOAD, sum(length for length, _ in list(self.meta.values())[-16:]) // min(16, len(self.meta)))
+        allowance = max(0, room // average - len(self.window))
+        while self.lowest_missing < len(self.state) and self.state[self.lowest_missing] != MISSING:
+            self.lowest_missing += 1
+        index = self.lowest_missing
+        limit = min(self.sent_through, len(self.state))
+        if self.config.layout_first and not self.delivered:
+            limit = min(limit, 1)
+        run_start, run_length = -1, 0
+        while index < limit and allowance > 0 and len(requests) < budget:
+            wanted = (self.state[index] == MISSING and index not in self.window
+                      and now - self.requested.get(index, 0.0) > OBJECT_REQUEST_HOLDOFF)
+            if wanted:
+                self.requested[index] = now
+                allowance -= 1
+                self.object_requests += 1
+                if run_start >= 0 and run_start + run_length == index:
+                    run_length += 1
+                else:
+                    if run_start >= 0:
+                        requests.append(wire.REQUEST.pack(wire.REQ_OBJECTS, run_start, 0, run_length))
+                    run_start, run_length = index, 1
+            index += 1
+        if run_start >= 0:
+            requests.append(wire.REQUEST.pack(wire.REQ_OBJECTS, run_start, 0, run_length))
+        if room < self.config.window_bytes // 4:
+            self.pressure += 1       # the disk side is falling behind: ask for a slower rate early
+        drops = udp_receive_errors() - self.kernel_drops_base + self.window_drops + self.pressure
+        body = wire.STATUS_HEAD.pack(self.receiver_id, self.delivered, self.lowest_missing, drops,
+                                     self.delivered_bytes, len(requests)) + b"".join(requests[:budget])
+        self._send(wire.STATUS, body)
+
+    # --- data ------------------------------------------------------------------------------------
+    def _complete(self, index: int, partial: _Partial) -> None:
+        partial.complete = True
+        meta = self.meta.get(index)
+        if meta is None:
+            return                       # asked for in the next status
+        wire_length, digest = meta
+        del self.window[index]
+        if wire.fragments_of(wire_length) != partial.count:
+            # forged fragments claimed another size: start this object over
+            self._release(partial.rows.nbytes)
+            return
+        self.state[index] = PENDING
+        self.to_verify.put((index, partial, wire_length, digest))
+
+    def _partial(self, index: int, count: int, now: float) -> Optional[_Partial]:
+        if index >= len(self.state):
+            if self.final_count is not None or index > self.known + 4096:
+                return None
+            self._grow(index + 1)
+        if self.state[index] != MISSING:
+            return None
+        if self.config.layout_first and index and not self.delivered:
+            return None                  # the sink needs the layout first; this comes again
+        partial = self.window.get(index)
+        if partial is not None:
+            return partial if partial.count == count else None
+        meta = self.meta.get(index)
+        if count > MAX_FRAGMENTS or (meta is not None and wire.fragments_of(meta[0]) != count):
+            return None
+        size = count * wire.PAYLOAD
+        with self.inflight_lock:
+            if self.inflight + size > self.config.window_bytes:
+                return None
+            self.inflight += size
+        partial = _Partial(count, now)
+        self.window[index] = partial
+        return partial
+
+    def _rows(self, rows: np.ndarray, now: float) -> None:
+        """Datagrams of one GRO buffer, as rows: check, split by object, one copy per object."""
+        heads = rows.view(HEADER_ROW)[:, 0]       # strided views of the header fields, no copies
+        if not ((heads["prefix"] == self.prefix_head).all() and (heads["session"] == self.keys.session_id).all()):
+            keep = (heads["prefix"] == self.prefix_head) & (heads["session"] == self.keys.session_id)
+            rows = rows[keep]
+            if not len(rows):
+                return
+            heads = rows.view(HEADER_ROW)[:, 0]
+        objects = heads["object"]
+        if objects[0] == objects[-1] and (objects == objects[0]).all():
+            self._object_rows(int(objects[0]), heads["fragment"], heads["count"], rows, now)
+            return
+        starts = np.flatnonzero(np.diff(objects)) + 1
+        bounds = [0] + starts.tolist() + [len(objects)]
+        for begin, end in zip(bounds[:-1], bounds[1:]):
+            self._object_rows(int(objects[begin]), heads["fragment"][begin:end],
+                              heads["count"][begin:end], rows[begin:end], now)
+
+    def _object_rows(self, index: int, fragments, counts, rows, now: float) -> None:
+        count = int(counts[0])
+        partial = self._partial(index, count, now)
+        if partial is None:
+            if index < len(self.state) and self.state[index] == MISSING:
+                self.window_drops += len(fragments)
+            return
+        first, size = int(fragments[0]), len(fragments)
+        if (counts == count).all() and first + size <= count and (
+                size == 1 or (int(fragments[-1]) == first + size - 1 and (np.diff(fragments) == 1).all())):
+            # the usual case: consecutive fragments, one strided copy
+            fresh = size - int(np.count_nonzero(partial.got[first:first + size]))
+            partial.rows[first:first + size] = rows[:, wire.DATA_HEADER_SIZE:]
+            partial.got[first:first + size] = True
+        else:
+            good = (fragments < count) & (counts == count)
+            fragments, rows = fragments[good], rows[good]
+            fresh = int(np.count_nonzero(~partial.got[fragments]))
+            partial.rows[fragments] = rows[:, wire.DATA_HEADER_SIZE:]
+            partial.got[fragments] = True
+        partial.last_seen = now
+        partial.remaining -= fresh
+        if partial.remaining <= 0:
+            partial.remaining = partial.count - int(np.count_nonzero(partial.got))
+            if partial.remaining == 0:
+                self._complete(index, partial)
+
+    def _one(self, size: int, now: float) -> None:
+        """One datagram without GRO: plain Python, no numpy per datagram."""
+        view = self.view
+        if view[:12] != self.prefix:
+            return
+        _t, _v, _f, _s, index, fragment, count = wire.DATA_HEADER.unpack_from(self.buffer)
+        partial = self._partial(index, count, now)
+        if partial is None:
+            if index < len(self.state) and self.state[index] == MISSING:
+                self.window_drops += 1
+            return
+        if fragment >= count:
+            return
+        partial.rows[fragment] = self.array[wire.DATA_HEADER_SIZE:wire.DATAGRAM]
+        partial.last_seen = now
+        if not partial.got[fragment]:
+            partial.got[fragment] = True
+            partial.remaining -= 1
+            if partial.remaining == 0:
+                self._complete(index, partial)
+
+    def _drain_rejected(self) -> None:
+        while True:
+            try:
+                index = self.rejected.get_nowait()
+            except queue.Empty:
+                return
+            self.state[index] = MISSING
+            self.rejected_objects += 1
+            self.requested.pop(index, None)
+            self.lowest_missing = min(self.lowest_missing, index)
+
+    # --- the loop --------------------------------------------------------------------------------
+    def run(self) -> ReceiveResult:
+        started = time.monotonic()
+        verifier = threading.Thread(target=self._verify, daemon=True, name="fleetcast-verify")
+        writer = threading.Thread(target=self._write, daemon=True, name="fleetcast-write")
+        verifier.start()
+        writer.start()
+        try:
+            try:
+                self._loop(started)
+            finally:
+                self.to_verify.put(None)
+                verifier.join()
+                writer.join()
+                self.data_sock.close()
+            if self.error is not None:
+                raise self.error
+            announced = self.image_id.rstrip(b"\0")
+            digest = self.finish(announced) if self.finish else wire.transport_digest(
+                [(self.meta[i][0] - (16 if self.cipher else 0), self.meta[i][1]) for i in range(self.final_count or 0)])
+            self._report_done(digest)
+        finally:
+            self.control_sock.close()
+        return ReceiveResult(
+            objects=self.delivered, bytes=self.delivered_bytes, fragment_requests=self.fragment_requests,
+            object_requests=self.object_requests, seconds=round(time.monotonic() - started, 3),
+            digest=digest.hex(), announced_image_id=self.image_id.rstrip(b"\0").hex(),
+            sender=self.sender[0], gro=self.gro, encrypted=self.encrypted,
+            kernel_drops=udp_receive_errors() - self.kernel_drops_base, window_drops=self.window_drops,
+            rejected_objects=self.rejected_objects)
+
+    def _where(self) -> str:
+        return f"{self.config.group}:{self.config.port}"
+
+    def _loop(self, started: float) -> None:
+        next_status = 0.0
+        next_control = 0.0
+        iterations = 0
+        while True:
+            if self.error is not None:
+                return
+            try:
+                if self.gro:
+                    size, ancillary, _flags, source = self.data_sock.recvmsg_into(
+                        [self.buffer], socket.CMSG_SPACE(4))
+                else:
+                    size, source = self.data_sock.recvfrom_into(self.buffer)
+                    ancillary = ()
+                got = True
+            except socket.timeout:
+                got = False
+            now = time.monotonic()
+            if got:
+                iterations += 1
+                if size == wire.DATAGRAM and not ancillary:
+                    if self.keys is not None:
+                        self._one(size, now)
+                elif size >= wire.DATAGRAM and self.buffer[0] == wire.DATA:
+                    if self.keys is not None:
+                        segment = gro_segment_size(ancillary) or size
+                        whole = size // segment * segment if segment == wire.DATAGRAM else 0
+                        if whole:
+                            self._rows(self.array[:whole].reshape(-1, wire.DATAGRAM), now)
+                        if size > whole and segment < size:
+                            # a shorter last segment is a control datagram GRO appended
+                            self._control_datagram(bytes(self.view[whole:size]), source)
+                else:
+                    self._control_datagram(bytes(self.view[:size]), source)
+                if iterations & 31 and now < next_control:
+                    continue
+            next_control = now + 0.002
+            self._poll_control()
+            self._drain_rejected()
+            if self.keys is None:
+                if now - started > self.config.timeout:
+                    raise TransportError(
+                        f"No authenticated multicast session on {self._where()} within {self.config.timeout:g} s: "
+                        "no sender is running there, or it uses a different session key.")
+                continue
+            if self.final_count is not None and self.delivered >= self.final_count:
+                return
+            if self.ended is not None:
+                raise TransportError(
+                    f"Sender {self.sender[0]} ended the session on {self._where()} before this receiver had "
+                    f"every object ({self.delivered} of {self.final_count}); the output is incomplete.")
+            if now - self.last_from_sender > self.config.timeout:
+                total = self.final_count if self.final_count is not None else "?"
+                raise TransportError(
+                    f"Sender {self.sender[0]} went silent on {self._where()} for {self.config.timeout:g} s with "
+                    f"{self.delivered} of {total} objects received; the output is incomplete.")
+            if now >= next_status:
+                self._status(now)
+                # randomised spacing: receivers' reports spread out instead of arriving in bursts
+                next_status = now + STATUS_EVERY * (0.5 + random.random())
+
+    def _poll_control(self) -> None:
+        for _ in range(16):
+            try:
+                datagram, source = self.control_sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            self._control_datagram(datagram, source)
+
+    def _report_done(self, digest: bytes) -> None:
+        body = wire.DONE_BODY.pack(self.receiver_id, self.delivered, digest)
+        control = self.control_sock
+        for _ in range(50):
+            if self.done_acked or self.ended is not None:
+                return
+            self.seq += 1
+            try:
+                control.sendto(wire.pack_control(self.keys, wire.DONE, self.seq, body), self.sender)
+            except OSError:
+                return
+            deadline = time.monotonic() + 0.1
+            while time.monotonic() < deadline and not self.done_acked:
+                try:
+                    control.settimeout(max(0.001, deadline - time.monotonic()))
+                    datagram, source = control.recvfrom(2048)
+                except (socket.timeout, BlockingIOError):
+                    break
+                except OSError:
+                    return
+                self._control_datagram(datagram, source)

@@ -1,0 +1,578 @@
+# -*- coding: utf-8 -*-
+# Copyright: fleetcast.imaging developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The sending side of a multicast session. Private to the collection: not a public API.
+
+One loop, no per-slice barrier: it streams every object once (the first pass), and between GSO
+batches serves what receivers ask for (NORM-style NACKs, RFC 5740): missing fragments first, then
+META entries, then whole objects in index order (the carousel that lets a late or restarted
+receiver finish). A request already served within the hold-off is not served again, so a repair
+goes to the group once however many receivers lost it. A receiver silent for ``receiver_timeout``
+is dropped; nobody ever waits for it. The rate has a cap and backs off when receivers report
+datagrams their kernel had to drop.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+
+from .._errors import TransportError
+from . import wire
+from .netio import GSO_MAX_SEGMENTS, sender_socket
+from .source import ObjectSource
+
+HOLDOFF = 0.06                 # a fragment is not sent again within this many seconds
+OBJECT_HOLDOFF = 0.25
+CLOCKS = 1024                  # objects whose per-fragment send times are remembered
+ANNOUNCE_EVERY = 0.1
+RATE_EVERY = 0.1
+CACHE_OBJECTS = 16
+PREFETCH = 3
+MAX_RATE = 10 * 1000 ** 3
+
+
+@dataclass
+class SenderConfig:
+    group: str
+    port: int
+    address: str                       # the sender's own address on the imaging interface
+    session_key: bytes
+    ttl: int = 1
+    expected: Sequence[str] = ()       # receiver names or addresses
+    min_receivers: int = 1
+    max_wait: float = 60.0
+    rate_cap: int = 0                  # bytes per second, 0 = none (adaptive only)
+    start_rate: int = 200 * 1000 ** 2
+    min_rate: int = 2 * 1000 ** 2
+    receiver_timeout: float = 5.0
+    encrypt: bool = False
+    offload: Optional[bool] = None
+    progress: Optional[Callable[[dict], None]] = None   # called about once a second
+
+
+@dataclass
+class ReceiverReport:
+    name: str
+    address: str
+    state: str                       # done | dropped | never_joined | incomplete
+    digest: str = ""
+    digest_matches: bool = False
+    reason: str = ""
+    joined_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    objects: int = 0
+    requests: int = 0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class SendResult:
+    receivers: List[ReceiverReport]
+    objects: int
+    bytes: int
+    datagrams_sent: int
+    repair_datagrams: int
+    whole_object_resends: int
+    seconds: float
+    final_rate: int
+    gso: bool
+    encrypted: bool
+    digest: str
+    session_id: str
+
+    def to_dict(self) -> dict:
+        value = dict(self.__dict__)
+        value["receivers"] = [r.to_dict() for r in self.receivers]
+        return value
+
+
+@dataclass
+class _Peer:
+    receiver_id: int
+    name: str
+    address: Tuple[str, int]
+    joined_at: float
+    last_heard: float
+    window: wire.ReplayWindow = field(default_factory=wire.ReplayWindow)
+    state: str = "active"
+    digest: bytes = b""
+    reason: str = ""
+    finished_at: Optional[float] = None
+    delivered: int = 0
+    overflow: int = 0
+    overflow_seen: int = 0
+    requests: int = 0
+    bytes_done: int = 0
+
+
+class _Prepared:
+    """One object laid out as its datagrams: a (fragments x DATAGRAM) array, headers included."""
+
+    __slots__ = ("index", "rows", "wire_length", "digest")
+
+    def __init__(self, index: int, session_id: int, data: bytes, digest: bytes, cipher) -> None:
+        if cipher is not None:
+            data = cipher.encrypt(wire.object_nonce(index), data, struct.pack(">Q", session_id))
+        count = wire.fragments_of(len(data))
+        rows = np.zeros((count, wire.DATAGRAM), dtype=np.uint8)
+        rows[:, :wire.DATA_HEADER_SIZE] = np.frombuffer(wire.DATA_HEADER.pack(
+            wire.DATA, wire.VERSION, 0, session_id, index, 0, count), dtype=np.uint8)
+        rows[:, 16:20] = np.arange(count, dtype=">u4").view(np.uint8).reshape(count, 4)
+        flat = np.frombuffer(data, dtype=np.uint8)
+        whole = len(data) // wire.PAYLOAD
+        rows[:whole, wire.DATA_HEADER_SIZE:] = flat[:whole * wire.PAYLOAD].reshape(whole, wire.PAYLOAD)
+        tail = flat[whole * wire.PAYLOAD:]
+        if len(tail):
+            rows[whole, wire.DATA_HEADER_SIZE:wire.DATA_HEADER_SIZE + len(tail)] = tail
+        self.index = index
+        self.rows = rows
+        self.wire_length = len(data)
+        self.digest = digest
+
+
+class Sender:
+    def __init__(self, config: SenderConfig, source: ObjectSource):
+        self.config = config
+        self.source = source
+        self.session_id = int.from_bytes(os.urandom(8), "big") or 1
+        self.keys = wire.SessionKeys.derive(config.session_key, self.session_id)
+        self.cipher = None
+        if config.encrypt:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+            self.cipher = AESGCM(self.keys.enc)
+        self.sock, self.gso = sender_socket(config.address, config.port, config.ttl, config.offload)
+        self.sock.setblocking(False)
+        self.destination = (config.group, config.port)
+        self.seq = 0
+        self.peers: Dict[int, _Peer] = {}
+        self.meta: Dict[int, Tuple[int, bytes]] = {}
+        self.cache: "OrderedDict[int, _Prepared]" = OrderedDict()
+        # when each fragment last went out (inf: queued, not yet sent), for the repair hold-off
+        self.clocks: "OrderedDict[int, np.ndarray]" = OrderedDict()
+        self.fragment_queue: Deque[Tuple[int, int, int]] = deque()
+        self.object_queue: List[int] = []
+        self.object_queued: Set[int] = set()
+        self.object_sent: Dict[int, float] = {}
+        self.meta_queue: Set[int] = set()
+        self.next_index = 0                # first pass position
+        self.rate = min(config.rate_cap or MAX_RATE, config.start_rate)
+        self.pace_time = 0.0
+        self.datagrams = 0
+        self.repair_datagrams = 0
+        self.resends = 0
+        self.bytes = 0
+        self._prefetched: "deque[_Prepared]" = deque()
+        self._prefetch_ready = threading.Condition()
+        self._prefetch_error: Optional[BaseException] = None
+        self._stop = False
+
+    # --- objects -------------------------------------------------------------------------------
+    def _prepare(self, index: int) -> _Prepared:
+        import hashlib
+        data = self.source.read(index)
+        digest = hashlib.sha256(data).digest()
+        known = self.meta.get(index)
+        if known is not None and known[1] != digest:
+            raise TransportError(f"Object {index} changed while the session was serving it.")
+        prepared = _Prepared(index, self.session_id, data, digest, self.cipher)
+        return prepared
+
+    def _remember(self, prepared: _Prepared) -> None:
+        self.meta[prepared.index] = (prepared.wire_length, prepared.digest)
+        self.cache[prepared.index] = prepared
+        self.cache.move_to_end(prepared.index)
+        while len(self.cache) > CACHE_OBJECTS:
+            self.cache.popitem(last=False)
+
+    def _object(self, index: int) -> _Prepared:
+        prepared = self.cache.get(index)
+        if prepared is None:
+            prepared = self._prepare(index)
+            self._remember(prepared)
+        else:
+            self.cache.move_to_end(index)
+        return prepared
+
+    def _prefetch(self) -> None:
+        # Reading, hashing, encrypting and laying out the next objects overlaps with sending.
+        index = 0
+        try:
+            while not self._stop:
+                final = self.source.final_count()
+                if final is not None and index >= final:
+                    return
+                if index >= self.source.available():
+                    self.source.wait(0.05)
+                    continue
+                with self._prefetch_ready:
+                    while len(self._prefetched) >= PREFETCH and not self._stop:
+                        self._prefetch_ready.wait(0.1)
+                prepared = self._prepare(index)
+                with self._prefetch_ready:
+                    self._prefetched.append(prepared)
+                    self._prefetch_ready.notify_all()
+                index += 1
+        except BaseException as err:
+            self._prefetch_error = err
+            with self._prefetch_ready:
+                self._prefetch_ready.notify_all()
+
+    def _next_first_pass(self) -> Optional[_Prepared]:
+        with self._prefetch_ready:
+            if not self._prefetched:
+                return None
+            prepared = self._prefetched.popleft()
+            self._prefetch_ready.notify_all()
+        self._remember(prepared)
+        return prepared
+
+    # --- sending -------------------------------------------------------------------------------
+    def _control(self, kind: int, body: bytes, to: Optional[Tuple[str, int]] = None) -> None:
+        self.seq += 1
+        datagram = wire.pack_control(self.keys, kind, self.seq, body)
+        try:
+            self.sock.sendto(datagram, to or self.destination)
+        except BlockingIOError:
+            select.select([], [self.sock], [], 0.05)
+            self.sock.sendto(datagram, to or self.destination)
+
+    def _announce(self, final: Optional[int]) -> None:
+        image_id = self.source.image_id() if final is not None else b""
+        self._control(wire.ANNOUNCE, wire.ANNOUNCE_BODY.pack(
+            final if final is not None else self.source.available(), self.next_index,
+            1 if final is not None else 0, 1 if self.cipher else 0, wire.PAYLOAD, 0,
+            image_id[:32].ljust(32, b"\0")))
+
+    def _send_meta(self, indexes: List[int]) -> None:
+        for start in range(0, len(indexes), wire.META_PER_MESSAGE):
+            batch = indexes[start:start + wire.META_PER_MESSAGE]
+            # META entries are consecutive runs; split a batch at every gap.
+            run: List[int] = []
+            for index in batch + [-1]:
+                if run and index != run[-1] + 1:
+                    body = wire.META_HEAD.pack(run[0], len(run)) + b"".join(
+                        wire.META_ENTRY.pack(*self.meta[i]) for i in run)
+                    self._control(wire.META, body)
+                    run = []
+                if index >= 0:
+                    run.append(index)
+
+    def _pace(self, size: int) -> None:
+        now = time.monotonic()
+        if self.pace_time < now - 0.005:
+            self.pace_time = now - 0.005       # a little burst credit, never a backlog of it
+        self.pace_time += size / self.rate
+        if self.pace_time > now + 0.0005:
+            time.sleep(self.pace_time - now)
+
+    def _send_rows(self, rows: np.ndarray) -> None:
+        size = rows.shape[0] * wire.DATAGRAM
+        self._pace(size)
+        while True:
+            try:
+                if self.gso:
+                    self.sock.sendto(rows, self.destination)
+                else:
+                    for row in rows:
+                        self.sock.sendto(row, self.destination)
+                break
+            except BlockingIOError:
+                select.select([], [self.sock], [], 0.05)
+            except OSError as err:
+                if self.gso and err.errno in (5, 22, 95):   # EIO/EINVAL/EOPNOTSUPP: no GSO here
+                    self.gso = False
+                    continue
+                raise TransportError(f"Sending to {self.config.group}:{self.config.port} failed ({err.strerror}).") from None
+        self.datagrams += rows.shape[0]
+        self.bytes += size
+
+    def _clock(self, index: int, count: int) -> np.ndarray:
+        clock = self.clocks.get(index)
+        if clock is None:
+            clock = self.clocks[index] = np.zeros(count, dtype=np.float64)
+            while len(self.clocks) > CLOCKS:
+                self.clocks.popitem(last=False)
+        else:
+            self.clocks.move_to_end(index)
+        return clock
+
+    def _send_fragments(self, prepared: _Prepared, first: int, end: int, repair: bool) -> None:
+        step = GSO_MAX_SEGMENTS if self.gso else 16
+        clock = self._clock(prepared.index, prepared.rows.shape[0])
+        for start in range(first, end, step):
+            stop = min(end, start + step)
+            self._send_rows(prepared.rows[start:stop])
+            clock[start:stop] = time.monotonic()
+            if repair:
+                self.repair_datagrams += stop - start
+            self._receive_control()
+
+    # --- control from receivers -----------------------------------------------------------------
+    def _receive_control(self) -> None:
+        for _ in range(64):
+            try:
+                datagram, address = self.sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            opened = wire.open_control(self.keys, datagram)
+            if opened is None:
+                continue
+            kind, _flags, seq, body = opened
+            try:
+                self._handle(kind, seq, body, address)
+            except struct.error:
+                continue   # authentic but malformed: ignore rather than trust any of it
+
+    def _match_name(self, name: str, address: str) -> str:
+        for expected in self.config.expected:
+            if expected in (name, address):
+                return expected
+        return name or address
+
+    def _handle(self, kind: int, seq: int, body: bytes, address: Tuple[str, int]) -> None:
+        now = time.monotonic()
+        if kind == wire.JOIN:
+            receiver_id, nonce = wire.JOIN_BODY.unpack_from(body)
+            name = body[wire.JOIN_BODY.size:].decode("utf-8", "replace")
+            peer = self.peers.get(receiver_id)
+            if peer is None:
+                peer = _Peer(receiver_id, self._match_name(name, address[0]), address, now, now)
+                if not peer.window.accept(seq):
+                    return
+                self.peers[receiver_id] = peer
+            elif not peer.window.accept(seq):
+                return
+            peer.last_heard = now
+            self._control(wire.WELCOME, wire.WELCOME_BODY.pack(receiver_id, nonce), to=peer.address)
+            return
+        receiver_id = struct.unpack_from(">Q", body)[0]
+        peer = self.peers.get(receiver_id)
+        if peer is None or not peer.window.accept(seq):
+            return
+        if peer.state == "dropped":
+            return
+        peer.last_heard = now
+        if kind == wire.STATUS:
+            _rid, delivered, _lowest, overflow, done_bytes, count = wire.STATUS_HEAD.unpack_from(body)
+            peer.delivered = delivered
+            peer.bytes_done = done_bytes
+            peer.overflow = overflow
+            offset = wire.STATUS_HEAD.size
+            for _ in range(min(count, wire.REQUESTS_PER_STATUS)):
+                what, index, first, amount = wire.REQUEST.unpack_from(body, offset)
+                offset += wire.REQUEST.size
+                peer.requests += 1
+                self._request(what, index, first, amount, now)
+        elif kind == wire.DONE:
+            _rid, count, digest = wire.DONE_BODY.unpack_from(body)
+            if peer.state != "done":
+                peer.state = "done"
+                peer.digest = digest
+                peer.delivered = count
+                peer.finished_at = now
+            self._control(wire.DONE_ACK, wire.DONE_ACK_BODY.pack(receiver_id), to=peer.address)
+
+    def _request(self, what: int, index: int, first: int, amount: int, now: float) -> None:
+        available = self.source.available()
+        if what == wire.REQ_FRAGMENTS:
+            if index >= self.next_index or index not in self.meta:
+                return
+            clock = self._clock(index, wire.fragments_of(self.meta[index][0]))
+            end = min(first + amount, len(clock))
+            if first >= end:
+                return
+            due = np.flatnonzero(now - clock[first:end] > HOLDOFF) + first
+            if not len(due):
+                return
+            clock[due] = np.inf          # queued: NACKs for it are suppressed until it went out
+            breaks = np.flatnonzero(np.diff(due) != 1) + 1
+            for run in np.split(due, breaks):
+                self.fragment_queue.append((index, int(run[0]), int(run[-1]) + 1))
+        elif what == wire.REQ_OBJECTS:
+            for wanted in range(index, min(index + min(amount, 64), self.next_index, available)):
+                if wanted in self.object_queued or now - self.object_sent.get(wanted, 0.0) < OBJECT_HOLDOFF:
+                    continue
+                self.object_queued.add(wanted)
+                heapq.heappush(self.object_queue, wanted)
+        elif what == wire.REQ_META:
+            for wanted in range(index, min(index + min(amount, 256), self.next_index)):
+                self.meta_queue.add(wanted)
+
+    # --- the loop --------------------------------------------------------------------------------
+    def _joined_expected(self) -> Set[str]:
+        names = {peer.name for peer in self.peers.values()}
+        return {name for name in self.config.expected if name in names}
+
+    def _ready_to_start(self, elapsed: float) -> bool:
+        joined = len(self.peers)
+        if self.config.expected and len(self._joined_expected()) == len(set(self.config.expected)):
+            return True
+        if not self.config.expected and joined >= self.config.min_receivers:
+            return True
+        if elapsed >= self.config.max_wait:
+            if joined >= self.config.min_receivers:
+                return True
+            raise TransportError(
+                f"Only {joined} of the required {self.config.min_receivers} receivers joined the session on "
+                f"{self.config.group}:{self.config.port} within {self.config.max_wait:g} s.")
+        return False
+
+    def _check_peers(self, now: float) -> None:
+        for peer in self.peers.values():
+            if peer.state == "active" and now - peer.last_heard > self.config.receiver_timeout:
+                peer.state = "dropped"
+                peer.finished_at = now
+                peer.reason = (f"no message for {self.config.receiver_timeout:g} s "
+                               f"(had {peer.delivered} objects)")
+
+    def _adjust_rate(self) -> None:
+        # Receivers report datagrams their kernel dropped for want of buffer: that is congestion
+        # (a receiver or its disk cannot keep up), unlike random loss on the wire, which repairs fix.
+        congested = False
+        for peer in self.peers.values():
+            if peer.state == "active" and peer.overflow > peer.overflow_seen:
+                congested = True
+            peer.overflow_seen = peer.overflow
+        cap = self.config.rate_cap or MAX_RATE
+        if congested:
+            self.rate = max(self.config.min_rate, int(self.rate * 0.7))
+        else:
+            self.rate = min(cap, int(self.rate * 1.05) + 1000 ** 2)
+
+    def _finished(self, final: Optional[int], elapsed: float) -> bool:
+        if final is None or self.next_index < final:
+            return False
+        active = [p for p in self.peers.values() if p.state == "active"]
+        if active or not self.peers:
+            return False
+        if self.config.expected and len(self._joined_expected()) < len(set(self.config.expected)):
+            return elapsed >= self.config.max_wait
+        return True
+
+    def run(self) -> SendResult:
+        started_at = time.monotonic()
+        sending = False
+        prefetcher = threading.Thread(target=self._prefetch, daemon=True, name="fleetcast-prefetch")
+        prefetcher.start()
+        last_announce = last_rate = last_progress = 0.0
+        try:
+            while True:
+                now = time.monotonic()
+                elapsed = now - started_at
+                final = self.source.final_count()
+                if self._prefetch_error is not None:
+                    raise self._prefetch_error
+                if now - last_announce >= ANNOUNCE_EVERY:
+                    self._announce(final)
+                    last_announce = now
+                    self._check_peers(now)
+                self._receive_control()
+                if not sending:
+                    sending = self._ready_to_start(elapsed)
+                    if not sending:
+                        select.select([self.sock], [], [], 0.02)
+                        continue
+                if now - last_rate >= RATE_EVERY:
+                    self._adjust_rate()
+                    last_rate = now
+                if self.config.progress and now - last_progress >= 1.0:
+                    self.config.progress(self.progress(final))
+                    last_progress = now
+                if self._finished(final, elapsed):
+                    break
+                if not self._serve_one(final):
+                    select.select([self.sock], [], [], 0.005)
+            for _ in range(3):
+                self._control(wire.END, wire.END_BODY.pack(wire.END_COMPLETE))
+                time.sleep(0.02)
+        except BaseException:
+            try:
+                self._control(wire.END, wire.END_BODY.pack(wire.END_ABORTED))
+            except OSError:
+                pass
+            raise
+        finally:
+            self._stop = True
+            with self._prefetch_ready:
+                self._prefetch_ready.notify_all()
+            self.sock.close()
+        return self._result(time.monotonic() - started_at, final or 0)
+
+    def progress(self, final: Optional[int]) -> dict:
+        """Where the session stands, per receiver (the shape the progress action plugin reads)."""
+        total = sum(self.meta[i][0] for i in range(final) if i in self.meta) if final is not None else 0
+        receivers = {peer.name: {"bytes_done": peer.bytes_done, "state": peer.state}
+                     for peer in self.peers.values()}
+        active = [p.bytes_done for p in self.peers.values() if p.state in ("active", "done")]
+        return {"bytes_done": min(active) if active else 0, "bytes_total": total,
+                "message": f"{len(self.peers)} receiver(s), {self.next_index} object(s) sent once",
+                "receivers": receivers}
+
+    def _serve_one(self, final: Optional[int]) -> bool:
+        """Send the most urgent thing there is; False if there was nothing to send."""
+        if self.meta_queue:
+            indexes = sorted(i for i in self.meta_queue if i in self.meta)
+            self.meta_queue.clear()
+            self._send_meta(indexes)
+            return True
+        if self.fragment_queue:
+            index, first, end = self.fragment_queue.popleft()
+            self._send_fragments(self._object(index), first, end, repair=True)
+            return True
+        if self.object_queue:
+            index = heapq.heappop(self.object_queue)
+            self.object_queued.discard(index)
+            self.object_sent[index] = time.monotonic()
+            prepared = self._object(index)
+            self._send_meta([index])
+            self.resends += 1
+            self._send_fragments(prepared, 0, prepared.rows.shape[0], repair=True)
+            return True
+        if final is None or self.next_index < final:
+            prepared = self._next_first_pass()
+            if prepared is None:
+                return False
+            self._send_meta([prepared.index])
+            self._send_fragments(prepared, 0, prepared.rows.shape[0], repair=False)
+            self.next_index = prepared.index + 1
+            return True
+        return False
+
+    def _result(self, seconds: float, count: int) -> SendResult:
+        entries = [self.meta[i] for i in range(count) if i in self.meta]
+        plain = [(length - (16 if self.cipher else 0), digest) for length, digest in entries]
+        digest = self.source.image_id() or wire.transport_digest(plain)
+        reports: List[ReceiverReport] = []
+        seen: Set[str] = set()
+        for peer in self.peers.values():
+            seen.add(peer.name)
+            seen.add(peer.address[0])
+            state = peer.state if peer.state != "active" else "incomplete"
+            reports.append(ReceiverReport(
+                name=peer.name, address=peer.address[0], state=state, digest=peer.digest.hex(),
+                digest_matches=peer.digest == digest, reason=peer.reason,
+                joined_at=round(peer.joined_at - (time.monotonic() - seconds), 3),
+                finished_at=None if peer.finished_at is None else round(peer.finished_at - (time.monotonic() - seconds), 3),
+                objects=peer.delivered, requests=peer.requests))
+        for name in self.config.expected:
+            if name not in seen:
+                reports.append(ReceiverReport(name=name, address="", state="never_joined",
+                                              reason="never joined the session"))
+        return SendResult(receivers=reports, objects=count, bytes=self.bytes,
+                          datagrams_sent=self.datagrams, repair_datagrams=self.repair_datagrams,
+                          whole_object_resends=self.resends, seconds=round(seconds, 3),
+                          final_rate=self.rate, gso=self.gso, encrypted=self.cipher is not None,
+                          digest=digest.hex(), session_id=f"{self.session_id:016x}")

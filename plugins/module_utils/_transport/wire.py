@@ -1,0 +1,150 @@
+# -*- coding: utf-8 -*-
+# Copyright: fleetcast.imaging developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Wire format of a multicast session. Private to the collection: not a public API.
+
+Two kinds of datagram share the group port:
+
+* data: a fixed 24-byte header (type, version, session id, object, fragment, fragment count) and a
+  fixed-size payload, so that every data datagram is exactly ``DATAGRAM`` bytes long and a GRO
+  buffer is a 2-D array of rows. Data datagrams are not authenticated one by one: an object is
+  handed on only once its bytes match the digest carried by an authenticated META message.
+* control: a 20-byte header (type, version, flags, session id, sequence), a body and a truncated
+  HMAC-SHA256 tag with a key derived per session (HKDF, RFC 5869) from the session key.
+  Sequence numbers pass a sliding replay window, so a captured control datagram cannot be replayed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+VERSION = 1
+DATAGRAM = 1472                       # fits a 1500-byte MTU: 20 IPv4 + 8 UDP + 1472
+DATA_HEADER = struct.Struct(">BBHQIII")
+DATA_HEADER_SIZE = DATA_HEADER.size   # 24
+PAYLOAD = DATAGRAM - DATA_HEADER_SIZE
+CONTROL_HEADER = struct.Struct(">BBHQQ")
+TAG_SIZE = 16
+CONTROL_MAX = 1400                    # never DATAGRAM long: GRO must not glue control onto data
+
+# datagram types
+DATA = 1
+ANNOUNCE = 2
+META = 3
+WELCOME = 4
+END = 5
+DONE_ACK = 6
+JOIN = 16
+STATUS = 17
+DONE = 18
+
+# STATUS request kinds
+REQ_FRAGMENTS = 1      # object, first fragment, fragment count
+REQ_OBJECTS = 2        # first object, object count (whole objects)
+REQ_META = 3           # first object, object count (their META entries)
+
+ANNOUNCE_BODY = struct.Struct(">IIBBHI32s")
+META_HEAD = struct.Struct(">IH")
+META_ENTRY = struct.Struct(">I32s")
+META_PER_MESSAGE = 30
+WELCOME_BODY = struct.Struct(">QQ")
+END_BODY = struct.Struct(">B")
+DONE_ACK_BODY = struct.Struct(">Q")
+JOIN_BODY = struct.Struct(">QQ")
+STATUS_HEAD = struct.Struct(">QIIIQB")
+REQUEST = struct.Struct(">BIII")
+REQUESTS_PER_STATUS = 80
+DONE_BODY = struct.Struct(">QI32s")
+
+END_COMPLETE = 0
+END_ABORTED = 1
+
+
+def hkdf(key: bytes, salt: bytes, info: bytes) -> bytes:
+    """HKDF-SHA256 (RFC 5869) with one 32-byte output block."""
+    prk = hmac.digest(salt, key, "sha256")
+    return hmac.digest(prk, info + b"\x01", "sha256")
+
+
+@dataclass(frozen=True)
+class SessionKeys:
+    """Keys of one session: the MAC key for control messages and the AES-GCM key for payloads."""
+
+    session_id: int
+    mac: bytes
+    enc: bytes
+
+    @classmethod
+    def derive(cls, session_key: bytes, session_id: int) -> "SessionKeys":
+        salt = struct.pack(">Q", session_id)
+        return cls(session_id, hkdf(session_key, salt, b"fleetcast control mac"),
+                   hkdf(session_key, salt, b"fleetcast payload aes-gcm"))
+
+
+def pack_control(keys: SessionKeys, kind: int, seq: int, body: bytes, flags: int = 0) -> bytes:
+    message = CONTROL_HEADER.pack(kind, VERSION, flags, keys.session_id, seq) + body
+    return message + hmac.digest(keys.mac, message, "sha256")[:TAG_SIZE]
+
+
+def peek_control(datagram: bytes) -> Optional[Tuple[int, int, int, int]]:
+    """(type, flags, session id, sequence) of a well-formed control datagram, unauthenticated."""
+    if len(datagram) < CONTROL_HEADER.size + TAG_SIZE or len(datagram) > CONTROL_MAX:
+        return None
+    kind, version, flags, session_id, seq = CONTROL_HEADER.unpack_from(datagram)
+    if version != VERSION or kind == DATA:
+        return None
+    return kind, flags, session_id, seq
+
+
+def open_control(keys: SessionKeys, datagram: bytes) -> Optional[Tuple[int, int, int, bytes]]:
+    """(type, flags, sequence, body) if the tag verifies under this session's key, else None."""
+    head = peek_control(datagram)
+    if head is None or head[2] != keys.session_id:
+        return None
+    message, tag = datagram[:-TAG_SIZE], datagram[-TAG_SIZE:]
+    if not hmac.compare_digest(hmac.digest(keys.mac, message, "sha256")[:TAG_SIZE], tag):
+        return None
+    return head[0], head[1], head[3], bytes(datagram[CONTROL_HEADER.size:-TAG_SIZE])
+
+
+class ReplayWindow:
+    """Accepts each sequence number once, and none older than the 1024 before the newest seen."""
+
+    SIZE = 1024
+
+    def __init__(self) -> None:
+        self.highest = 0
+        self.mask = 0
+
+    def accept(self, seq: int) -> bool:
+        if seq > self.highest:
+            shift = seq - self.highest
+            self.mask = ((self.mask << shift) | 1) & ((1 << self.SIZE) - 1)
+            self.highest = seq
+            return True
+        age = self.highest - seq
+        if seq <= 0 or age >= self.SIZE or self.mask >> age & 1:
+            return False
+        self.mask |= 1 << age
+        return True
+
+
+def object_nonce(index: int) -> bytes:
+    """AES-GCM nonce of one object: unique per object within a session (the key is per session)."""
+    return b"FCOB" + struct.pack(">Q", index)
+
+
+def fragments_of(wire_length: int) -> int:
+    return max(1, -(-wire_length // PAYLOAD))
+
+
+def transport_digest(entries: List[Tuple[int, bytes]]) -> bytes:
+    """SHA-256 over every object's (length, digest) in index order: the session's own digest."""
+    total = hashlib.sha256()
+    for index, (length, digest) in enumerate(entries):
+        total.update(struct.pack(">IQ", index, length) + digest)
+    return total.digest()

@@ -1,0 +1,227 @@
+# Acceptance tests of the transport engine: real processes in network namespaces, real multicast
+# through a bridge, real loss from nftables; every output compared byte for byte.
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lab import file_digest, finish, make_payload, start_receiver, start_sender, wait_for  # noqa: E402
+
+MiB = 1024 * 1024
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _receivers(netlab, count):
+    return [netlab.add_host(f"r{i + 1}") for i in range(count)]
+
+
+def _lab_session(netlab, tmp_path, size, count, **receiver_options):
+    """A payload of `size` bytes, a sender host and `count` receiver processes already started:
+    (expected digest, payload path, sender host, receiver hosts, outputs, receiver processes)."""
+    payload = tmp_path / "payload"
+    expected = make_payload(payload, size)
+    sender_host = netlab.add_host("srv")
+    hosts = _receivers(netlab, count)
+    outputs = [tmp_path / f"out-{h.name}" for h in hosts]
+    receivers = [start_receiver(h, out, **receiver_options) for h, out in zip(hosts, outputs)]
+    return expected, payload, sender_host, hosts, outputs, receivers
+
+
+def _outputs_exact(receivers, outputs, expected):
+    """Every receiver exited 0 and wrote exactly the payload; returns their reports."""
+    results = []
+    for process, output in zip(receivers, outputs):
+        code, result = finish(process)
+        assert code == 0, result
+        assert file_digest(output) == expected
+        results.append(result)
+    return results
+
+
+def _assert_all_done(report, names):
+    by_name = {r["name"]: r for r in report["receivers"]}
+    for name in names:
+        assert by_name[name]["state"] == "done", by_name[name]
+        assert by_name[name]["digest_matches"], by_name[name]
+        assert by_name[name]["digest"] == report["digest"]
+
+
+def test_three_receivers_get_512_mib_byte_exact(netlab, tmp_path):
+    expected, payload, sender_host, hosts, outputs, receivers = _lab_session(netlab, tmp_path, 512 * MiB, 3)
+    sender = start_sender(sender_host, payload, extra=["--expected", "r1,r2,r3", "--max-wait", "20"])
+    code, report = finish(sender)
+    assert code == 0, report
+    assert report["gso"] is True
+    _assert_all_done(report, ["r1", "r2", "r3"])
+    for process, output in zip(receivers, outputs):
+        code, result = finish(process)
+        assert code == 0, result
+        assert result["digest"] == report["digest"]
+        assert result["gro"] is True
+        assert result["peak_rss_kib"] <= 100 * 1024, result
+        assert file_digest(output) == expected
+        os.unlink(output)
+
+
+def test_fallback_path_without_offload_and_with_encryption(netlab, tmp_path):
+    payload = tmp_path / "payload"
+    expected = make_payload(payload, 24 * MiB + 12345)
+    sender_host = netlab.add_host("srv")
+    hosts = _receivers(netlab, 2)
+    outputs = [tmp_path / f"out-{h.name}" for h in hosts]
+    receivers = [start_receiver(h, out, extra=["--no-offload"]) for h, out in zip(hosts, outputs)]
+    sender = start_sender(sender_host, payload, extra=["--min-receivers", "2", "--no-offload",
+                                                       "--encrypt", "--object-size", str(MiB)])
+    code, report = finish(sender)
+    assert code == 0, report
+    assert report["gso"] is False and report["encrypted"] is True
+    _assert_all_done(report, ["r1", "r2"])
+    for result in _outputs_exact(receivers, outputs, expected):
+        assert result["gro"] is False and result["encrypted"] is True
+
+
+@pytest.mark.parametrize("loss", [5, 20])
+def test_loss_is_repaired(netlab, tmp_path, loss):
+    payload = tmp_path / "payload"
+    expected = make_payload(payload, 32 * MiB)
+    sender_host = netlab.add_host("srv")
+    hosts = _receivers(netlab, 3)
+    for host in hosts:
+        host.drop_incoming_udp(loss)
+    outputs = [tmp_path / f"out-{h.name}" for h in hosts]
+    receivers = [start_receiver(h, out) for h, out in zip(hosts, outputs)]
+    sender = start_sender(sender_host, payload, extra=["--expected", "r1,r2,r3", "--object-size", str(MiB)])
+    code, report = finish(sender)
+    assert code == 0, report
+    _assert_all_done(report, ["r1", "r2", "r3"])
+    assert report["repair_datagrams"] > 0
+    for result in _outputs_exact(receivers, outputs, expected):
+        assert result["fragment_requests"] + result["object_requests"] > 0
+
+
+def test_killed_receiver_is_dropped_and_the_others_finish(netlab, tmp_path):
+    expected, payload, sender_host, hosts, outputs, receivers = _lab_session(netlab, tmp_path, 96 * MiB, 3)
+    started = time.monotonic()
+    # 40 MB/s: the stream lasts over two seconds, so the kill lands mid-stream.
+    sender = start_sender(sender_host, payload, extra=["--expected", "r1,r2,r3", "--rate", "40000000"])
+    wait_for(lambda: os.path.exists(str(outputs[1]) + ".partial"), 20, "r2 to start writing")
+    receivers[1].send_signal(signal.SIGKILL)
+    killed_at = time.monotonic() - started
+    code, report = finish(sender)
+    assert code == 0, report
+    by_name = {r["name"]: r for r in report["receivers"]}
+    assert by_name["r2"]["state"] == "dropped"
+    assert "no message for" in by_name["r2"]["reason"]
+    # the sender's clock starts a little after ours: this bound is conservative
+    assert by_name["r2"]["finished_at"] - killed_at <= 10
+    _assert_all_done(report, ["r1", "r3"])
+    _outputs_exact([receivers[0], receivers[2]], [outputs[0], outputs[2]], expected)
+    assert not outputs[1].exists()
+
+
+def test_late_receiver_joins_and_completes(netlab, tmp_path):
+    payload = tmp_path / "payload"
+    expected = make_payload(payload, 64 * MiB)
+    sender_host = netlab.add_host("srv")
+    hosts = _receivers(netlab, 3)
+    outputs = [tmp_path / f"out-{h.name}" for h in hosts]
+    receivers = [start_receiver(h, out) for h, out in zip(hosts[:2], outputs[:2])]
+    sender = start_sender(sender_host, payload, extra=["--min-receivers", "2", "--rate", "30000000"])
+    wait_for(lambda: os.path.exists(str(outputs[0]) + ".partial"), 20, "r1 to start writing")
+    time.sleep(0.5)
+    receivers.append(start_receiver(hosts[2], outputs[2]))
+    code, report = finish(sender)
+    assert code == 0, report
+    _assert_all_done(report, ["r1", "r2", "r3"])
+    late = {r["name"]: r for r in report["receivers"]}["r3"]
+    assert late["requests"] > 0       # it asked for what it had missed
+    _outputs_exact(receivers, outputs, expected)
+
+
+def test_wrong_key_receiver_writes_nothing(netlab, tmp_path):
+    payload = tmp_path / "payload"
+    expected = make_payload(payload, 8 * MiB)
+    sender_host = netlab.add_host("srv")
+    good_host, bad_host = _receivers(netlab, 2)
+    good_out, bad_out = tmp_path / "good", tmp_path / "bad"
+    good = start_receiver(good_host, good_out)
+    bad = start_receiver(bad_host, bad_out, key="not-the-session-key", timeout=4)
+    sender = start_sender(sender_host, payload, extra=["--min-receivers", "1", "--max-wait", "5"])
+    code, report = finish(sender)
+    assert code == 0, report
+    assert [r["name"] for r in report["receivers"]] == ["r1"]
+    code, result = finish(good)
+    assert code == 0 and file_digest(good_out) == expected
+    code, result = finish(bad)
+    assert code == 1
+    assert "different session key" in result["msg"] and "239.255.71.9:9611" in result["msg"]
+    assert not bad_out.exists() and not os.path.exists(str(bad_out) + ".partial")
+
+
+def test_sender_death_leaves_receivers_failed_and_incomplete(netlab, tmp_path):
+    payload = tmp_path / "payload"
+    make_payload(payload, 64 * MiB)
+    sender_host = netlab.add_host("srv")
+    hosts = _receivers(netlab, 2)
+    outputs = [tmp_path / f"out-{h.name}" for h in hosts]
+    receivers = [start_receiver(h, out, timeout=3) for h, out in zip(hosts, outputs)]
+    sender = start_sender(sender_host, payload, extra=["--min-receivers", "2", "--rate", "20000000"])
+    wait_for(lambda: all(os.path.exists(str(o) + ".partial") for o in outputs), 20, "receivers to start")
+    sender.send_signal(signal.SIGKILL)
+    sender.communicate()
+    for process, output in zip(receivers, outputs):
+        code, result = finish(process, timeout=30)
+        assert code == 1
+        assert "went silent" in result["msg"] and "the output is incomplete" in result["msg"]
+        assert "10.231.7.11" in result["msg"]      # names the sender
+        assert not output.exists()
+        assert os.path.exists(str(output) + ".partial")
+
+
+def test_forged_and_replayed_datagrams_change_no_byte(netlab, tmp_path):
+    from lab import GROUP, env
+    attacker_script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "attacker.py")
+    old_payload, payload = tmp_path / "old", tmp_path / "new"
+    make_payload(old_payload, 4 * MiB, seed=b"old session")
+    expected = make_payload(payload, 16 * MiB, seed=b"new session")
+    sender_host = netlab.add_host("srv")
+    hosts = _receivers(netlab, 2)
+    attacker = netlab.add_host("evil")
+    recorded = tmp_path / "recorded"
+
+    def attack(mode, seconds):
+        return attacker.popen(["/usr/bin/python3", attacker_script, mode, "--group", GROUP, "--port", "9611",
+                               "--address", attacker.address, "--file", str(recorded), "--seconds", str(seconds)],
+                              env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    # an earlier session with the same key, recorded by the attacker
+    recorder = attack("record", 4)
+    time.sleep(0.3)
+    first = [start_receiver(h, tmp_path / f"first-{h.name}") for h in hosts]
+    code, _ = finish(start_sender(sender_host, old_payload, extra=["--min-receivers", "2", "--rate", "20000000"]))
+    assert code == 0
+    for process in first:
+        assert finish(process)[0] == 0
+    code, recorded_count = finish(recorder)
+    assert recorded_count["recorded"] > 100
+
+    # the live session, under replay and forgery
+    injector = attack("inject", 5)
+    time.sleep(0.3)
+    outputs = [tmp_path / f"out-{h.name}" for h in hosts]
+    receivers = [start_receiver(h, out) for h, out in zip(hosts, outputs)]
+    code, report = finish(start_sender(sender_host, payload, extra=["--expected", "r1,r2", "--rate", "10000000",
+                                                                     "--object-size", str(MiB)]))
+    assert code == 0, report
+    _assert_all_done(report, ["r1", "r2"])
+    assert sorted(r["name"] for r in report["receivers"]) == ["r1", "r2"]
+    rejected = sum(r["rejected_objects"] for r in _outputs_exact(receivers, outputs, expected))
+    code, sent = finish(injector)
+    assert sent["replayed_old"] > 0 and sent["forged_data"] > 0 and sent["forged_control"] > 0
+    assert sent["replayed_current"] > 0
+    assert rejected > 0          # forged bytes did reach reassembly, and were caught by the digest

@@ -1,0 +1,74 @@
+# The wire format's authentication, replay window and object layout, without any network.
+import struct
+
+import numpy as np
+import pytest
+
+from ansible_collections.fleetcast.imaging.plugins.module_utils._transport import wire
+from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.sender import _Prepared
+from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.source import SpoolSource
+
+
+def test_control_messages_open_only_with_the_right_key_and_session():
+    keys = wire.SessionKeys.derive(b"secret", 42)
+    datagram = wire.pack_control(keys, wire.META, 7, b"body bytes")
+    assert wire.open_control(keys, datagram) == (wire.META, 0, 7, b"body bytes")
+    assert wire.open_control(wire.SessionKeys.derive(b"other", 42), datagram) is None
+    assert wire.open_control(wire.SessionKeys.derive(b"secret", 43), datagram) is None
+    tampered = bytearray(datagram)
+    tampered[-20] ^= 1
+    assert wire.open_control(keys, bytes(tampered)) is None
+
+
+def test_keys_differ_per_session():
+    first, second = wire.SessionKeys.derive(b"k", 1), wire.SessionKeys.derive(b"k", 2)
+    assert first.mac != second.mac and first.enc != second.enc and first.mac != first.enc
+
+
+def test_replay_window_accepts_each_sequence_once():
+    window = wire.ReplayWindow()
+    assert window.accept(5) and window.accept(3) and window.accept(9)
+    assert not window.accept(5) and not window.accept(9) and not window.accept(0)
+    assert window.accept(4000)
+    assert not window.accept(4000 - wire.ReplayWindow.SIZE)
+    assert window.accept(4000 - wire.ReplayWindow.SIZE + 1)
+
+
+def test_prepared_object_rows_carry_header_and_padded_payload():
+    data = bytes(range(256)) * 20          # 5120 bytes: three full rows and a padded tail
+    prepared = _Prepared(9, 0x1122334455667788, data, b"d" * 32, None)
+    rows = prepared.rows
+    assert rows.shape == (wire.fragments_of(len(data)), wire.DATAGRAM)
+    for fragment, row in enumerate(rows):
+        fields = wire.DATA_HEADER.unpack_from(row.tobytes())
+        assert fields == (wire.DATA, wire.VERSION, 0, 0x1122334455667788, 9, fragment, rows.shape[0])
+    payload = rows[:, wire.DATA_HEADER_SIZE:].reshape(-1).tobytes()
+    assert payload[:len(data)] == data and payload[len(data):] == bytes(len(payload) - len(data))
+
+
+def test_spool_source_reads_back_objects_while_they_are_produced():
+    produced = [bytes([i]) * (1000 + i) for i in range(20)]
+    spool = SpoolSource(iter(produced), image_id=lambda: b"id")
+    try:
+        while spool.final_count() is None:
+            spool.wait(0.1)
+        assert spool.available() == 20 and spool.final_count() == 20
+        assert [spool.read(i) for i in (19, 0, 7)] == [produced[19], produced[0], produced[7]]
+        assert spool.image_id() == b"id"
+    finally:
+        spool.close()
+
+
+def test_spool_source_reports_a_failing_producer():
+    def broken():
+        yield b"one"
+        raise OSError("disk vanished")
+
+    spool = SpoolSource(broken())
+    try:
+        with pytest.raises(OSError, match="disk vanished"):
+            for _ in range(50):
+                spool.final_count()
+                spool.wait(0.05)
+    finally:
+        spool.close()
