@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright: fleetcast.imaging developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -112,6 +111,7 @@ def compare_on_ext4(work, size_mib, rows):
             s_ours, s_peer = os.path.getsize(ours), os.path.getsize(peer)
             rows.append((f"capture ext4 {size_mib} MiB, {copied // MiB} MiB files, lvl {level}", t_ours, t_peer, "s"))
             rows.append((f"image size, level {level}", s_ours / MiB, s_peer / MiB, "MiB"))
+
         def dirty():
             sh(f"dd if=/dev/urandom of={target.device} bs=1M count=8 conv=fsync")
         t_peer = timed(lambda: sh(f"zstd -q -d -c {peer} | partclone.ext4 -q -L {log} -r -s - -o {target.device}"),

@@ -43,7 +43,9 @@ FORMAT_VERSION = 1
 MAGIC = b"FCIMAGE\n"
 HEADER = struct.Struct("<8sHHI")            # magic, version, flags (0), layout JSON length
 RECORD_MARK = b"FCCR"
-RECORD = struct.Struct("<4sQHBxQQI32s")     # mark, index, disk, kind, offset, length, payload len, digest
+RECORD_FORMAT = "<4sQHBxQQI32s"             # mark, index, disk, kind, offset, length, payload len, digest
+RECORD = struct.Struct(RECORD_FORMAT)
+RECORD_SIZE = struct.calcsize(RECORD_FORMAT)
 RECORD_CRC = struct.Struct("<I")            # CRC32 of the RECORD struct bytes
 TRAILER_MARK = b"FCTR"
 TRAILER = struct.Struct("<4sQ")             # mark, manifest JSON length
@@ -374,7 +376,7 @@ def iter_stream(fileobj: BinaryIO, name: str = "the image stream") -> Iterator[S
         if mark == TRAILER_MARK:
             break
         head = mark + _read_exact(fileobj, fixed - 4, "a chunk record header", position)
-        record, payload_len = ChunkRecord._parse_head(head[:RECORD.size], head[RECORD.size:])
+        record, payload_len = ChunkRecord._parse_head(head[:RECORD_SIZE], head[RECORD_SIZE:])
         record.payload = _read_exact(fileobj, payload_len, _where(record.index, record.disk, record.offset),
                                      position + fixed)
         seen[record.index] = record.entry(position)

@@ -51,7 +51,7 @@ class UsedMap:
 
     @property
     def used_bytes(self) -> int:
-        return sum(length for _, length in self.extents)
+        return sum(length for dummy, length in self.extents)
 
 
 def merge_extents(extents: List[Extent], size: int, gap: int = MERGE_GAP) -> List[Extent]:

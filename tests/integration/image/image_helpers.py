@@ -4,8 +4,6 @@ import hashlib
 import os
 import subprocess
 
-from ansible_collections.fleetcast.imaging.plugins.module_utils._lab.loopdisk import LoopDisk
-
 MiB = 1 << 20
 SECTOR = 512
 ENV = dict(os.environ, LC_ALL="C")
@@ -27,7 +25,7 @@ def run(*argv, check=True):
 
 def part_range(number, disk_size=MASTER_SIZE):
     """(offset, size) in bytes of a master partition; the last one ends before the backup GPT."""
-    _, first, last, _, _ = MASTER_PARTS[number - 1]
+    first, last = MASTER_PARTS[number - 1][1:3]
     last = last or disk_size // SECTOR - 34
     return first * SECTOR, (last - first + 1) * SECTOR
 

@@ -36,7 +36,7 @@ def compare_trees(left, right):
     while pending:
         current = pending.pop()
         assert not current.left_only and not current.right_only and not current.funny_files
-        _, mismatch, errors = filecmp.cmpfiles(current.left, current.right, current.common_files, shallow=False)
+        dummy, mismatch, errors = filecmp.cmpfiles(current.left, current.right, current.common_files, shallow=False)
         assert not mismatch and not errors, (current.left, mismatch, errors)
         pending.extend(current.subdirs.values())
 
@@ -117,7 +117,7 @@ def test_second_restore_is_unchanged_and_reads_only(image, dirty_disk):
 
 
 def test_restore_onto_a_larger_disk_grows_the_last_partition_and_its_ext4(image, dirty_disk, tmp_path):
-    path, _ = image
+    path = image[0]
     size = MASTER_SIZE + 96 * MiB
     target = dirty_disk(size=size)
     check = restore.restore_image(path, [target.device], grow_last=True, check_mode=True)

@@ -100,7 +100,7 @@ def ansible(module, args, check=False):
     env = dict(ENV, LC_ALL="C.UTF-8", ANSIBLE_CONFIG=os.path.join(ROOT, "tests", "ansible.cfg"),
                ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"))
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False, cwd=ROOT)
-    head, _, body = proc.stdout.partition(" => ")
+    head, dummy, body = proc.stdout.partition(" => ")
     assert body, proc.stdout + proc.stderr
     return head, json.loads(body)
 

@@ -73,12 +73,12 @@ def test_random_access_reader_sees_every_chunk_in_any_write_order(tmp_path):
 
 def test_image_id_depends_on_content_not_on_write_order(tmp_path):
     extents = _extents()
-    first, _ = _write_image(tmp_path / "a", extents, order=[0, 1, 2, 3])
-    second, _ = _write_image(tmp_path / "b", extents, order=[3, 2, 1, 0])
+    first, dummy = _write_image(tmp_path / "a", extents, order=[0, 1, 2, 3])
+    second, dummy = _write_image(tmp_path / "b", extents, order=[3, 2, 1, 0])
     assert first.image_id == second.image_id
     changed = list(extents)
     changed[1] = (0, 65536 + 512, bytes(8192))
-    third, _ = _write_image(tmp_path / "c", changed)
+    third, dummy = _write_image(tmp_path / "c", changed)
     assert third.image_id != first.image_id
 
 
@@ -148,7 +148,7 @@ def test_unknown_version_is_named(tmp_path):
 
 def test_flipped_bit_in_a_file_is_found_by_verify(tmp_path):
     path = tmp_path / "a.fcimg"
-    manifest, _ = _write_image(path)
+    manifest, dummy = _write_image(path)
     entry = manifest.chunks[2]
     data = bytearray(path.read_bytes())
     data[entry.file_offset + entry.record_length - 5] ^= 0x10

@@ -39,7 +39,7 @@ def copy_used_onto_garbage(src, dst, found):
     """The target: random bytes everywhere, the source's bytes only in the used extents."""
     size = os.path.getsize(src)
     with open(dst, "wb") as out:
-        for _ in range(size // MiB):
+        for dummy in range(size // MiB):
             out.write(os.urandom(MiB))
         out.write(os.urandom(size % MiB))
     with open(src, "rb") as inp, open(dst, "r+b") as out:
