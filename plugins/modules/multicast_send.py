@@ -1,0 +1,322 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: fleetcast.imaging developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: multicast_send
+short_description: Serve a fleetcast image to many hosts at once over IP multicast
+version_added: 0.1.0
+description:
+  - Serves one multicast session on O(group) and O(port) to the receivers started with
+    M(fleetcast.imaging.multicast_receive), from an image file (O(image)) or from a live master
+    captured on the fly (O(source_devices)), spooled to a temporary file so repairs can be read back.
+  - Starts when every O(expected) receiver has joined, or when O(min_receivers) have and
+    O(max_wait) seconds have passed. There is no per-slice barrier; receivers report losses and the
+    sender repairs them (once per loss for the whole group), then serves what late or restarted
+    receivers still miss. A receiver silent for O(receiver_timeout) seconds is dropped without
+    slowing the others.
+  - The rate is capped by O(rate_mbit) and backs off while receivers report datagrams they had to drop.
+  - Control messages are authenticated with keys derived from O(session_key) for this session only;
+    O(encrypt) also encrypts every chunk with AES-GCM.
+  - The module fails if the session could not start, or if no receiver completed. It succeeds
+    otherwise and reports every receiver as V(done) (with the digest it reported and whether it
+    matches the image id), V(dropped) (why and when), V(never_joined) or V(incomplete).
+  - In check mode the image (or the master's disks) is read for its size and image id and the plan
+    is reported; nothing is sent.
+author: fleetcast.imaging developers (@fleetcast)
+options:
+  image:
+    description: Image file to serve. Mutually exclusive with O(source_devices).
+    type: path
+  source_devices:
+    description: Disks of a live master to capture and serve on the fly. Mutually exclusive with O(image).
+    type: list
+    elements: path
+  chunk_size_mib:
+    description: With O(source_devices), the size of one chunk in MiB.
+    type: int
+    default: 4
+  compression_level:
+    description: With O(source_devices), the zstd level of the chunks.
+    type: int
+    default: 3
+  spool_dir:
+    description: With O(source_devices), where the temporary spool of captured chunks is kept (deleted at the end).
+    type: path
+  interface:
+    description: Network interface on the imaging LAN; its IPv4 address is used.
+    type: str
+    default: eth0
+  group:
+    description: IPv4 multicast group of the session.
+    type: str
+    default: 239.255.42.1
+  port:
+    description: UDP port of the session (the sender receives the receivers' reports on it too).
+    type: int
+    default: 9000
+  ttl:
+    description: Multicast TTL; 1 keeps the session on the local network.
+    type: int
+    default: 1
+  session_key:
+    description: The session's secret key, the same as every receiver's. Use a fresh random one per session.
+    type: str
+    required: true
+  expected:
+    description: Receivers expected to join, by the name they report (their inventory name) or their address.
+    type: list
+    elements: str
+    default: []
+  min_receivers:
+    description: Receivers that must have joined for the session to start once O(max_wait) has passed.
+    type: int
+    default: 1
+  max_wait:
+    description:
+      - Seconds to wait for the O(expected) receivers before starting with those present; also how
+        long, from the start, a missing expected receiver may still join.
+    type: int
+    default: 60
+  rate_mbit:
+    description: Maximum send rate in Mbit/s; V(0) leaves the rate to the adaptive back-off alone.
+    type: int
+    default: 0
+  receiver_timeout:
+    description: Seconds without a report after which a receiver is dropped.
+    type: int
+    default: 8
+  encrypt:
+    description: Encrypt every chunk with AES-GCM (key derived from O(session_key) for this session).
+    type: bool
+    default: false
+  offload:
+    description:
+      - Use UDP GSO (many datagrams per system call) where the kernel offers it. V(false) forces
+        one datagram per call; the environment variable E(FLEETCAST_NO_OFFLOAD=1) does the same.
+    type: bool
+    default: true
+  progress_file:
+    description:
+      - File to keep replacing with a JSON progress object (C(bytes_done), C(bytes_total),
+        C(message), C(receivers)), for M(fleetcast.imaging.progress).
+    type: path
+extends_documentation_fragment:
+  - fleetcast.imaging.attributes
+  - fleetcast.imaging.attributes.check_full
+requirements:
+  - python3-numpy, python3-zstandard and python3-cryptography on the sender (Debian packages)
+seealso:
+  - module: fleetcast.imaging.multicast_receive
+  - module: fleetcast.imaging.progress
+"""
+
+EXAMPLES = r"""
+- name: Serve an image to the whole play
+  fleetcast.imaging.multicast_send:
+    image: /srv/images/lab-master.fcimg
+    interface: eth0
+    session_key: "{{ session_key }}"
+    expected: "{{ ansible_play_hosts }}"
+    min_receivers: 2
+    max_wait: 120
+  delegate_to: imageserver
+  run_once: true
+  no_log: true
+
+- name: Serve the master's own disk while it is captured
+  fleetcast.imaging.multicast_send:
+    source_devices: [/dev/sdb]
+    session_key: "{{ session_key }}"
+    rate_mbit: 800
+    encrypt: true
+"""
+
+RETURN = r"""
+receivers:
+  description: One entry per receiver that joined or was expected.
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Name the receiver reported, or the expected name it matched.
+      type: str
+    address:
+      description: Its address.
+      type: str
+    state:
+      description: V(done), V(dropped), V(never_joined) or V(incomplete).
+      type: str
+    digest:
+      description: The digest (image id) the receiver computed from what it wrote.
+      type: str
+    digest_matches:
+      description: Whether that digest is the image id.
+      type: bool
+    reason:
+      description: Why it was dropped or never joined.
+      type: str
+    joined_at:
+      description: Seconds from the start when it joined.
+      type: float
+    finished_at:
+      description: Seconds from the start when it finished or was dropped.
+      type: float
+  sample:
+    - {name: pc1, address: 10.0.0.11, state: done, digest: 9f2c, digest_matches: true, reason: ""}
+    - {name: pc2, address: 10.0.0.12, state: dropped, reason: "no message for 8 s (had 40 objects)"}
+image_id:
+  description: Image id of what was served.
+  returned: success
+  type: str
+objects:
+  description: Objects served (the layout and every chunk).
+  returned: success
+  type: int
+bytes_sent:
+  description: Bytes of datagrams sent, repairs included.
+  returned: success
+  type: int
+repair_datagrams:
+  description: Datagrams sent again for receivers that lost them.
+  returned: success
+  type: int
+seconds:
+  description: Length of the session.
+  returned: success
+  type: float
+offload:
+  description: Whether UDP GSO was in use.
+  returned: success
+  type: bool
+plan:
+  description: In check mode, what would be served and how.
+  returned: check mode
+  type: dict
+"""
+
+import json
+import os
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import FleetcastError
+from ansible_collections.fleetcast.imaging.plugins.module_utils._image import capture as image_capture
+from ansible_collections.fleetcast.imaging.plugins.module_utils._image.format import ImageReader, canonical_json, image_id
+from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.netio import interface_address
+from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.sender import Sender, SenderConfig
+from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.source import ReaderSource, SpoolSource
+
+
+def image_source(path):
+    """Object 0 is the layout; object i is chunk i - 1, read at random from the image file."""
+    reader = ImageReader(path)
+    manifest = reader.manifest
+    source = ReaderSource(canonical_json(manifest.layout), reader.chunk_count + 1,
+                          lambda index: reader.record_bytes(index - 1), bytes.fromhex(manifest.image_id))
+    return source, reader, {"image": path, "image_id": manifest.image_id, "chunks": reader.chunk_count,
+                            "stored_bytes": manifest.stored_bytes}
+
+
+def live_source(params):
+    """The master's disks, captured as the session runs and spooled for repairs."""
+    layout, records = image_capture.capture(params["source_devices"], params["chunk_size_mib"] * 1024 * 1024,
+                                            params["compression_level"])
+    entries = []
+
+    def objects():
+        yield canonical_json(layout)
+        for record in records:
+            entries.append(record.entry())
+            yield record.to_bytes()
+
+    spool = SpoolSource(objects(), params["spool_dir"], lambda: bytes.fromhex(image_id(layout, entries)))
+    return spool, spool, {"source_devices": params["source_devices"]}
+
+
+def progress_writer(path):
+    def write(progress):
+        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".progress-")
+        with os.fdopen(handle, "w") as out:
+            json.dump(progress, out)
+        os.replace(temporary, path)
+    return write
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            image=dict(type="path"),
+            source_devices=dict(type="list", elements="path"),
+            chunk_size_mib=dict(type="int", default=4),
+            compression_level=dict(type="int", default=3),
+            spool_dir=dict(type="path"),
+            interface=dict(type="str", default="eth0"),
+            group=dict(type="str", default="239.255.42.1"),
+            port=dict(type="int", default=9000),
+            ttl=dict(type="int", default=1),
+            session_key=dict(type="str", required=True, no_log=True),
+            expected=dict(type="list", elements="str", default=[]),
+            min_receivers=dict(type="int", default=1),
+            max_wait=dict(type="int", default=60),
+            rate_mbit=dict(type="int", default=0),
+            receiver_timeout=dict(type="int", default=8),
+            encrypt=dict(type="bool", default=False),
+            offload=dict(type="bool", default=True),
+            progress_file=dict(type="path"),
+        ),
+        mutually_exclusive=[("image", "source_devices")],
+        required_one_of=[("image", "source_devices")],
+        supports_check_mode=True,
+    )
+    params = module.params
+    if params["rate_mbit"] < 0 or params["min_receivers"] < 0 or params["max_wait"] < 0:
+        module.fail_json(msg="rate_mbit, min_receivers and max_wait must not be negative.")
+    holder = None
+    try:
+        address = interface_address(params["interface"])
+        session = {"interface": params["interface"], "address": address, "group": params["group"],
+                   "port": params["port"], "expected": params["expected"],
+                   "min_receivers": params["min_receivers"], "max_wait": params["max_wait"],
+                   "rate_mbit": params["rate_mbit"], "encrypt": params["encrypt"]}
+        if module.check_mode:
+            if params["image"]:
+                source, holder, what = image_source(params["image"])
+            else:
+                layout = image_capture.describe(params["source_devices"], params["chunk_size_mib"] * 1024 * 1024)[0]
+                what = {"source_devices": params["source_devices"], "disks": len(layout.get("disks", []))}
+            session.update(what)
+            module.exit_json(changed=False, plan=session)
+        source, holder, what = image_source(params["image"]) if params["image"] else live_source(params)
+        config = SenderConfig(
+            group=params["group"], port=params["port"], address=address,
+            session_key=params["session_key"].encode("utf-8"), ttl=params["ttl"],
+            expected=params["expected"], min_receivers=params["min_receivers"],
+            max_wait=float(params["max_wait"]), rate_cap=params["rate_mbit"] * 125000,
+            receiver_timeout=float(params["receiver_timeout"]), encrypt=params["encrypt"],
+            offload=None if params["offload"] else False,
+            progress=progress_writer(params["progress_file"]) if params["progress_file"] else None)
+        result = Sender(config, source).run()
+    except FleetcastError as err:
+        module.fail_json(msg=str(err))
+    finally:
+        if holder is not None:
+            holder.close()
+    receivers = [r.to_dict() for r in result.receivers]
+    done = [r for r in receivers if r["state"] == "done" and r["digest_matches"]]
+    report = dict(changed=bool(done), receivers=receivers, image_id=result.digest, objects=result.objects,
+                  bytes_sent=result.bytes, repair_datagrams=result.repair_datagrams, seconds=result.seconds,
+                  offload=result.gso, encrypted=result.encrypted)
+    if not done:
+        module.fail_json(msg="No receiver completed the session on %s:%s." % (params["group"], params["port"]), **report)
+    module.exit_json(**report)
+
+
+if __name__ == "__main__":
+    main()
