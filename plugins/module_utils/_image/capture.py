@@ -94,7 +94,7 @@ def _disk_regions(path: str, fd: int, size: int, extents: Extents) -> Tuple[Dict
     if gap_end > gap_start:
         regions.append(_raw_region("gap before the first partition", gap_start, gap_end - gap_start, extents))
     for part in layout.partitions:
-        if part.mbr_type in (0x05, 0x0F, 0x85):   # an extended container: its logical partitions follow
+        if part.kind == "extended" or part.mbr_type in (0x05, 0x0F, 0x85):   # logical partitions follow
             continue
         start, end = part.start * sector, min((part.end + 1) * sector, size)
         regions.append(_region(f"partition {part.number}", start, end - start, fd, extents, partition=part.number))

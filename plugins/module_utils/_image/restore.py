@@ -109,6 +109,7 @@ class RestoreSession:
         self._fds: Dict[int, int] = {}
         self._sizes: Dict[int, int] = {}
         self._written: Dict[int, ChunkEntry] = {}
+        self._claimed: set = set()
         self._lock = threading.Lock()
         self._data_bytes = 0
         self._zero_bytes = 0
@@ -203,8 +204,6 @@ class RestoreSession:
     def write(self, record: ChunkRecord) -> bool:
         """Verify one chunk and write it (data) or zero its range (zero); thread-safe. A chunk
         already written is skipped (False)."""
-        from .._disk import blockdev
-
         fd = self._fds.get(record.disk)
         if fd is None:
             raise ImageError(f"Chunk {record.index} names disk {record.disk}, which this restore has no target for.")
@@ -212,8 +211,28 @@ class RestoreSession:
             raise ImageError(f"Chunk {record.index} (disk {record.disk}, offset {record.offset}) lies beyond the "
                              f"end of target {self.targets[record.disk]}.")
         with self._lock:
-            if record.index in self._written:
+            # A resend may arrive while the first copy is still being written: claim the index.
+            if record.index in self._written or record.index in self._claimed:
                 return False
+            self._claimed.add(record.index)
+        try:
+            self._write_verified(fd, record)
+        except BaseException:
+            with self._lock:
+                self._claimed.discard(record.index)
+            raise
+        with self._lock:
+            self._claimed.discard(record.index)
+            self._written[record.index] = record.entry()
+            if record.kind == "zero":
+                self._zero_bytes += record.length
+            else:
+                self._data_bytes += record.length
+        return True
+
+    def _write_verified(self, fd: int, record: ChunkRecord) -> None:
+        from .._disk import blockdev
+
         raw = record.decompress_verified()
         target = self.targets[record.disk]
         try:
@@ -227,13 +246,6 @@ class RestoreSession:
         except OSError as err:
             raise FleetcastError(f"Writing chunk {record.index} at offset {record.offset} of {target} failed: "
                                  f"{err.strerror}.") from None
-        with self._lock:
-            self._written[record.index] = record.entry()
-            if record.kind == "zero":
-                self._zero_bytes += record.length
-            else:
-                self._data_bytes += record.length
-        return True
 
     def written_image_id(self) -> str:
         """The image id of what this session verified and wrote (the receiver's digest)."""

@@ -149,3 +149,19 @@ def test_check_mode_session_refuses_to_write(mbr_disk, tmp_path):
     assert session.validate().changed
     with pytest.raises(ValidationError, match="check-mode"):
         session.prepare()
+
+
+def test_two_disks_go_to_their_own_targets_in_order(mbr_disk, tmp_path):
+    second = tmp_path / "second.raw"
+    second.write_bytes(os.urandom(2 * MiB) + bytes(MiB))
+    image = str(tmp_path / "two.fcimg")
+    manifest = capture.capture_to_file([str(mbr_disk), str(second)], image, chunk_size=MiB)
+    assert [d["table"]["label"] for d in manifest.layout["disks"]] == ["msdos", "none"]
+    first_target, second_target = tmp_path / "t0.raw", tmp_path / "t1.raw"
+    first_target.write_bytes(bytes(64 * MiB))
+    second_target.write_bytes(os.urandom(3 * MiB))
+    with pytest.raises(ValidationError, match="holds 2 disk"):
+        restore.restore_image(image, [str(first_target)])
+    restore.restore_image(image, [str(first_target), str(second_target)])
+    assert second_target.read_bytes() == second.read_bytes()
+    assert read(first_target, 43008 * 512, 10 * MiB) == read(mbr_disk, 43008 * 512, 10 * MiB)
