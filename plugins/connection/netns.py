@@ -22,12 +22,22 @@ options:
   netns_name:
     description:
       - Name of the network namespace, as listed by C(ip netns list) (a file under C(/run/netns)).
-      - When not set, the inventory host name is used.
+      - When not set, O(netns_prefix) followed by the host's address (C(ansible_host), which
+        defaults to the inventory name) is used. Prefer that to a name templated from
+        C(inventory_hostname), which under C(delegate_to) names the wrong host.
     type: str
     vars:
       - name: ansible_netns_name
     env:
       - name: ANSIBLE_NETNS_NAME
+  netns_prefix:
+    description:
+      - Prefix of the namespace name when O(netns_name) is not set, for example V(fclab-) for
+        the lab's namespaces C(fclab-server) and C(fclab-p1).
+    type: str
+    default: ""
+    vars:
+      - name: ansible_netns_prefix
   netns_ip_executable:
     description:
       - The C(ip) program used to enter the namespace.
@@ -60,6 +70,15 @@ all:
     p1:
       ansible_connection: fleetcast.imaging.netns
       ansible_netns_name: fclab-p1
+
+# the same, by prefix: each host's namespace is fclab-<inventory name>, also under delegate_to
+all:
+  vars:
+    ansible_connection: fleetcast.imaging.netns
+    ansible_netns_prefix: fclab-
+  hosts:
+    server:
+    p1:
 """
 
 import os
@@ -80,7 +99,7 @@ class Connection(LocalConnection):
     has_pipelining = True
 
     def _namespace(self) -> str:
-        name = self.get_option("netns_name") or self._play_context.remote_addr
+        name = self.get_option("netns_name") or (self.get_option("netns_prefix") or "") + (self._play_context.remote_addr or "")
         if not name or "/" in name or name in (".", ".."):
             raise AnsibleConnectionFailure(f"The network namespace name {name!r} is not valid.")
         return name

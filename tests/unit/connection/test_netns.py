@@ -25,21 +25,23 @@ def _run_playbook(tmp_path, inventory, playbook):
 
 @pytest.mark.timeout(150)
 def test_tasks_run_inside_the_namespace_and_missing_one_is_unreachable(netlab, tmp_path):
-    host = netlab.add_host("h1")
+    host, other = netlab.add_host("h1"), netlab.add_host("h2")
     marker = tmp_path / "marker.txt"
     inventory = textwrap.dedent(f"""\
         all:
           vars:
             ansible_connection: fleetcast.imaging.netns
+            ansible_netns_prefix: "{netlab.prefix}-"
           hosts:
             inside:
               ansible_netns_name: {host.netns}
+            h2:
             nowhere:
               ansible_netns_name: {netlab.prefix}-absent
         """)
     results = tmp_path / "results.json"
     playbook = textwrap.dedent(f"""\
-        - hosts: all
+        - hosts: inside:nowhere
           gather_facts: false
           tasks:
             - name: A compound shell line runs wholly in the namespace
@@ -58,17 +60,22 @@ def test_tasks_run_inside_the_namespace_and_missing_one_is_unreachable(netlab, t
               async: 30
               poll: 1
               register: async_out
+            - name: Delegated to a host named by prefix, the task runs in that host's namespace
+              ansible.builtin.command: cat /sys/class/net/eth0/address
+              delegate_to: h2
+              register: delegated_out
             - name: Hand the results to the test
               ansible.builtin.copy:
                 dest: {results}
-                content: "{{{{ dict(raw=raw_out.stdout, module=module_out.stdout, mac=async_out.stdout) | to_json }}}}"
+                content: "{{{{ dict(raw=raw_out.stdout, module=module_out.stdout, mac=async_out.stdout,
+                                    delegated=delegated_out.stdout) | to_json }}}}"
                 mode: "0600"
               delegate_to: localhost
               connection: local
         """)
     proc = _run_playbook(tmp_path, inventory, playbook)
     recap = proc.stdout[proc.stdout.index("PLAY RECAP"):]
-    assert re.search(r"inside\s+: ok=5 .*failed=0", recap), proc.stdout
+    assert re.search(r"inside\s+: ok=6 .*failed=0", recap), proc.stdout
     assert re.search(r"nowhere\s+: ok=0 .*unreachable=1", recap), proc.stdout
     assert f"The network namespace {netlab.prefix}-absent does not exist on the controller" in proc.stdout
 
@@ -79,5 +86,6 @@ def test_tasks_run_inside_the_namespace_and_missing_one_is_unreachable(netlab, t
     assert [line.split()[1] for line in seen["module"].splitlines()] == ["lo", "eth0"]
     assert host.address in seen["module"]
     assert seen["mac"] == host.mac
+    assert seen["delegated"] == other.mac
     assert marker.read_text() == "written from inside\n"
     assert marker.stat().st_mode & 0o777 == 0o600
