@@ -1,0 +1,218 @@
+"""deploy.yml against the built-in lab, driven through ansible-playbook as a user runs it.
+
+One lab serves the whole module: it is built and the master captured once; deploy.yml runs in check
+mode (nothing may change), then for real with the receive path of one participant cut by nftables
+half-way through the transfer. That host must be reported failed with its reason, the others must
+hold the image with their own identity back, and the lab must be gone afterwards.
+"""
+import hashlib
+import json
+import os
+import re
+import subprocess
+import threading
+
+import pytest
+
+from ansible_collections.fleetcast.imaging.plugins.module_utils._lab import loopdisk, standing
+from ansible_collections.fleetcast.imaging.plugins.module_utils._lab.netlab import LabHost
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+PLAYBOOKS = os.path.join(ROOT, "playbooks")
+INVENTORY = os.path.join(PLAYBOOKS, "lab", "inventory.yml")
+PARTICIPANTS = ("p1", "p2", "p3")
+CUT_HOST = "p2"
+
+
+def _playbook(lab, name, *extra, timeout=240):
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "tests", "ansible.cfg"),
+               ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
+               ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", LC_ALL="C.UTF-8")
+    argv = [os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), "-i", INVENTORY,
+            os.path.join(PLAYBOOKS, name),
+            "-e", f"imaging_lab_name={lab['name']}", "-e", f"imaging_lab_directory={lab['directory']}",
+            # A distinct port per run, and a rate cap so that the transfer lasts long enough to
+            # be cut half-way (the lab's image is small).
+            "-e", f"imaging_port={lab['port']}", "-e", "multicast_image_rate_mbit=16",
+            "-e", "multicast_image_receiver_timeout=8", "-e", "multicast_image_poll_interval=1"]
+    return subprocess.run(argv + list(extra), capture_output=True, text=True, env=env, timeout=timeout,
+                          check=False)
+
+
+def _recap(stdout):
+    recap = {}
+    for host, counts in re.findall(r"^(\S+)\s+: (ok=.*)$", stdout[stdout.rindex("PLAY RECAP"):], re.M):
+        recap[host] = {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", counts)}
+    return recap
+
+
+def _summary(stdout):
+    """{host: summary line} from the last summary table printed."""
+    block = stdout[stdout.rindex("host         result"):]
+    rows = {}
+    for line in block.splitlines()[1:]:
+        fields = line.split()
+        if not fields or fields[0] not in PARTICIPANTS:
+            break
+        rows[fields[0]] = line.strip()
+    return rows
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _root_partition(disk_file):
+    """(offset, size) of the partition holding the ext4 root (number 2 on the master's layout)."""
+    table = subprocess.run(["sgdisk", "-p", disk_file], capture_output=True, text=True, check=True).stdout
+    numbers = [int(line.split()[0]) for line in table.splitlines() if re.match(r"\s+\d+\s", line)]
+    for number in numbers:
+        offset, size = standing._partition_bounds(disk_file, number)
+        probe = subprocess.run(["blkid", "-p", "-O", str(offset), "-s", "TYPE", "-o", "value", disk_file],
+                               capture_output=True, text=True, check=False).stdout.strip()
+        if probe == "ext4":
+            return offset, size
+    raise AssertionError(f"no ext4 root on {disk_file}: {table}")
+
+
+def _read_files(disk_file, inner_paths):
+    offset, size = _root_partition(disk_file)
+    window = loopdisk.attach(disk_file, offset=offset, sizelimit=size, read_only=True)
+    try:
+        fsck = subprocess.run(["e2fsck", "-f", "-n", window], capture_output=True, text=True, check=False)
+        found = {}
+        for inner in inner_paths:
+            out = subprocess.run(["debugfs", "-R", f"dump {inner} /dev/stdout", window],
+                                 capture_output=True, check=False).stdout
+            found[inner] = out
+        return found, fsck.returncode
+    finally:
+        loopdisk.detach(window)
+
+
+IDENTITY_FILES = ("/etc/hostname", "/etc/machine-id", "/etc/ssh/ssh_host_ed25519_key",
+                  "/etc/ssh/ssh_host_ed25519_key.pub", "/etc/ssh/ssh_host_ecdsa_key")
+NETPLAN = "/etc/netplan/01-fleetcast-lab.yaml"
+IMAGE_FILES = ("/usr/lib/fleetcast-lab/payload.bin", "/etc/fstab")
+
+
+def _rx_bytes(netns):
+    # `ip netns exec` mounts the namespace's own /sys: these are the participant's counters.
+    out = subprocess.run(["ip", "netns", "exec", netns, "cat", "/sys/class/net/eth0/statistics/rx_bytes"],
+                         capture_output=True, text=True, check=False).stdout
+    return int(out) if out.strip().isdigit() else 0
+
+
+class ReceivePathCutter(threading.Thread):
+    """Cuts all incoming UDP of one participant once it has received about half of the image."""
+
+    def __init__(self, netns, image_bytes):
+        super().__init__(daemon=True)
+        self.netns, self.threshold = netns, image_bytes // 2
+        self.stop, self.cut_at = threading.Event(), None
+
+    def run(self):
+        base = _rx_bytes(self.netns)
+        while not self.stop.wait(0.02):
+            if _rx_bytes(self.netns) - base >= self.threshold:
+                # (LabHost.cut_incoming_udp() writes "mod 10000 < 10000", which nft refuses.)
+                LabHost(name=CUT_HOST, netns=self.netns, address="").nft(
+                    "table inet fleetcast_test {\n chain input { type filter hook input priority 0; policy accept;\n"
+                    "  meta l4proto udp drop\n }\n}\n")
+                self.cut_at = _rx_bytes(self.netns) - base
+                return
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("deploylab") / "lab"
+    lab = {"name": "fct" + os.urandom(2).hex(), "directory": str(directory),
+           "port": 20000 + int.from_bytes(os.urandom(2), "big") % 20000}
+    try:
+        built = _playbook(lab, "lab.yml", "--tags", "lab_build")
+        assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-2000:]
+        state = json.loads((directory / "state.json").read_text())
+        lab["machines"] = state["machines"]
+        lab["before"] = {name: _read_files(state["machines"][name]["disk_file"], IDENTITY_FILES)[0]
+                         for name in PARTICIPANTS}
+        captured = _playbook(lab, "capture.yml")
+        assert captured.returncode == 0, captured.stdout[-3000:] + captured.stderr[-2000:]
+        lab["image"] = str(directory / "images" / "lab-master.fcimg")
+        yield lab
+    finally:
+        down = _playbook(lab, "lab.yml", "--tags", "lab_teardown")
+        standing.destroy(str(directory), lab["name"])   # belt and braces if the play failed
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+        assert lab["name"] + "-" not in listed
+        assert str(directory) not in subprocess.run(["losetup", "-a"], capture_output=True, text=True,
+                                                    check=False).stdout
+        assert not directory.exists()
+        assert down.returncode == 0, down.stdout[-2000:]
+
+
+@pytest.mark.timeout(150)
+def test_check_mode_changes_nothing_and_says_what_it_would_do(lab):
+    disks = [lab["machines"][name]["disk_file"] for name in PARTICIPANTS]
+    before = {path: _sha256(path) for path in disks}
+    run = _playbook(lab, "deploy.yml", "--check")
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert {path: _sha256(path) for path in disks} == before
+    for name in PARTICIPANTS:
+        device = lab["machines"][name]["disk_device"]
+        assert f"{name}: {device} would lose gpt partition table, 3 partition(s)" in run.stdout
+        assert re.search(rf"{name}: would receive image [0-9a-f]{{16}} \(\d+ bytes in \d+ chunks\) "
+                         rf"from server over .* onto {device}", run.stdout.replace("\n    ", " ")), run.stdout
+    assert not os.path.exists(os.path.join(lab["directory"], "identity", "p1.json"))
+
+
+@pytest.mark.timeout(200)
+def test_deploy_with_one_receive_path_cut_half_way(lab):
+    cut_netns = lab["machines"][CUT_HOST]["netns"]
+    cutter = ReceivePathCutter(cut_netns, os.path.getsize(lab["image"]))
+    cutter.start()
+    try:
+        run = _playbook(lab, "deploy.yml")
+    finally:
+        cutter.stop.set()
+        cutter.join()
+    out = run.stdout
+    assert cutter.cut_at is not None, "the transfer never reached half-way on " + CUT_HOST + out[-3000:]
+    assert run.returncode != 0, "a failed host must fail the run"
+
+    recap = _recap(out)
+    assert recap[CUT_HOST]["failed"] == 1
+    for name in ("p1", "p3"):
+        assert recap[name]["failed"] == 0 and recap[name]["unreachable"] == 0, out[-4000:]
+
+    rows = _summary(out)
+    print("\n".join(rows.values()))
+    assert re.match(rf"{CUT_HOST}\s+FAILED\s+.*at multicast: \S+", rows[CUT_HOST]), rows
+    for name in ("p1", "p3"):
+        assert re.match(rf"{name}\s+ok\s+[1-9]\d*\s+[\d.]+\s+yes\s+yes$", rows[name]), rows
+    assert re.search(rf"{CUT_HOST} failed at multicast: .+", out)
+    # Progress lines were shown while the transfer ran.
+    assert re.search(r"^server: \d+:\d\d ", out, re.M)
+
+    master_files, master_fsck = _read_files(lab["machines"]["master"]["disk_file"], IMAGE_FILES)
+    assert master_fsck == 0
+    for name in ("p1", "p3"):
+        disk = lab["machines"][name]["disk_file"]
+        image_files, fsck_code = _read_files(disk, IMAGE_FILES)
+        assert fsck_code == 0, f"{name}: fsck reports problems"
+        assert image_files == master_files and len(master_files["/usr/lib/fleetcast-lab/payload.bin"]) > 1 << 20
+        identity, dummy = _read_files(disk, IDENTITY_FILES + (NETPLAN,))
+        netplan = identity.pop(NETPLAN).decode()
+        assert identity == lab["before"][name], f"{name} did not get its own identity back"
+        # The network configuration is the image's file with this host's values put back in.
+        assert lab["machines"][name]["address"] in netplan and lab["machines"][name]["mac"] in netplan
+        assert lab["machines"]["master"]["address"] not in netplan
+        assert identity["/etc/hostname"] == f"{name}-old\n".encode()
+        assert identity["/etc/machine-id"].strip().decode() == lab["machines"][name]["machine_id"]
+    # The cut host's disk is not claimed to be anything: it must not hold its identity re-applied.
+    assert "yes" not in rows[CUT_HOST].split("FAILED", 1)[0]
