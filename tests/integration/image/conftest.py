@@ -1,11 +1,11 @@
-# Fixtures: the master disk (built once per module) and dirty target disks, all on loop devices.
+# Fixtures: the master disk (built once for this directory) and dirty target disks, all on loop devices.
 import pytest
 from image_helpers import MASTER_SIZE, MiB, make_dirty, make_master
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._lab.loopdisk import LoopDisk
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def master(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("master")
     disk = LoopDisk.create(str(tmp / "master.img"), MASTER_SIZE)

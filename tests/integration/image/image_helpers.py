@@ -3,6 +3,7 @@
 import hashlib
 import os
 import subprocess
+import sys
 
 MiB = 1 << 20
 SECTOR = 512
@@ -69,20 +70,36 @@ def make_master(disk, tree):
     run("mkfs.ext4", "-q", "-L", "root", root)
     mnt = tree / "mnt"
     mnt.mkdir()
-    run("mount", root, mnt)
+    # Mounted in a private mount namespace: a namespace another process creates meanwhile (any
+    # `ip netns exec` on this shared machine) would otherwise keep a copy of the mount alive
+    # after our umount, and the filesystem would never be flushed to the disk.
+    run("unshare", "--mount", "--propagation", "private", sys.executable, __file__, "populate", root, mnt)
+    run("blockdev", "--flushbufs", disk.device)
+
+
+def populate_root(device, mnt):
+    """Mount `device`, write thousands of files, 64 MiB of zeros and a deleted file, unmount."""
+    run("mount", device, mnt)
     try:
         for i in range(3000):
-            sub = mnt / "usr" / f"d{i % 40}"
-            sub.mkdir(parents=True, exist_ok=True)
-            (sub / f"file{i}").write_bytes(os.urandom(i % 5000 + 1) if i % 3 else b"config %d\n" % i * (i % 50))
-        os.symlink("usr/d1/file1", mnt / "link")
+            sub = os.path.join(mnt, "usr", f"d{i % 40}")
+            os.makedirs(sub, exist_ok=True)
+            with open(os.path.join(sub, f"file{i}"), "wb") as handle:
+                handle.write(os.urandom(i % 5000 + 1) if i % 3 else b"config %d\n" % i * (i % 50))
+        os.symlink("usr/d1/file1", os.path.join(mnt, "link"))
         run("dd", "if=/dev/zero", f"of={mnt}/zeros.bin", "bs=1M", "count=64", "conv=fsync")
         # A deleted file leaves free blocks with old bytes: they must not be needed on the target.
         run("dd", "if=/dev/urandom", f"of={mnt}/deleted.bin", "bs=1M", "count=8", "conv=fsync")
-        os.unlink(mnt / "deleted.bin")
+        os.unlink(os.path.join(mnt, "deleted.bin"))
     finally:
         run("umount", mnt)
-    run("blockdev", "--flushbufs", disk.device)
+
+
+def extract_ext(device, out):
+    """The whole tree of an ext filesystem, read with debugfs (no mount, nothing to leak)."""
+    os.makedirs(out)
+    run("debugfs", "-R", f"rdump / {out}", device)
+    return out
 
 
 def make_dirty(disk, stride=MiB):
@@ -94,3 +111,8 @@ def make_dirty(disk, stride=MiB):
     run("sgdisk", "-Z", disk.device)
     run("sgdisk", "-n1:2048:+50M", "-n2:0:+20M", "-n3:0:0", disk.device)
     run("mkfs.ext2", "-q", "-F", disk.window(2048 * SECTOR + 50 * MiB, 20 * MiB))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["populate"]:
+        populate_root(sys.argv[2], sys.argv[3])

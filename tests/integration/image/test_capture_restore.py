@@ -8,7 +8,7 @@ import pytest
 from ansible_collections.fleetcast.imaging.plugins.module_utils._image import capture, restore
 from ansible_collections.fleetcast.imaging.plugins.module_utils._image.format import ImageReader, iter_stream
 
-from image_helpers import MASTER_SIZE, fat_path, MiB, SECTOR, part_range, run
+from image_helpers import MASTER_SIZE, extract_ext, fat_path, MiB, SECTOR, part_range, run
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +41,6 @@ def compare_trees(left, right):
         pending.extend(current.subdirs.values())
 
 
-def mounted_ro(disk, number, where, disk_size=MASTER_SIZE):
-    offset, size = part_range(number, disk_size)
-    where.mkdir()
-    run("mount", "-o", "ro,noload", disk.window(offset, size), where)
-    return where
-
-
 def test_image_describes_the_master(image, master):
     path, manifest = image
     with ImageReader(path) as reader:
@@ -76,17 +69,14 @@ def test_restore_onto_a_dirty_disk_gives_the_same_disk(image, master, dirty_disk
     for number in (1, 3):
         window = target.window(*part_range(number))
         run("fsck.vfat", "-n", window) if number == 1 else run("e2fsck", "-fn", window)
-    # The root tree, file by file; the zeros read as zeros.
-    left = mounted_ro(master, 3, tmp_path / "m")
-    right = mounted_ro(target, 3, tmp_path / "t")
-    try:
-        compare_trees(left, right)
-        with open(right / "zeros.bin", "rb") as handle:
-            assert all(block == bytes(len(block)) for block in iter(lambda: handle.read(4 * MiB), b""))
-        assert os.path.getsize(right / "zeros.bin") == 64 * MiB
-    finally:
-        run("umount", left)
-        run("umount", right)
+    # The root tree, file by file (extracted without mounting); the zeros read as zeros.
+    left = extract_ext(master.window(*part_range(3)), tmp_path / "m")
+    right = extract_ext(target.window(*part_range(3)), tmp_path / "t")
+    compare_trees(left, right)
+    assert len(list((right / "usr").rglob("file*"))) == 3000 and os.readlink(right / "link") == "usr/d1/file1"
+    with open(right / "zeros.bin", "rb") as handle:
+        assert all(block == bytes(len(block)) for block in iter(lambda: handle.read(4 * MiB), b""))
+    assert os.path.getsize(right / "zeros.bin") == 64 * MiB
     # The EFI tree through mtools; the BIOS boot partition, boot code and gap byte for byte.
     efi_master, efi_target = tmp_path / "efi_m", tmp_path / "efi_t"
     for disk, out in ((master, efi_master), (target, efi_target)):

@@ -77,7 +77,7 @@ def test_mounted_target(image, target, tmp_path):
     mnt.mkdir()
     try:
         run("mkfs.ext4", "-q", stacked)
-        run("mount", stacked, mnt)
+        run("mount", "-o", "ro", stacked, mnt)
         try:
             assert_refused_untouched(target.device, lambda: restore.restore_image(image[0], [target.device]),
                                      UnsafeTargetError, "mount")
