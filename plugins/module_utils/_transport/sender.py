@@ -53,7 +53,7 @@ class SenderConfig:
     min_receivers: int = 1
     max_wait: float = 60.0
     rate_cap: int = 0                  # bytes per second, 0 = none (adaptive only)
-    start_rate: int = 200 * 1000 ** 2
+    start_rate: int = 500 * 1000 ** 2
     min_rate: int = 2 * 1000 ** 2
     receiver_timeout: float = 5.0
     encrypt: bool = False
@@ -170,6 +170,7 @@ class Sender:
         self.next_index = 0                # first pass position
         self.rate = min(config.rate_cap or MAX_RATE, config.start_rate)
         self.pace_time = 0.0
+        self.cut_until = 0.0
         self.datagrams = 0
         self.repair_datagrams = 0
         self.resends = 0
@@ -438,19 +439,22 @@ class Sender:
                 peer.reason = (f"no message for {self.config.receiver_timeout:g} s "
                                f"(had {peer.delivered} objects)")
 
-    def _adjust_rate(self) -> None:
-        # Receivers report datagrams their kernel dropped for want of buffer: that is congestion
-        # (a receiver or its disk cannot keep up), unlike random loss on the wire, which repairs fix.
+    def _adjust_rate(self, now: float) -> None:
+        # Receivers report datagrams their kernel dropped for want of buffer, data they had no
+        # window room for, and window pressure: that is congestion (a receiver or its disk cannot
+        # keep up), unlike random loss on the wire, which repairs fix without slowing anyone.
         congested = False
         for peer in self.peers.values():
             if peer.state == "active" and peer.overflow > peer.overflow_seen:
                 congested = True
             peer.overflow_seen = peer.overflow
         cap = self.config.rate_cap or MAX_RATE
-        if congested:
+        if congested and now >= self.cut_until:
             self.rate = max(self.config.min_rate, int(self.rate * 0.7))
-        else:
-            self.rate = min(cap, int(self.rate * 1.05) + 1000 ** 2)
+            # reports already on their way describe the old rate: one cut per reaction time
+            self.cut_until = now + 0.3
+        elif not congested:
+            self.rate = min(cap, int(self.rate * 1.15) + 5 * 1000 ** 2)
 
     def _finished(self, final: Optional[int], elapsed: float) -> bool:
         if final is None or self.next_index < final:
@@ -486,7 +490,7 @@ class Sender:
                         select.select([self.sock], [], [], 0.02)
                         continue
                 if now - last_rate >= RATE_EVERY:
-                    self._adjust_rate()
+                    self._adjust_rate(now)
                     last_rate = now
                 if self.config.progress and now - last_progress >= 1.0:
                     self.config.progress(self.progress(final))

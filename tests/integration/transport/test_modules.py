@@ -102,3 +102,22 @@ def test_sender_without_receivers_fails_clearly(netlab, master):
                                                          "expected": ["pc9"], "max_wait": 2}))
     assert result["failed"]
     assert result["msg"] == f"Only 0 of the required 1 receivers joined the session on 239.255.42.1:9701 within 2 s."
+
+
+def test_live_master_captured_while_sent(netlab, tmp_path, master):
+    raw, _image, image_id = master
+    server, pc1 = netlab.add_host("master"), netlab.add_host("pc1")
+    copy = tmp_path / "live-copy.fcimg"
+    common = {"group": GROUP, "port": 9702, "session_key": KEY}
+    receiving = _ansible(pc1, "multicast_receive", dict(common, dest=str(copy), name="pc1", timeout=30))
+    sent = _result(_ansible(server, "multicast_send", dict(common, source_devices=[str(raw)], expected=["pc1"],
+                                                           spool_dir=str(tmp_path), encrypt=True)))
+    assert not sent.get("failed"), sent
+    assert sent["image_id"] == image_id and sent["encrypted"] is True
+    assert [(r["name"], r["state"], r["digest_matches"]) for r in sent["receivers"]] == [("pc1", "done", True)]
+    received = _result(receiving)
+    assert received["digest"] == image_id
+    with ImageReader(str(copy)) as reader:
+        reader.verify()
+        assert reader.manifest.image_id == image_id
+    assert [name for name in os.listdir(tmp_path) if name.startswith("fleetcast-spool")] == []

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+# -*- coding: utf-8 -*-
+# Copyright: fleetcast.imaging developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Benchmark (not a test): one payload, one netlab, N receivers; fleetcast's transport (GSO/GRO
+and the plain fallback) against udpcast and uftp, at each loss level, in the same run.
+
+Run as root: .venv/bin/python bench/bench_transport.py [--size-mib 1024] [--receivers 3] [--loss 0,2]
+
+Command lines used (all on eth0 of lab namespaces, MTU 1500, same group/port scheme):
+  udpcast:  udp-receiver --interface eth0 --nokbd --portbase P --mcast-rdv-address R --file OUT
+            udp-sender --interface eth0 --nokbd --portbase P --mcast-rdv-address R --full-duplex
+                       --min-receivers N --file IN
+  uftp:     uftpd -d -I eth0 -M 239.255.61.1 -p P -B 104857600 -D DIR
+            uftp -I eth0 -M 239.255.61.1 -P 239.255.61.2 -p P -B 104857600 -Y none -R -1 -H ids NAME
+            (full speed, no encryption; uftp's own NAK passes repair loss)
+  fleetcast: python3 -m ..._transport receive --group G --port P --output OUT
+             python3 -m ..._transport send --group G --port P --file IN --min-receivers N
+             (plus --no-offload on both sides for the fallback path)
+Times are wall-clock from the sender's start to the last receiver's completion; receiver CPU
+(user+system) and peak RSS come from wait4() on each receiver process. Every output is checked
+against the payload's SHA-256; a run that does not deliver it exactly is reported as failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLLECTIONS = os.path.join(ROOT, ".build", "collections")
+sys.path.insert(0, COLLECTIONS)
+
+from ansible_collections.fleetcast.imaging.plugins.module_utils._lab.netlab import NetLab  # noqa: E402
+
+ENGINE = ["/usr/bin/python3", "-m", "ansible_collections.fleetcast.imaging.plugins.module_utils._transport"]
+ENV = dict(os.environ, PYTHONPATH=COLLECTIONS, FLEETCAST_SESSION_KEY="bench-session-key")
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        for block in iter(lambda: source.read(8 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def wait_usage(process: subprocess.Popen, deadline: float):
+    """(exit code, cpu seconds, peak RSS MiB) of one process, killing it at the deadline."""
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return process.returncode, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+        if time.monotonic() > deadline:
+            process.kill()
+        time.sleep(0.02)
+
+
+class Run:
+    def __init__(self, lab, sender, receivers, payload, workdir, port):
+        self.lab, self.sender, self.receivers = lab, sender, receivers
+        self.payload, self.workdir, self.port = payload, workdir, port
+
+    def outputs(self, tool):
+        directory = os.path.join(self.workdir, tool)
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory)
+        return directory
+
+    def measure(self, start_receivers, start_sender, outputs, timeout, wait_sender=False, stop_receivers=None):
+        receivers = start_receivers()
+        time.sleep(0.7)                        # receivers listening before the sender starts
+        started = time.monotonic()
+        sender = start_sender()
+        deadline = started + timeout
+        usages = []
+        if wait_sender:
+            sender_code = wait_usage(sender, deadline)[0]
+            elapsed = time.monotonic() - started
+            stop_receivers(receivers)
+            usages = [wait_usage(p, deadline + 5) for p in receivers]
+        else:
+            usages = [wait_usage(p, deadline) for p in receivers]
+            elapsed = time.monotonic() - started
+            sender_code = wait_usage(sender, deadline + 10)[0]
+        exact = all(os.path.exists(o) and sha256(o) == self.payload_digest for o in outputs)
+        return {"seconds": elapsed, "ok": exact and sender_code == 0,
+                "cpu": max(u[1] for u in usages), "rss": max(u[2] for u in usages)}
+
+    def fleetcast(self, offload: bool, timeout: float):
+        tool = "fleetcast" if offload else "fleetcast-fallback"
+        directory = self.outputs(tool)
+        extra = [] if offload else ["--no-offload"]
+        outputs = [os.path.join(directory, h.name) for h in self.receivers]
+        common = ["--group", "239.255.61.9", "--port", str(self.port)] + extra
+        return self.measure(
+            lambda: [h.popen(ENGINE + ["receive", "--output", out, "--timeout", "60"] + common, env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     for h, out in zip(self.receivers, outputs)],
+            lambda: self.sender.popen(ENGINE + ["send", "--file", self.payload, "--min-receivers",
+                                                str(len(self.receivers))] + common, env=ENV,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+            outputs, timeout)
+
+    def udpcast(self, timeout: float):
+        directory = self.outputs("udpcast")
+        outputs = [os.path.join(directory, h.name) for h in self.receivers]
+        # the rendezvous on a multicast address: udpcast's default broadcast one has no route in the lab
+        base = ["--interface", "eth0", "--nokbd", "--portbase", str(self.port), "--mcast-rdv-address", "239.255.61.5"]
+        return self.measure(
+            lambda: [h.popen(["udp-receiver"] + base + ["--file", out], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+                     for h, out in zip(self.receivers, outputs)],
+            lambda: self.sender.popen(["udp-sender"] + base + ["--full-duplex", "--min-receivers",
+                                                               str(len(self.receivers)), "--file", self.payload],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      stdin=subprocess.DEVNULL),
+            outputs, timeout)
+
+    def uftp(self, timeout: float):
+        directory = self.outputs("uftp")
+        dirs = [os.path.join(directory, h.name) for h in self.receivers]
+        for d in dirs:
+            os.makedirs(d)
+        outputs = [os.path.join(d, os.path.basename(self.payload)) for d in dirs]
+        ids = ",".join(f"0x{i + 1:08x}" for i in range(len(self.receivers)))
+        common = ["-I", "eth0", "-M", "239.255.61.1", "-p", str(self.port), "-B", "104857600"]
+
+        def stop(processes):
+            for p in processes:
+                p.terminate()
+        return self.measure(
+            lambda: [h.popen(["uftpd", "-d", "-U", f"0x{i + 1:08x}", "-D", d] + common,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     for i, (h, d) in enumerate(zip(self.receivers, dirs))],
+            lambda: self.sender.popen(["uftp", "-P", "239.255.61.2", "-Y", "none", "-R", "-1", "-H", ids]
+                                      + common + [os.path.basename(self.payload)], cwd=os.path.dirname(self.payload),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+            outputs, timeout, wait_sender=True, stop_receivers=stop)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--receivers", type=int, default=3)
+    parser.add_argument("--loss", default="0,2", help="percent of incoming UDP dropped at each receiver")
+    parser.add_argument("--tools", default="fleetcast,fleetcast-fallback,udpcast,uftp")
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args()
+    # tmpfs: the benchmark measures the transports, not this machine's disk writeback
+    workdir = tempfile.mkdtemp(prefix="fleetcast-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # so the lab is torn down
+    payload = os.path.join(workdir, "payload.bin")
+    with open(payload, "wb") as out:
+        for _ in range(args.size_mib):
+            out.write(os.urandom(1 << 20))
+    tools = args.tools.split(",")
+    results = {}
+    try:
+        with NetLab() as lab:
+            sender = lab.add_host("srv")
+            receivers = [lab.add_host(f"r{i + 1}") for i in range(args.receivers)]
+            run = Run(lab, sender, receivers, payload, workdir, 9400)
+            run.payload_digest = sha256(payload)
+            for loss in [float(x) for x in args.loss.split(",")]:
+                for host in receivers:
+                    host.clear_rules()
+                    if loss:
+                        host.drop_incoming_udp(loss)
+                for tool in tools:
+                    run.port += 10
+                    if tool.startswith("fleetcast"):
+                        result = run.fleetcast(tool == "fleetcast", args.timeout)
+                    else:
+                        result = getattr(run, tool)(args.timeout)
+                    results[(loss, tool)] = result
+                    print(f"loss {loss:g}%  {tool:19s} {result['seconds']:7.2f} s  "
+                          f"{args.size_mib / result['seconds']:7.1f} MiB/s  receiver cpu {result['cpu']:6.2f} s  "
+                          f"peak rss {result['rss']:6.1f} MiB  {'ok' if result['ok'] else 'FAILED'}", flush=True)
+                    shutil.rmtree(os.path.join(workdir, tool), ignore_errors=True)
+                base = results.get((loss, "udpcast"))
+                if base:
+                    for tool in tools:
+                        if tool != "udpcast" and (loss, tool) in results:
+                            ratio = results[(loss, tool)]["seconds"] / base["seconds"]
+                            print(f"loss {loss:g}%  {tool} time / udpcast time = {ratio:.3f}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if all(r["ok"] for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
