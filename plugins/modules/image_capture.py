@@ -62,7 +62,14 @@ options:
     default: '0600'
 extends_documentation_fragment:
   - fleetcast.imaging.attributes
-  - fleetcast.imaging.attributes.check_none
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: Reads the partition tables and used-block maps and reports what would be captured.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
 notes:
   - The source should not be mounted read-write while it is captured, or the image may be
     inconsistent. Capturing reads only.
@@ -91,12 +98,19 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+plan:
+  description: >-
+    In check mode, what would be captured - C(disks) as in RV(image), with each region's
+    C(used_bytes) - and C(used_bytes), the bytes that would be read and stored or zeroed.
+  returned: check mode, when a capture would run
+  type: dict
+  sample: {used_bytes: 98566144, disks: [{index: 0, kind: disk, label: gpt}]}
 image:
   description: >-
     The image's manifest as M(fleetcast.imaging.image_info) reports it: C(image_id),
     C(chunk_count), C(chunk_size), C(data_bytes), C(zero_bytes), C(used_bytes), C(stored_bytes),
     C(file_size), and C(disks) with their partitions, filesystems and used bytes.
-  returned: success
+  returned: success, except in check mode when a capture would run
   type: dict
   sample:
     image_id: 99c4d9939c84d443c790bbfcabc184b90f253acd7fccb9b36343bfb080d74d6c
@@ -133,7 +147,7 @@ def main():
         ),
         mutually_exclusive=[("disks", "partitions")],
         required_one_of=[("disks", "partitions")],
-        supports_check_mode=False,
+        supports_check_mode=True,
     )
     for error, package in ((image_format.ZSTD_IMPORT_ERROR, "zstandard"), (usedmap.NUMPY_IMPORT_ERROR, "numpy")):
         if error:
@@ -154,6 +168,11 @@ def main():
             module.exit_json(changed=False, image=info.image_info(dest))
         kind = "disk" if params["disks"] else "partition"
         sources = [capture.CaptureSource(path, kind) for path in params["disks"] or params["partitions"]]
+        if module.check_mode:
+            layout = capture.describe(sources, params["chunk_size_mib"] * MiB)[0]
+            plan = info.summary(image_format.Manifest(layout))
+            module.exit_json(changed=True, plan={"disks": plan["disks"], "used_bytes": sum(
+                region["used_bytes"] for disk in plan["disks"] for region in disk["regions"])})
         manifest = capture.capture_to_file(sources, dest, params["chunk_size_mib"] * MiB, params["level"],
                                            params["threads"], mode)
         result = info.summary(manifest)

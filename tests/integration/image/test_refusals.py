@@ -95,9 +95,10 @@ def test_nonexistent_device_and_wrong_target_count(image, target):
 
 
 def ansible(module, args, check=False):
-    argv = [os.path.join(ROOT, ".venv", "bin", "ansible"), "localhost", "-o", "-m", f"fleetcast.imaging.{module}",
+    argv = [os.path.join(ROOT, ".venv", "bin", "ansible"), "localhost", "-m", f"fleetcast.imaging.{module}",
             "-a", json.dumps(args)] + (["--check", "--diff"] if check else [])
-    env = dict(ENV, LC_ALL="C.UTF-8", ANSIBLE_CONFIG=os.path.join(ROOT, "tests", "ansible.cfg"),
+    env = dict(ENV, LC_ALL="C.UTF-8", ANSIBLE_STDOUT_CALLBACK="minimal", ANSIBLE_CALLBACK_RESULT_FORMAT="json",
+               ANSIBLE_CONFIG=os.path.join(ROOT, "tests", "ansible.cfg"),
                ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"))
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False, cwd=ROOT)
     head, dummy, body = proc.stdout.partition(" => ")
@@ -107,6 +108,10 @@ def ansible(module, args, check=False):
 
 def test_modules_capture_info_and_check_mode_restore(master, target, tmp_path):
     dest = str(tmp_path / "m.fcimg")
+    head, planned = ansible("image_capture", {"disks": [master.device], "dest": dest}, check=True)
+    assert "CHANGED" in head and not os.path.exists(dest) and not os.path.exists(dest + ".partial")
+    regions = {r["name"]: r for r in planned["plan"]["disks"][0]["regions"]}
+    assert regions["partition 3"]["map"] == "ext" and planned["plan"]["used_bytes"] > 64 * MiB
     head, result = ansible("image_capture", {"disks": [master.device], "dest": dest, "chunk_size_mib": 2})
     assert "CHANGED" in head and oct(os.stat(dest).st_mode & 0o777) == "0o600"
     assert result["image"]["disks"][0]["label"] == "gpt"
