@@ -36,6 +36,9 @@ EXT_INCOMPAT_FLEX_BG = 0x200
 EXT_RO_COMPAT_SPARSE_SUPER = 0x1
 EXT_RO_COMPAT_BIGALLOC = 0x200
 EXT_BG_BLOCK_UNINIT = 0x2
+EXT_RO_COMPAT_GDT_CSUM = 0x10
+EXT_RO_COMPAT_METADATA_CSUM = 0x400
+EXT_COMPAT_SPARSE_SUPER2 = 0x200
 EXT_COMPAT_RESIZE_INODE = 0x10
 
 
@@ -91,8 +94,12 @@ class _Volume:
         return data
 
 
-def _has_super_backup(group: int, sparse: bool) -> bool:
-    if group <= 1 or not sparse:
+def _has_super_backup(group: int, sparse: bool, backup_groups: Optional[Tuple[int, int]] = None) -> bool:
+    if group == 0 or not sparse:
+        return True
+    if backup_groups is not None:   # sparse_super2: backups only where the superblock says
+        return group in backup_groups
+    if group == 1:
         return True
     for base in (3, 5, 7):
         power = base
@@ -133,7 +140,10 @@ def ext_map(volume: _Volume) -> Optional[UsedMap]:
     inodes_per_group = struct.unpack_from("<I", sb, 40)[0]
     inode_size = struct.unpack_from("<H", sb, 88)[0] if struct.unpack_from("<I", sb, 76)[0] else 128
     inode_table_blocks = -(-(inodes_per_group * inode_size) // block_size)
-    sparse = bool(ro_compat & EXT_RO_COMPAT_SPARSE_SUPER)
+    sparse = bool(ro_compat & EXT_RO_COMPAT_SPARSE_SUPER) or bool(compat & EXT_COMPAT_SPARSE_SUPER2)
+    backup_groups = struct.unpack_from("<II", sb, 0x24C) if compat & EXT_COMPAT_SPARSE_SUPER2 else None
+    # Group flags mean something only when descriptors carry checksums; otherwise bitmaps are real.
+    uninit_valid = bool(ro_compat & (EXT_RO_COMPAT_GDT_CSUM | EXT_RO_COMPAT_METADATA_CSUM))
     extents: List[Extent] = [(0, (first_data_block + 1 + gdt_blocks + reserved_gdt) * block_size)]
     for group in range(groups):
         desc = table[group * desc_size:(group + 1) * desc_size]
@@ -148,8 +158,8 @@ def ext_map(volume: _Volume) -> Optional[UsedMap]:
         extents += [(block_bitmap * block_size, block_size), (inode_bitmap * block_size, block_size),
                     (inode_table * block_size, inode_table_blocks * block_size)]
         group_start = first_data_block + group * blocks_per_group
-        if flags & EXT_BG_BLOCK_UNINIT:
-            if _has_super_backup(group, sparse):
+        if uninit_valid and flags & EXT_BG_BLOCK_UNINIT:
+            if _has_super_backup(group, sparse, backup_groups):
                 extents.append((group_start * block_size, (1 + gdt_blocks + reserved_gdt) * block_size))
             continue
         bits = numpy.unpackbits(numpy.frombuffer(volume.read(block_bitmap * block_size, per_group // 8),
