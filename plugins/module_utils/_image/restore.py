@@ -334,9 +334,9 @@ def restore_image(path: str, targets: List[str], grow_last: bool = False, check_
     hold it, or in check mode) wipe, partition, write and finish. Returns what the module reports."""
     with ImageReader(path) as reader:
         manifest = reader.manifest
-        reader.verify(threads)
         session = RestoreSession(manifest.layout, targets, grow_last, check_mode)
-        plan = session.validate()
+        plan = session.validate()     # the cheap checks first: a wrong target fails at once
+        reader.verify(threads)
         unchanged = session.already_holds(manifest, threads)
         report: Dict[str, Any] = {"image_id": manifest.image_id, "chunk_count": manifest.chunk_count,
                                   "plan": plan.to_dict()}
