@@ -115,7 +115,8 @@ plan:
       description: >-
         One entry per target with C(target), C(disk) (image disk index), C(kind), C(target_size),
         C(image_size), C(label), C(partitions) (number, start, end, name as they will be written),
-        C(current) (the partitions the target has now), C(grow_partition), C(grow_filesystem),
+        C(current) (the partitions the target has now), C(wipe) (what wiping removes, one line
+        each), C(grow_partition), C(grow_filesystem),
         C(state) (V(restore) or V(unchanged)) and C(reason).
       type: list
       elements: dict
@@ -127,6 +128,7 @@ plan:
         kind: disk
         state: restore
         reason: its partition table differs from the image's
+        wipe: ["partition table: gpt", "partition 1: sectors 2048-104447 (ext4)"]
         label: gpt
         partitions: [{number: 1, start: 2048, end: 67583, name: EFI system}]
         grow_partition: 3

@@ -184,6 +184,14 @@ class RestoreSession:
             target_plan.reason = "it already holds this image"
         return not plan.changed
 
+    def plan_wipes(self) -> None:
+        """Fill in what wiping would remove from every target still to be restored (reads only)."""
+        from .._disk import wipe
+
+        for target_plan in (self.plan or self.validate()).targets:
+            if target_plan.state != "unchanged":
+                target_plan.wipe = wipe.plan_wipe(target_plan.target).describe()
+
     # -- writing -----------------------------------------------------------------------------
     def prepare(self) -> None:
         """Wipe every target, recreate its partition table, and open it for the chunks."""
@@ -194,7 +202,7 @@ class RestoreSession:
         plan = self.plan or self.validate()
         for target_plan, disk in zip(plan.targets, self.layout["disks"]):
             target = target_plan.target
-            wipe.wipe(target)
+            target_plan.wipe = wipe.wipe(target).describe()
             if disk["index"] in self._tables:
                 written = table.write_layout(target, table.DiskLayout.from_dict(disk["table"]), self.grow_last)
                 self._tables[disk["index"]] = written.to_dict()
@@ -330,18 +338,21 @@ def _first_false(check: Callable[[Any], bool], items: Iterable[Any], threads: in
 
 def restore_image(path: str, targets: List[str], grow_last: bool = False, check_mode: bool = False,
                   threads: int = 0) -> Dict[str, Any]:
-    """Restore an image file: verify it whole, validate the targets, then (unless they already
-    hold it, or in check mode) wipe, partition, write and finish. Returns what the module reports."""
+    """Restore an image file: validate the targets, verify the image whole, then (unless the
+    targets already hold it, or in check mode) wipe, partition, write and finish. Returns what the
+    module reports."""
     with ImageReader(path) as reader:
         manifest = reader.manifest
         session = RestoreSession(manifest.layout, targets, grow_last, check_mode)
         plan = session.validate()     # the cheap checks first: a wrong target fails at once
         reader.verify(threads)
         unchanged = session.already_holds(manifest, threads)
-        report: Dict[str, Any] = {"image_id": manifest.image_id, "chunk_count": manifest.chunk_count,
-                                  "plan": plan.to_dict()}
+        report: Dict[str, Any] = {"image_id": manifest.image_id, "chunk_count": manifest.chunk_count}
         if unchanged or check_mode:
-            report.update(changed=not unchanged, chunks_written=0, data_bytes_written=0, zero_bytes_written=0)
+            if not unchanged:
+                session.plan_wipes()
+            report.update(changed=not unchanged, chunks_written=0, data_bytes_written=0, zero_bytes_written=0,
+                          plan=plan.to_dict())
             return report
         session.prepare()
         try:

@@ -127,6 +127,7 @@ def test_modules_capture_info_and_check_mode_restore(master, target, tmp_path):
     assert "CHANGED" in head and plan["chunks_written"] == 0
     planned = plan["plan"]["targets"][0]
     assert planned["state"] == "restore" and [p["number"] for p in planned["partitions"]] == [1, 2, 3]
+    assert "partition table: gpt" in planned["wipe"] and any("ext2" in line for line in planned["wipe"])
     assert sha256_file(target.device) == before
 
     head, failed = ansible("image_restore", {"image": dest, "targets": ["/dev/fleetcast-nonexistent"]})
