@@ -37,6 +37,7 @@ from .netio import gro_segment_size, receiver_sockets, udp_receive_errors
 STATUS_EVERY = 0.025
 NACK_AFTER = 0.015            # an object silent this long with holes gets its holes asked for
 NACK_RETRY = 0.05
+STATUS_DATAGRAMS = 4          # at most this many STATUS datagrams per round
 OBJECT_REQUEST_HOLDOFF = 0.3
 JOIN_EVERY = 0.2
 MAX_FRAGMENTS = (64 * 1024 * 1024) // wire.PAYLOAD + 1     # refuse objects over 64 MiB
@@ -321,7 +322,8 @@ class Receiver:
 
     def _status(self, now: float) -> None:
         requests: List[bytes] = []
-        budget = wire.REQUESTS_PER_STATUS
+        # several STATUS datagrams per round if need be: scattered single losses make many runs
+        budget = wire.REQUESTS_PER_STATUS * STATUS_DATAGRAMS
         for index, partial in list(self.window.items()):
             if len(requests) >= budget:
                 break
@@ -332,7 +334,7 @@ class Receiver:
                 continue
             missing = np.flatnonzero(~partial.got)
             breaks = np.flatnonzero(np.diff(missing) != 1) + 1
-            for run in np.split(missing, breaks)[:8]:
+            for run in np.split(missing, breaks)[:budget - len(requests)]:
                 requests.append(wire.REQUEST.pack(wire.REQ_FRAGMENTS, index, int(run[0]), len(run)))
                 self.fragment_requests += len(run)
             partial.last_seen = now + NACK_RETRY    # ask again only if the repair does not come
@@ -366,12 +368,18 @@ class Receiver:
             index += 1
         if run_start >= 0:
             requests.append(wire.REQUEST.pack(wire.REQ_OBJECTS, run_start, 0, run_length))
-        if room < self.config.window_bytes // 4:
-            self.pressure += 1       # the disk side is falling behind: ask for a slower rate early
+        reassembling = sum(partial.rows.nbytes for partial in self.window.values())
+        if self.config.window_bytes - room - reassembling > self.config.window_bytes // 2:
+            # verified objects wait for the disk: the sink is falling behind, ask for a slower
+            # rate early (objects merely waiting for repairs are not a reason to slow down)
+            self.pressure += 1
         drops = udp_receive_errors() - self.kernel_drops_base + self.window_drops + self.pressure
-        body = wire.STATUS_HEAD.pack(self.receiver_id, self.delivered, self.lowest_missing, drops,
-                                     self.delivered_bytes, len(requests)) + b"".join(requests[:budget])
-        self._send(wire.STATUS, body)
+        step = wire.REQUESTS_PER_STATUS
+        for first in range(0, max(1, len(requests)), step):
+            batch = requests[first:first + step]
+            body = wire.STATUS_HEAD.pack(self.receiver_id, self.delivered, self.lowest_missing, drops,
+                                         self.delivered_bytes, len(batch)) + b"".join(batch)
+            self._send(wire.STATUS, body)
 
     # --- data ------------------------------------------------------------------------------------
     def _complete(self, index: int, partial: _Partial) -> None:
@@ -508,8 +516,20 @@ class Receiver:
             if self.error is not None:
                 raise self.error
             announced = self.image_id.rstrip(b"\0")
-            digest = self.finish(announced) if self.finish else wire.transport_digest(
-                [(self.meta[i][0] - (16 if self.cipher else 0), self.meta[i][1]) for i in range(self.final_count or 0)])
+            if self.finish:
+                # finishing (fsync, growing a filesystem) can outlast the sender's patience:
+                # keep reporting so that this receiver is not dropped as dead meanwhile
+                finished = threading.Event()
+                beat = threading.Thread(target=self._heartbeat, args=(finished,), daemon=True)
+                beat.start()
+                try:
+                    digest = self.finish(announced)
+                finally:
+                    finished.set()
+                    beat.join()
+            else:
+                digest = wire.transport_digest([(self.meta[i][0] - (16 if self.cipher else 0), self.meta[i][1])
+                                                for i in range(self.final_count or 0)])
             self._report_done(digest)
         finally:
             self.control_sock.close()
@@ -584,6 +604,12 @@ class Receiver:
                 self._status(now)
                 # randomised spacing: receivers' reports spread out instead of arriving in bursts
                 next_status = now + STATUS_EVERY * (0.5 + random.random())
+
+    def _heartbeat(self, finished: threading.Event) -> None:
+        body = wire.STATUS_HEAD.pack(self.receiver_id, self.delivered, self.lowest_missing, 0,
+                                     self.delivered_bytes, 0)
+        while not finished.wait(0.5):
+            self._send(wire.STATUS, body)
 
     def _poll_control(self) -> None:
         for _ in range(16):

@@ -363,8 +363,8 @@ class Sender:
         peer = self.peers.get(receiver_id)
         if peer is None or not peer.window.accept(seq):
             return
-        if peer.state == "dropped":
-            return
+        if peer.state == "dropped" and kind != wire.DONE:
+            return                # a DONE still counts: the receiver was slow, not dead
         peer.last_heard = now
         if kind == wire.STATUS:
             _rid, delivered, _lowest, overflow, done_bytes, count = wire.STATUS_HEAD.unpack_from(body)
@@ -381,6 +381,7 @@ class Sender:
             _rid, count, digest = wire.DONE_BODY.unpack_from(body)
             if peer.state != "done":
                 peer.state = "done"
+                peer.reason = ""
                 peer.digest = digest
                 peer.delivered = count
                 peer.finished_at = now
