@@ -269,7 +269,9 @@ def list_block_devices(sysfs: str = "/sys", mountinfo: str = "/proc/self/mountin
             holders[below].extend(h for h in node.holders if h not in holders[below])
 
     devices = []
-    for name in _listdir(tree.block):
+    # Only the nodes read above: loop devices come and go while we look, and one that appeared
+    # since has no entry in the tree.
+    for name in sorted(n for n, node in tree.nodes.items() if node.disk == n):
         base = os.path.join(tree.block, name)
         partitions = []
         for sub in _listdir(base):

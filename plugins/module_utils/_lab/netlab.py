@@ -50,10 +50,12 @@ class LabHost:
         """Drop `percent` % of incoming UDP at random (real loss, in this namespace only)."""
         threshold = max(0, min(10000, int(round(percent * 100))))
         match = f"udp dport {port} " if port else "meta l4proto udp "
+        # nft refuses "numgen random mod 10000 < 10000": a total cut is a plain drop.
+        verdict = "drop" if threshold >= 10000 else f"numgen random mod 10000 < {threshold} drop"
         self.nft(
             "table inet fleetcast_lab {\n"
             " chain input { type filter hook input priority 0; policy accept;\n"
-            f"  {match}numgen random mod 10000 < {threshold} drop\n"
+            f"  {match}{verdict}\n"
             " }\n}\n")
 
     def cut_incoming_udp(self, port: Optional[int] = None) -> None:

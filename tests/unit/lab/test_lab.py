@@ -27,3 +27,12 @@ def test_netlab_multicast_crosses_the_bridge(netlab):
             "for _ in range(20):\n s.sendto(b'hello',('239.1.2.3',5999));time.sleep(0.1)\n")
     sender.run(["python3", "-c", send])
     assert proc.communicate(timeout=10)[0].strip() == "hello"
+
+
+def test_netlab_cut_drops_everything_and_loss_is_partial(netlab):
+    host = netlab.add_host("h")
+    host.cut_incoming_udp(port=6000)
+    assert "udp dport 6000 drop" in host.run(["nft", "list", "ruleset"]).stdout
+    host.clear_rules()
+    host.drop_incoming_udp(5)
+    assert "numgen random mod 10000 < 500 drop" in host.run(["nft", "list", "ruleset"]).stdout
