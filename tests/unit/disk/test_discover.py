@@ -40,8 +40,8 @@ def test_list_block_devices_reads_sysfs_fields(fake_host):
     assert sda.path == fake_host.dev + "/sda"
     assert sda.size == 2 ** 21 * 512 and sda.sector_size == 512
     assert (sda.model, sda.serial, sda.removable, sda.read_only) == ("Fake Disk", "S1", False, False)
-    assert [(p.name, p.number, p.offset) for p in sda.partitions] == [("sda1", 1, 2048 * 512),
-                                                                     ("sda2", 2, 1050624 * 512)]
+    assert [(p.name, p.number, p.offset) for p in sda.partitions] == [
+        ("sda1", 1, 2048 * 512), ("sda2", 2, 1050624 * 512)]
     assert sda.is_boot_medium and sorted(sda.boot_mountpoints) == ["/", "/boot/efi"]
     assert sda.partitions[1].mountpoints == ["/"]
     assert devices["sdd"].mountpoints == ["/srv data"]  # octal escape in mountinfo undone

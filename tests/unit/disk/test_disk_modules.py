@@ -16,10 +16,10 @@ def ansible(module, args, *flags):
                ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
     proc = subprocess.run([os.path.join(ROOT, ".venv", "bin", "ansible"), "localhost", "-m",
                            f"fleetcast.imaging.{module}", "-a", json.dumps(args), *flags],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False)
     # minimal prints "localhost | SUCCESS => {...}" and, with --diff, the diff text before it
-    head, _, body = proc.stdout.partition("localhost | ")
-    status, _, payload = body.partition(" => ")
+    head, dummy, body = proc.stdout.partition("localhost | ")
+    status, dummy, payload = body.partition(" => ")
     result = json.loads(payload)
     result["failed"] = status.startswith("FAILED")
     return result, head
@@ -34,7 +34,7 @@ def _dirty(loop_disk):
 
 def test_disk_info_reports_partitions_filesystems_and_selection(loop_disk):
     disk = _dirty(loop_disk)
-    result, _ = ansible("disk_info", {"devices": [disk.device, "/dev/vda"]})
+    result, dummy = ansible("disk_info", {"devices": [disk.device, "/dev/vda"]})
     assert result["changed"] is False and not result["failed"]
     mine = next(entry for entry in result["disks"] if entry["path"] == disk.device)
     assert (mine["label"], mine["is_loop"], mine["backing_file"]) == ("gpt", True, disk.path)
@@ -55,11 +55,11 @@ def test_disk_wipe_check_mode_diff_then_wipe_then_idempotent(loop_disk):
     assert {sig["type"] for sig in checked["wiped"][0]["signatures"]} >= {"gpt", "PMBR", "ext4"}
     assert "-signature ext4 on partition 1" in diff and "-partition table: gpt" in diff
 
-    wiped, _ = ansible("disk_wipe", {"devices": [disk.device]})
+    wiped, dummy = ansible("disk_wipe", {"devices": [disk.device]})
     assert wiped["changed"] is True and wiped["wiped"][0]["label"] == "gpt"
     assert blkid(disk.device) == {} and blkid(disk.device, 2048 * 512, 8 * MiB) == {}
 
-    again, _ = ansible("disk_wipe", {"devices": [disk.device]})
+    again, dummy = ansible("disk_wipe", {"devices": [disk.device]})
     assert again["changed"] is False and again["wiped"][0]["changed"] is False
 
 
@@ -69,7 +69,7 @@ def test_disk_wipe_refuses_mounted_disk_and_touches_no_other(loop_disk, tmp_path
     mountpoint.mkdir()
     sh("mount", "-o", "ro", mounted.window(2048 * 512, 8 * MiB), mountpoint)
     try:
-        result, _ = ansible("disk_wipe", {"devices": [other.device, mounted.device], "force": True})
+        result, dummy = ansible("disk_wipe", {"devices": [other.device, mounted.device], "force": True})
     finally:
         subprocess.run(["umount", str(mountpoint)], check=True)
     assert result["failed"] is True
@@ -78,7 +78,7 @@ def test_disk_wipe_refuses_mounted_disk_and_touches_no_other(loop_disk, tmp_path
 
 
 def test_disk_wipe_argument_rules():
-    result, _ = ansible("disk_wipe", {"devices": ["/dev/null"], "all_fixed_disks": True})
+    result, dummy = ansible("disk_wipe", {"devices": ["/dev/null"], "all_fixed_disks": True})
     assert result["failed"] is True and "mutually exclusive" in result["msg"]
-    result, _ = ansible("disk_wipe", {"force": True})
+    result, dummy = ansible("disk_wipe", {"force": True})
     assert result["failed"] is True and "one of the following is required" in result["msg"]

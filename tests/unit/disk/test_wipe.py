@@ -108,7 +108,7 @@ def test_wipe_msdos_zeroes_extended_boot_records(loop_disk):
 
 
 def test_wipe_refuses_a_disk_with_a_mounted_partition(loop_disk, tmp_path):
-    disk, _ = _dirty_gpt_disk(loop_disk)
+    disk, dummy = _dirty_gpt_disk(loop_disk)
     before = _digest(disk.path)
     window = disk.window(P1[0] * 512, P1[1] * 512)
     mountpoint = tmp_path / "mnt"
@@ -126,7 +126,7 @@ def test_wipe_refuses_a_disk_with_a_mounted_partition(loop_disk, tmp_path):
 def test_wipe_all_fixed_disks_needs_force_for_dirty_disks(loop_disk, fake_host):
     """"All fixed disks" against a fake host whose sdb/sdc are our own loop disks; sda (the fake boot
     medium) and sdd (removable) are plain files that must never be touched."""
-    dirty, _ = _dirty_gpt_disk(loop_disk)
+    dirty, dummy = _dirty_gpt_disk(loop_disk)
     blank = loop_disk(8 * MiB)
     fake_host.disk("sda", partitions=[(1, 2048, 4096)])
     fake_host.disk("sdb", node=dirty.device)
@@ -154,7 +154,7 @@ def test_wipe_all_fixed_disks_needs_force_for_dirty_disks(loop_disk, fake_host):
 
 
 def test_wipe_named_disks_refuses_all_before_touching_any(loop_disk, fake_host):
-    dirty, _ = _dirty_gpt_disk(loop_disk)
+    dirty, dummy = _dirty_gpt_disk(loop_disk)
     fake_host.disk("sda")
     fake_host.disk("sdb", node=dirty.device)
     fake_host.mount("sda", "/")
