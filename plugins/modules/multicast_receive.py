@@ -58,7 +58,9 @@ options:
     type: str
     required: true
   name:
-    description: Name this receiver reports to the sender (its inventory name), matched against the sender's O(fleetcast.imaging.multicast_send#module:expected).
+    description:
+      - Name this receiver reports to the sender (its inventory name), matched against the
+        sender's O(fleetcast.imaging.multicast_send#module:expected). Default is its address.
     type: str
   timeout:
     description:
@@ -157,12 +159,13 @@ import os
 import threading
 import time
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import FleetcastError, ImageError, ValidationError
 from ansible_collections.fleetcast.imaging.plugins.module_utils._image.format import ChunkRecord, ImageWriter, Manifest
 from ansible_collections.fleetcast.imaging.plugins.module_utils._image.restore import RestoreSession
-from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.netio import interface_address
+from ansible_collections.fleetcast.imaging.plugins.module_utils._image import format as image_format
+from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.netio import NUMPY_IMPORT_ERROR, interface_address
 from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.receiver import Receiver, ReceiverConfig
 
 
@@ -247,6 +250,11 @@ class FileSink(object):
 
 def check_plan(module, address):
     params = module.params
+    if NUMPY_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("numpy (apt: python3-numpy)"), exception=NUMPY_IMPORT_ERROR)
+    if image_format.ZSTD_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("zstandard (apt: python3-zstandard)"),
+                         exception=image_format.ZSTD_IMPORT_ERROR)
     plan = {"interface": params["interface"], "address": address, "group": params["group"], "port": params["port"]}
     if params["devices"]:
         from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import safety

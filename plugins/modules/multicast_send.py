@@ -204,12 +204,13 @@ import json
 import os
 import tempfile
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import FleetcastError
 from ansible_collections.fleetcast.imaging.plugins.module_utils._image import capture as image_capture
 from ansible_collections.fleetcast.imaging.plugins.module_utils._image.format import ImageReader, canonical_json, image_id
-from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.netio import interface_address
+from ansible_collections.fleetcast.imaging.plugins.module_utils._image import format as image_format
+from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.netio import NUMPY_IMPORT_ERROR, interface_address
 from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.sender import Sender, SenderConfig
 from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.source import ReaderSource, SpoolSource
 
@@ -276,6 +277,11 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
+    if NUMPY_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("numpy (apt: python3-numpy)"), exception=NUMPY_IMPORT_ERROR)
+    if image_format.ZSTD_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("zstandard (apt: python3-zstandard)"),
+                         exception=image_format.ZSTD_IMPORT_ERROR)
     if params["rate_mbit"] < 0 or params["min_receivers"] < 0 or params["max_wait"] < 0:
         module.fail_json(msg="rate_mbit, min_receivers and max_wait must not be negative.")
     holder = None

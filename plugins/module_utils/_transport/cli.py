@@ -133,12 +133,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         result["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         usage = resource.getrusage(resource.RUSAGE_SELF)
         result["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 3)
-        print(json.dumps(result), flush=True)
+        sys.stdout.write(json.dumps(result) + "\n")
         return 0
     except FleetcastError as err:
-        print(json.dumps({"failed": True, "msg": str(err)}), flush=True)
+        sys.stdout.write(json.dumps({"failed": True, "msg": str(err)}) + "\n")
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

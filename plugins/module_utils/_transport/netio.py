@@ -13,10 +13,20 @@ import fcntl
 import os
 import socket
 import struct
+import traceback
 from typing import Optional, Tuple
 
 from .._errors import TransportError
 from .wire import DATAGRAM
+
+# numpy is imported here, once, for the sender and the receiver; modules report it missing.
+try:
+    import numpy as np  # pylint: disable=unused-import
+except ImportError:
+    np = None
+    NUMPY_IMPORT_ERROR: Optional[str] = traceback.format_exc()
+else:
+    NUMPY_IMPORT_ERROR = None
 
 SOL_UDP = 17
 UDP_SEGMENT = 103

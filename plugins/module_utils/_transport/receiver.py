@@ -27,12 +27,16 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
-import numpy as np
-from cryptography.exceptions import InvalidTag
-
-from .._errors import FleetcastError, TransportError
+from .._errors import TransportError
 from . import wire
-from .netio import gro_segment_size, receiver_sockets, udp_receive_errors
+from .netio import NUMPY_IMPORT_ERROR, gro_segment_size, np, receiver_sockets, udp_receive_errors
+
+try:
+    from cryptography.exceptions import InvalidTag
+except ImportError:              # only needed with encryption, which then reports the import
+    class InvalidTag(Exception):
+        pass
+
 
 STATUS_EVERY = 0.025
 NACK_AFTER = 0.015            # an object silent this long with holes gets its holes asked for
@@ -44,9 +48,10 @@ MAX_FRAGMENTS = (64 * 1024 * 1024) // wire.PAYLOAD + 1     # refuse objects over
 BUFFER = 65536 + 4096
 
 # the data header as numpy fields: rows of a GRO buffer viewed through it need no copies
-HEADER_ROW = np.dtype({"names": ["prefix", "session", "object", "fragment", "count"],
-                       "formats": [">u4", ">u8", ">u4", ">u4", ">u4"],
-                       "offsets": [0, 4, 12, 16, 20], "itemsize": wire.DATAGRAM})
+HEADER_ROW = None if NUMPY_IMPORT_ERROR else np.dtype({
+    "names": ["prefix", "session", "object", "fragment", "count"],
+    "formats": [">u4", ">u8", ">u4", ">u4", ">u4"],
+    "offsets": [0, 4, 12, 16, 20], "itemsize": wire.DATAGRAM})
 
 # object states
 MISSING, PENDING, DELIVERED = 0, 1, 2
@@ -298,7 +303,11 @@ class Receiver:
             self.sent_through = max(self.sent_through, min(sent_through, known))
             self._grow(self.known)
             if encrypted and self.cipher is None:
-                from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+                try:
+                    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+                except ImportError:
+                    raise TransportError(f"Sender {self.sender[0]} encrypts the session on {self._where()}, but the "
+                                         "cryptography package (apt: python3-cryptography) is missing here.") from None
                 self.cipher = AESGCM(self.keys.enc)
             self.encrypted = bool(encrypted)
             if final:
@@ -343,7 +352,7 @@ class Receiver:
             room = self.config.window_bytes - self.inflight
         average = 4 * 1024 * 1024
         if self.meta:
-            average = max(wire.PAYLOAD, sum(length for length, _ in list(self.meta.values())[-16:]) // min(16, len(self.meta)))
+            average = max(wire.PAYLOAD, sum(entry[0] for entry in list(self.meta.values())[-16:]) // min(16, len(self.meta)))
         allowance = max(0, room // average - len(self.window))
         while self.lowest_missing < len(self.state) and self.state[self.lowest_missing] != MISSING:
             self.lowest_missing += 1
@@ -471,7 +480,7 @@ class Receiver:
         view = self.view
         if view[:12] != self.prefix:
             return
-        _t, _v, _f, _s, index, fragment, count = wire.DATA_HEADER.unpack_from(self.buffer)
+        index, fragment, count = wire.DATA_HEADER.unpack_from(self.buffer)[4:]
         partial = self._partial(index, count, now)
         if partial is None:
             if index < len(self.state) and self.state[index] == MISSING:
@@ -612,7 +621,7 @@ class Receiver:
             self._send(wire.STATUS, body)
 
     def _poll_control(self) -> None:
-        for _ in range(16):
+        for _attempt in range(16):
             try:
                 datagram, source = self.control_sock.recvfrom(2048)
             except (BlockingIOError, InterruptedError):
@@ -622,7 +631,7 @@ class Receiver:
     def _report_done(self, digest: bytes) -> None:
         body = wire.DONE_BODY.pack(self.receiver_id, self.delivered, digest)
         control = self.control_sock
-        for _ in range(50):
+        for _attempt in range(50):
             if self.done_acked or self.ended is not None:
                 return
             self.seq += 1

@@ -17,7 +17,6 @@ from __future__ import annotations
 import heapq
 import os
 import select
-import socket
 import struct
 import threading
 import time
@@ -25,11 +24,9 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
-import numpy as np
-
 from .._errors import TransportError
 from . import wire
-from .netio import GSO_MAX_SEGMENTS, sender_socket
+from .netio import GSO_MAX_SEGMENTS, np, sender_socket
 from .source import ObjectSource
 
 HOLDOFF = 0.06                 # a fragment is not sent again within this many seconds
@@ -151,7 +148,11 @@ class Sender:
         self.keys = wire.SessionKeys.derive(config.session_key, self.session_id)
         self.cipher = None
         if config.encrypt:
-            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+            try:
+                from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+            except ImportError:
+                raise TransportError("Encryption was asked for, but the cryptography package "
+                                     "(apt: python3-cryptography) is missing on the sender.") from None
             self.cipher = AESGCM(self.keys.enc)
         self.sock, self.gso = sender_socket(config.address, config.port, config.ttl, config.offload)
         self.sock.setblocking(False)
@@ -323,7 +324,7 @@ class Sender:
 
     # --- control from receivers -----------------------------------------------------------------
     def _receive_control(self) -> None:
-        for _ in range(64):
+        for _attempt in range(64):
             try:
                 datagram, address = self.sock.recvfrom(2048)
             except (BlockingIOError, InterruptedError):
@@ -372,7 +373,7 @@ class Sender:
             peer.bytes_done = done_bytes
             peer.overflow = overflow
             offset = wire.STATUS_HEAD.size
-            for _ in range(min(count, wire.REQUESTS_PER_STATUS)):
+            for _entry in range(min(count, wire.REQUESTS_PER_STATUS)):
                 what, index, first, amount = wire.REQUEST.unpack_from(body, offset)
                 offset += wire.REQUEST.size
                 peer.requests += 1
@@ -500,7 +501,7 @@ class Sender:
                     break
                 if not self._serve_one(final):
                     select.select([self.sock], [], [], 0.005)
-            for _ in range(3):
+            for _repeat in range(3):
                 self._control(wire.END, wire.END_BODY.pack(wire.END_COMPLETE))
                 time.sleep(0.02)
         except BaseException:
