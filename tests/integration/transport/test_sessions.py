@@ -120,6 +120,8 @@ def test_killed_receiver_is_dropped_and_the_others_finish(netlab, tmp_path):
     # the sender's clock starts a little after ours: this bound is conservative
     assert by_name["r2"]["finished_at"] - killed_at <= 10
     _assert_all_done(report, ["r1", "r3"])
+    # nobody waited for the dead one: the others were done before it was even declared dead
+    assert max(by_name[n]["finished_at"] for n in ("r1", "r3")) < by_name["r2"]["finished_at"]
     _outputs_exact([receivers[0], receivers[2]], [outputs[0], outputs[2]], expected)
     assert not outputs[1].exists()
 
