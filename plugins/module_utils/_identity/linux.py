@@ -245,10 +245,13 @@ def plan(root: Root, record: IdentityRecord, hardware_now: Optional[Dict[str, ob
                     changes.append(Change(item.path, item.kind, "link", link=item.symlink))
                 continue
             _propose(changes, root, item.path, item.kind, _saved_data(record, item), item)
-    saved_keys = {item.path for item in record.files if item.kind.startswith("ssh-host-key")}
+    # whole files the host did not have (the master's keytab, host keys, ...) must not stay behind
+    saved_paths = {item.path for item in record.files}
+    whole_kinds = {kind for dummy_path, kind, dummy_secret in WHOLE_FILES}
     for item in current.files:
-        if item.kind.startswith("ssh-host-key") and item.path not in saved_keys:
-            changes.append(Change(item.path, item.kind, "remove", before=b""))
+        if (item.kind in whole_kinds or item.kind.startswith("ssh-host-key")) and item.path not in saved_paths:
+            changes.append(Change(item.path, item.kind, "remove", secret=item.secret,
+                                  before=current.file_data(item.path) or b""))
 
     address_map: Dict[str, str] = {}
     handled = set()
@@ -305,8 +308,11 @@ def plan(root: Root, record: IdentityRecord, hardware_now: Optional[Dict[str, ob
     if smb is not None:
         text = _text(smb.data)
         spans = _smb_values(text)
-        for key, summary_key in (("netbios name", "netbios_name"), ("workgroup", "workgroup")):
-            wanted = record.summary.get(summary_key)
+        hostname = record.summary.get("hostname")
+        # Samba's default NetBIOS name is the short host name, upper case, at most 15 characters
+        default_netbios = hostname.split(".", maxsplit=1)[0].upper()[:15] if hostname else None
+        for key, wanted in (("netbios name", record.summary.get("netbios_name") or default_netbios),
+                            ("workgroup", record.summary.get("workgroup"))):
             if key in spans and wanted and spans[key][2] != wanted:
                 start, end, dummy_old = spans[key]
                 text = text[:start] + wanted + text[end:]

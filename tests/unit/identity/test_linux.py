@@ -157,3 +157,35 @@ def test_snapshot_of_the_running_system_reads_without_writing(tmp_path):
         expected = None
     assert record.summary["hostname"] == expected
     assert all(item.path.startswith("/etc/") or item.path.startswith("/var/") for item in record.files)
+
+
+def test_master_items_the_host_never_had_are_removed_or_renamed(tmp_path):
+    """A has no keytab, no dbus machine-id and no Samba name of its own; M's must not survive."""
+    sysfs = fake_sysfs(str(tmp_path / "sys"), HOST_A)
+    a_root, m_root = tmp_path / "a", tmp_path / "m"
+    (a_root / "etc").mkdir(parents=True)
+    (a_root / "etc" / "hostname").write_text("hosta.lab.example\n")
+    (a_root / "etc" / "machine-id").write_text(HOST_A.machine_id + "\n")
+    record = api.snapshot("hosta", root=str(a_root), sysfs=sysfs)
+    build_linux_root(str(m_root), MASTER, str(tmp_path))
+    os.unlink(m_root / "var/lib/dbus/machine-id")
+    (m_root / "var/lib/dbus/machine-id").write_text(MASTER.machine_id + "\n")
+    (m_root / "etc/krb5.keytab").write_bytes(b"\x05\x02master-keytab")
+    assert "netbios name = MASTER" in (m_root / "etc/samba/smb.conf").read_text()
+
+    check = api.apply(record, root=str(m_root), sysfs=sysfs, check_mode=True)
+    planned = {(c["path"], c["action"]) for c in check.changes}
+    assert {("/etc/krb5.keytab", "remove"), ("/var/lib/dbus/machine-id", "remove"),
+            ("/etc/ssh/ssh_host_ed25519_key", "remove")} <= planned
+    assert (m_root / "etc/krb5.keytab").exists()
+    assert all("master-keytab" not in d["before"] for d in check.diff)  # a secret is never shown
+
+    api.apply(record, root=str(m_root), sysfs=sysfs)
+    assert not (m_root / "etc/krb5.keytab").exists() and not (m_root / "var/lib/dbus/machine-id").exists()
+    assert not list((m_root / "etc/ssh").glob("ssh_host_*"))
+    assert "netbios name = HOSTA\n" in (m_root / "etc/samba/smb.conf").read_text()
+    remaining = {path for path, (content, *rest) in snapshot_tree(str(m_root)).items()
+                 if isinstance(content, bytes) and (MASTER.machine_id.encode() in content
+                                                    or MASTER.name.upper().encode() in content)}
+    assert remaining == set()
+    assert api.apply(record, root=str(m_root), sysfs=sysfs).changed is False
