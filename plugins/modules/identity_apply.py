@@ -114,7 +114,6 @@ unattend:
   type: str
 """
 
-import os
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
@@ -135,7 +134,10 @@ def _write_unattend(module, record, path):
         pass
     if not module.check_mode:
         # it names the host and its addresses, nothing secret; keep it private all the same
-        atomic_write(path, text, 0o600)
+        try:
+            atomic_write(path, text, 0o600)
+        except OSError as err:
+            module.fail_json(msg="Cannot write the answer file %s: %s." % (path, err.strerror))
     return True
 
 
@@ -164,21 +166,21 @@ def main():
         else:
             record = IdentityRecord.from_dict(params["record"], source="the record option")
         record.secrets.update(params["secrets"])
+        if params["unattend"] and record.os != "windows":
+            # checked before anything is written
+            module.fail_json(msg="unattend applies to Windows records only; the record of %s is for %s."
+                             % (record.inventory_name, record.os))
         result = api.apply(record, root=params["root"], device=params["device"], partition=params["partition"],
                            force=params["force"], check_mode=module.check_mode)
         changed = result.changed
         if params["unattend"]:
-            if record.os != "windows":
-                module.fail_json(msg="unattend applies to Windows records only; the record of %s is for %s."
-                                 % (record.inventory_name, record.os))
             changed = _write_unattend(module, record, params["unattend"]) or changed
             extra["unattend"] = params["unattend"]
     except windows.HivexMissingError:
         module.fail_json(msg=missing_required_lib("hivex (Debian package python3-hivex)"),
                          exception=windows.HIVEX_IMPORT_ERROR)
-    except (FleetcastError, OSError) as err:
-        module.fail_json(msg=str(err) if isinstance(err, FleetcastError) else
-                         "Cannot write %s: %s." % (params["unattend"], os.strerror(err.errno or 0)))
+    except FleetcastError as err:
+        module.fail_json(msg=str(err))
     if module._diff:
         extra["diff"] = result.diff
     module.exit_json(changed=changed, changes=result.changes, notes=result.notes, **extra)

@@ -72,6 +72,8 @@ def _looks_like_root(path: str) -> bool:
 @contextmanager
 def offline_root(device: str, partition: Optional[int] = None, writable: bool = False) -> Iterator[Tuple[str, str]]:
     """(mount point, description) of the root filesystem on ``device``; unmounted on exit."""
+    if not os.path.exists(device):
+        raise IdentityError(f"The device {device} does not exist.")
     if writable:
         from .._disk import safety
         try:
@@ -89,7 +91,10 @@ def offline_root(device: str, partition: Optional[int] = None, writable: bool = 
         raise IdentityError(f"Reading the partition table of {device} needs the collection's _disk.table "
                             "engine, which is not available; pass root instead.") from None
     try:
-        layout = read_layout(device)
+        try:
+            layout = read_layout(device)
+        except OSError as err:
+            raise IdentityError(f"Cannot read the partition table of {device}: {err.strerror}.") from None
         numbers = [partition] if partition is not None else [part.number for part in layout.partitions]
         if partition is not None and partition not in [part.number for part in layout.partitions]:
             raise IdentityError(f"{device} has no partition {partition}.")

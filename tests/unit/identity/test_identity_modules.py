@@ -67,15 +67,22 @@ PLAYBOOK = """
       fleetcast.imaging.identity_apply:
         record: "{{ snap.record }}"
         secrets: "{{ snap.secrets }}"
-        root: "{{ m_root }}"
+        root: "{{ m2_root }}"
         unattend: "{{ out }}/unattend.xml"
       register: wrong
+      ignore_errors: true
+
+    - name: A disk that is not there
+      fleetcast.imaging.identity_snapshot:
+        inventory_name: hosta
+        device: "{{ out }}/no-such-disk"
+      register: nodisk
       ignore_errors: true
 
     - name: Keep the results for the test
       ansible.builtin.copy:
         content: "{{ {'snap_summary': snap.summary, 'snap_changed': [snap.changed, snap2.changed], 'check': check, 'first': first, 'again': again,
-                      'conflict': conflict, 'wrong': wrong} | to_json }}"
+                      'conflict': conflict, 'wrong': wrong, 'nodisk': nodisk} | to_json }}"
         dest: "{{ out }}/results.json"
         mode: "0600"
 """
@@ -92,10 +99,14 @@ def test_modules_snapshot_apply_conflicts_through_ansible(tmp_path):
     m_root.mkdir()
     build_linux_root(str(a_root), host("hosta", 7), str(tmp_path))
     build_linux_root(str(m_root), host("master", 9), str(tmp_path), extra_key=True)
+    m2_root = tmp_path / "m2"
+    m2_root.mkdir()
+    build_linux_root(str(m2_root), host("master", 9), str(tmp_path))
+    m2_before = snapshot_tree(str(m2_root))
     playbook = tmp_path / "play.yml"
     playbook.write_text(PLAYBOOK)
     proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local",
-                           "-e", f"a_root={a_root} m_root={m_root} out={tmp_path}", str(playbook)],
+                           "-e", f"a_root={a_root} m_root={m_root} m2_root={m2_root} out={tmp_path}", str(playbook)],
                           capture_output=True, text=True, env=_env(), check=False, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "PRIVATE KEY" not in proc.stdout and "s3cret" not in proc.stdout
@@ -107,6 +118,8 @@ def test_modules_snapshot_apply_conflicts_through_ansible(tmp_path):
     assert "hostname hosta is shared by clone, hosta" in results["conflict"]["msg"]
     assert {"item": "machine-id", "value": "07" * 16, "hosts": ["clone", "hosta"]} in results["conflict"]["conflicts"]
     assert results["wrong"]["msg"] == "unattend applies to Windows records only; the record of hosta is for linux."
+    assert snapshot_tree(str(m2_root)) == m2_before  # refused before anything was written
+    assert results["nodisk"]["msg"] == f"The device {tmp_path}/no-such-disk does not exist."
     public = json.loads((tmp_path / "persist" / "identity.json").read_text())
     assert public["secrets"] == {} and public["summary"]["hostname"] == "hosta"
     assert os.stat(tmp_path / "persist" / "identity.json").st_mode & 0o777 == 0o644
