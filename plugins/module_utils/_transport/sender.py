@@ -124,7 +124,7 @@ class _Prepared:
         if cipher is not None:
             data = cipher.encrypt(wire.object_nonce(index), data, struct.pack(">Q", session_id))
         count = wire.fragments_of(len(data))
-        rows = np.zeros((count, wire.DATAGRAM), dtype=np.uint8)
+        rows = np.empty((count, wire.DATAGRAM), dtype=np.uint8)   # every byte is set below
         rows[:, :wire.DATA_HEADER_SIZE] = np.frombuffer(wire.DATA_HEADER.pack(
             wire.DATA, wire.VERSION, 0, session_id, index, 0, count), dtype=np.uint8)
         rows[:, 16:20] = np.arange(count, dtype=">u4").view(np.uint8).reshape(count, 4)
@@ -132,8 +132,9 @@ class _Prepared:
         whole = len(data) // wire.PAYLOAD
         rows[:whole, wire.DATA_HEADER_SIZE:] = flat[:whole * wire.PAYLOAD].reshape(whole, wire.PAYLOAD)
         tail = flat[whole * wire.PAYLOAD:]
-        if len(tail):
+        if whole < count:             # the last fragment: its bytes, then zero padding
             rows[whole, wire.DATA_HEADER_SIZE:wire.DATA_HEADER_SIZE + len(tail)] = tail
+            rows[whole, wire.DATA_HEADER_SIZE + len(tail):] = 0
         self.index = index
         self.rows = rows
         self.wire_length = len(data)
