@@ -39,9 +39,15 @@ options:
   record_path:
     description:
       - A record file on the host (JSON), instead of O(record); either a record with its C(secrets)
-        or the roles' store layout (an object with the keys C(record) and C(secrets)). Secrets in
-        it must be in clear; O(secrets) adds to them.
+        or the roles' store layout (an object with the keys C(record) and C(secrets)). O(secrets)
+        adds to its secrets.
     type: path
+  vault_password:
+    description:
+      - Password of secret values encrypted with ansible-vault (each value on its own, as
+        C(ansible-vault encrypt_string) makes them), in the O(record_path) file or in O(secrets).
+      - Never logged.
+    type: str
   root:
     description:
       - Directory holding the root to write; V(/) for the running system.
@@ -147,6 +153,7 @@ def main():
             record=dict(type="dict"),
             secrets=dict(type="dict", default={}, no_log=True),
             record_path=dict(type="path"),
+            vault_password=dict(type="str", no_log=True),
             root=dict(type="path"),
             device=dict(type="path"),
             partition=dict(type="int"),
@@ -162,10 +169,11 @@ def main():
     extra = {}
     try:
         if params["record_path"]:
-            record = store.load_record(params["record_path"])
+            record = store.load_record(params["record_path"], vault_password=params["vault_password"])
         else:
             record = IdentityRecord.from_dict(params["record"], source="the record option")
         record.secrets.update(params["secrets"])
+        store.decrypt_secrets(record, params["vault_password"], params["record_path"] or "the record option")
         if params["unattend"] and record.os != "windows":
             # checked before anything is written
             module.fail_json(msg="unattend applies to Windows records only; the record of %s is for %s."

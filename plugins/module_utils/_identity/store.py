@@ -123,14 +123,19 @@ def load_record(path: str, vault_password: Optional[str] = None) -> IdentityReco
         # the roles' layout: {"record": <record without secrets>, "secrets": {...}}
         data = dict(data["record"], secrets=dict(data["record"].get("secrets") or {}, **(data.get("secrets") or {})))
     record = IdentityRecord.from_dict(data, source=path)
+    decrypt_secrets(record, vault_password, path)
+    return record
+
+
+def decrypt_secrets(record: IdentityRecord, vault_password: Optional[str], source: str) -> None:
+    """Replace the record's vault-encrypted secret values by their clear text, in place."""
     encrypted = {key: value for key, value in record.secrets.items() if value.startswith(VAULT_MARK)}
     if encrypted and not vault_password:
-        raise IdentityError(f"The identity record {path} has vault-encrypted secrets; give the vault password.")
+        raise IdentityError(f"The identity record {source} has vault-encrypted secrets; give the vault password.")
     if encrypted:
         codec = VaultCodec(vault_password)
         for key, value in encrypted.items():
-            record.secrets[key] = codec.decrypt(value, f"secret {key} of {path}")
-    return record
+            record.secrets[key] = codec.decrypt(value, f"secret {key} of {source}")
 
 
 def save_public_copy(path: str, record: IdentityRecord, check_mode: bool = False) -> Tuple[bool, str, str]:

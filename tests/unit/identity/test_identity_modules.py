@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from ansible_collections.fleetcast.imaging.plugins.module_utils._identity import api, store
+
 from identity_trees import build_linux_root, host, snapshot_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -79,10 +81,25 @@ PLAYBOOK = """
       register: nodisk
       ignore_errors: true
 
+    - name: A stored record with vault-encrypted secrets, without the password
+      fleetcast.imaging.identity_apply:
+        record_path: "{{ out }}/store/hosta.json"
+        root: "{{ m3_root }}"
+      register: novault
+      ignore_errors: true
+
+    - name: A stored record with vault-encrypted secrets
+      fleetcast.imaging.identity_apply:
+        record_path: "{{ out }}/store/hosta.json"
+        vault_password: correct horse
+        root: "{{ m3_root }}"
+      register: vaulted
+
     - name: Keep the results for the test
       ansible.builtin.copy:
         content: "{{ {'snap_summary': snap.summary, 'snap_changed': [snap.changed, snap2.changed], 'check': check, 'first': first, 'again': again,
-                      'conflict': conflict, 'wrong': wrong, 'nodisk': nodisk} | to_json }}"
+                      'conflict': conflict, 'wrong': wrong, 'nodisk': nodisk,
+                      'novault': novault, 'vaulted': vaulted} | to_json }}"
         dest: "{{ out }}/results.json"
         mode: "0600"
 """
@@ -103,10 +120,15 @@ def test_modules_snapshot_apply_conflicts_through_ansible(tmp_path):
     m2_root.mkdir()
     build_linux_root(str(m2_root), host("master", 9), str(tmp_path))
     m2_before = snapshot_tree(str(m2_root))
+    m3_root = tmp_path / "m3"
+    m3_root.mkdir()
+    build_linux_root(str(m3_root), host("master", 9), str(tmp_path), extra_key=True)
+    store.save_record(str(tmp_path / "store" / "hosta.json"), api.snapshot("hosta", root=str(a_root)),
+                      vault_password="correct horse")
     playbook = tmp_path / "play.yml"
     playbook.write_text(PLAYBOOK)
     proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local",
-                           "-e", f"a_root={a_root} m_root={m_root} m2_root={m2_root} out={tmp_path}", str(playbook)],
+                           "-e", f"a_root={a_root} m_root={m_root} m2_root={m2_root} m3_root={m3_root} out={tmp_path}", str(playbook)],
                           capture_output=True, text=True, env=_env(), check=False, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "PRIVATE KEY" not in proc.stdout and "s3cret" not in proc.stdout
@@ -119,6 +141,9 @@ def test_modules_snapshot_apply_conflicts_through_ansible(tmp_path):
     assert {"item": "machine-id", "value": "07" * 16, "hosts": ["clone", "hosta"]} in results["conflict"]["conflicts"]
     assert results["wrong"]["msg"] == "unattend applies to Windows records only; the record of hosta is for linux."
     assert snapshot_tree(str(m2_root)) == m2_before  # refused before anything was written
+    assert results["novault"]["msg"] == (f"The identity record {tmp_path}/store/hosta.json has vault-encrypted "
+                                         "secrets; give the vault password.")
+    assert results["vaulted"]["changed"] and snapshot_tree(str(m3_root)) == snapshot_tree(str(a_root))
     assert results["nodisk"]["msg"] == f"The device {tmp_path}/no-such-disk does not exist."
     public = json.loads((tmp_path / "persist" / "identity.json").read_text())
     assert public["secrets"] == {} and public["summary"]["hostname"] == "hosta"
