@@ -280,7 +280,13 @@ def plan(root: Root, record: IdentityRecord, hardware_now: Optional[Dict[str, ob
             # the restored file is shaped differently from the saved one: the saved file wins whole
             new_text = _text(_saved_data(record, saved_item))
         elif unmatched:
-            notes.append(f"{path}: no saved value for {', '.join(unmatched)}; left as restored.")
+            # a file the host did not have, still holding the master's values: leaving it would bring
+            # the clone up with the master's address
+            notes.append(f"{path}: the host had no such file and it holds the master's "
+                         f"{', '.join(unmatched)}, with no saved value to put there; removed.")
+            changes.append(Change(path, "network:" + fmt.name, "remove", mode=state.mode, before=state.data))
+            handled.add(path)
+            continue
         for position, target in enumerate(targets):
             source = pairs.get(position)
             if source is None:

@@ -189,3 +189,31 @@ def test_master_items_the_host_never_had_are_removed_or_renamed(tmp_path):
                                                     or MASTER.name.upper().encode() in content)}
     assert remaining == set()
     assert api.apply(record, root=str(m_root), sysfs=sysfs).changed is False
+
+
+def test_a_network_file_only_the_master_had_is_removed_when_its_values_have_no_counterpart(tmp_path):
+    """A used DHCP through NetworkManager; the image configures a static address in netplan."""
+    sysfs = fake_sysfs(str(tmp_path / "sys"), HOST_A)
+    a_root, m_root = tmp_path / "a", tmp_path / "m"
+    nm = "[connection]\nid=wired\ntype=ethernet\ninterface-name=lan0\n\n[ipv4]\nmethod=auto\n"
+    for root, name in ((a_root, "hosta"), (m_root, "master")):
+        (root / "etc/network").mkdir(parents=True)
+        (root / "etc/hostname").write_text(name + "\n")
+        (root / "etc/network/interfaces").write_text("auto lo\niface lo inet loopback\n")
+    (a_root / "etc/NetworkManager/system-connections").mkdir(parents=True)
+    (a_root / "etc/NetworkManager/system-connections/wired.nmconnection").write_text(nm)
+    os.chmod(a_root / "etc/NetworkManager/system-connections/wired.nmconnection", 0o600)
+    (m_root / "etc/netplan").mkdir()
+    (m_root / "etc/netplan/50-master.yaml").write_text(
+        "network:\n  version: 2\n  ethernets:\n    lan0:\n      addresses: [%s/24]\n" % MASTER.ip)
+    record = api.snapshot("hosta", root=str(a_root), sysfs=sysfs)
+
+    check = api.apply(record, root=str(m_root), sysfs=sysfs, check_mode=True)
+    assert {"path": "/etc/netplan/50-master.yaml", "item": "network:netplan", "action": "remove",
+            "mode": "0644", "secret": False} in check.changes
+    assert any(note.startswith("/etc/netplan/50-master.yaml: the host had no such file") for note in check.notes)
+    assert (m_root / "etc/netplan/50-master.yaml").exists()
+
+    api.apply(record, root=str(m_root), sysfs=sysfs)
+    assert snapshot_tree(str(m_root)) == snapshot_tree(str(a_root))
+    assert api.apply(record, root=str(m_root), sysfs=sysfs).changed is False
