@@ -82,7 +82,7 @@ def apply(record: IdentityRecord, root: Optional[str] = None, device: Optional[s
                                   f"{tree.path} holds {found}.")
         result = ApplyResult(changed=False)
         if record.os == "windows":
-            plan = windows.WindowsPlan(tree, record)
+            plan = windows.WindowsPlan(tree, record, list(present["macs"]))
             result.notes = plan.notes
             for change in plan.changes:
                 result.changes.append(change.describe())

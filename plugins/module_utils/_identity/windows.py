@@ -19,7 +19,7 @@ import tempfile
 import traceback
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .._errors import IdentityError
 from .record import IdentityRecord
@@ -216,8 +216,12 @@ def _control_set(system: Hive) -> str:
     return name
 
 
-def _interface_macs(system: Hive, control_set: str) -> Dict[str, str]:
-    """NetCfgInstanceId -> MAC for adapters whose MAC the registry holds (NetworkAddress)."""
+def _interface_macs(system: Hive, control_set: str, hardware_macs: Sequence[str]) -> Dict[str, str]:
+    """Interface GUID (lower case) -> MAC, for the interfaces whose MAC can be told.
+
+    The registry holds a MAC only when it was set by hand (the adapter's NetworkAddress); else,
+    when this machine has one NIC and Windows one static interface, that interface is the NIC.
+    """
     macs: Dict[str, str] = {}
     base = f"{control_set}\\Control\\Class\\{NET_CLASS}"
     for child in system.children(base):
@@ -226,6 +230,11 @@ def _interface_macs(system: Hive, control_set: str) -> Dict[str, str]:
         if guid and address and len(address.replace("-", "").replace(":", "")) == 12:
             plain = address.replace("-", "").replace(":", "").lower()
             macs[guid.lower()] = ":".join(plain[i:i + 2] for i in range(0, 12, 2))
+    interfaces = f"{control_set}\\Services\\Tcpip\\Parameters\\Interfaces"
+    static = [guid.lower() for guid in system.children(interfaces)
+              if system.dword(f"{interfaces}\\{guid}", "EnableDHCP") == 0]
+    if len(static) == 1 and static[0] not in macs and len(hardware_macs) == 1:
+        macs[static[0]] = hardware_macs[0]
     return macs
 
 
@@ -261,7 +270,7 @@ def gather(root: Root, record: IdentityRecord, hardware_macs: List[str]) -> None
         "domain": system.string(tcpip, "Domain"),
         "nv_domain": system.string(tcpip, "NV Domain"),
     }
-    macs = _interface_macs(system, control_set)
+    macs = _interface_macs(system, control_set, hardware_macs)
     interfaces = []
     for guid in system.children(tcpip + "\\Interfaces"):
         key = f"{tcpip}\\Interfaces\\{guid}"
@@ -271,9 +280,6 @@ def gather(root: Root, record: IdentityRecord, hardware_macs: List[str]) -> None
             entry[field_name] = system.strings(key, value_name)
         interfaces.append(entry)
     static = [entry for entry in interfaces if entry["enable_dhcp"] == 0]
-    if len(static) == 1 and not static[0]["mac"] and len(hardware_macs) == 1:
-        # one NIC with a static address on a machine with one NIC: that is its MAC
-        static[0]["mac"] = hardware_macs[0]
     info["interfaces"] = interfaces
 
     security_path = find_hive(root, "SECURITY")
@@ -330,7 +336,7 @@ class RegistryChange:
 class WindowsPlan:
     """Registry changes, prepared in memory on open hives; ``commit`` swaps the hives in at once."""
 
-    def __init__(self, root: Root, record: IdentityRecord):
+    def __init__(self, root: Root, record: IdentityRecord, hardware_macs: Sequence[str] = ()):
         self.changes: List[RegistryChange] = []
         self.notes: List[str] = []
         system_path = find_hive(root, "SYSTEM")
@@ -341,7 +347,7 @@ class WindowsPlan:
         security_path = find_hive(root, "SECURITY")
         if security_path is not None:
             self.hives["SECURITY"] = Hive(security_path, write=True)
-        self._plan(record)
+        self._plan(record, hardware_macs)
 
     def _set(self, hive: str, key: str, name: str, kind: int, data: bytes) -> None:
         current = self.hives[hive].raw(key, name)
@@ -349,7 +355,7 @@ class WindowsPlan:
             return
         self.changes.append(RegistryChange(hive, key, name, kind, data, None if current is None else current[1]))
 
-    def _plan(self, record: IdentityRecord) -> None:
+    def _plan(self, record: IdentityRecord, hardware_macs: Sequence[str]) -> None:
         saved = record.windows
         system = self.hives["SYSTEM"]
         control_set = _control_set(system)
@@ -365,7 +371,7 @@ class WindowsPlan:
                                        ("domain", "Domain"), ("nv_domain", "NV Domain")):
             if saved.get(field_name) is not None:
                 self._set("SYSTEM", tcpip, value_name, REG_SZ, _sz(saved[field_name]))
-        target_macs = _interface_macs(system, control_set)
+        target_macs = _interface_macs(system, control_set, hardware_macs)
         present = {guid.lower(): guid for guid in system.children(tcpip + "\\Interfaces")}
         by_mac = {mac: guid for guid, mac in target_macs.items()}
         for entry in saved.get("interfaces", []):

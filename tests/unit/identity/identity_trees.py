@@ -267,7 +267,7 @@ WIN_GUID = "{6A8B1B4C-1111-4E2F-9B1D-2C3D4E5F6071}"
 OTHER_GUID = "{0F0F0F0F-2222-4E2F-9B1D-2C3D4E5F6071}"
 
 
-def build_windows_root(root, spec, sid, joined=False):
+def build_windows_root(root, spec, sid, joined=False, guid=WIN_GUID):
     """Windows/System32/config/{SYSTEM,SECURITY} for `spec`, made with hivex from blank hives."""
     import hivex
     config = os.path.join(root, "Windows", "System32", "config")
@@ -300,7 +300,7 @@ def build_windows_root(root, spec, sid, joined=False):
         value(hive, tcpip, "NV Hostname", 1, _sz(spec.name))
         value(hive, tcpip, "Domain", 1, _sz("lab.example"))
         value(hive, tcpip, "SearchList", 1, _sz("lab.example"))
-        nic = tcpip + "\\Interfaces\\" + WIN_GUID
+        nic = tcpip + "\\Interfaces\\" + guid
         value(hive, nic, "EnableDHCP", 4, struct.pack("<I", 0))
         value(hive, nic, "IPAddress", 7, _multi([spec.ip]))
         value(hive, nic, "SubnetMask", 7, _multi(["255.255.255.0"]))
@@ -309,7 +309,7 @@ def build_windows_root(root, spec, sid, joined=False):
         value(hive, nic, "MTU", 4, struct.pack("<I", 1500))
         value(hive, tcpip + "\\Interfaces\\" + OTHER_GUID, "EnableDHCP", 4, struct.pack("<I", 1))
         card = cs + "\\Control\\Class\\{4d36e972-e325-11ce-bfc1-08002be10318}\\0001"
-        value(hive, card, "NetCfgInstanceId", 1, _sz(WIN_GUID))
+        value(hive, card, "NetCfgInstanceId", 1, _sz(guid))
         value(hive, card, "DriverDesc", 1, _sz("Intel(R) Ethernet"))
 
     def security(hive):

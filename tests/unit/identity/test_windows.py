@@ -179,3 +179,21 @@ def test_machine_sid_from_sam_when_security_is_absent(tmp_path):
     record = api.snapshot("hosta", root=str(tmp_path / "a"), sysfs=sysfs)
     assert record.windows["machine_sid"] == SID_A and record.windows["workgroup"] is None
     assert any("No SECURITY hive" in note for note in record.notes)
+
+
+def test_static_interface_found_on_a_single_nic_machine_when_the_image_names_it_otherwise(tmp_path):
+    """A's install and the master's image gave the one NIC different interface GUIDs."""
+    sysfs = fake_sysfs(str(tmp_path / "sys"), A)
+    build_windows_root(str(tmp_path / "a"), A, SID_A)
+    record = api.snapshot("hosta", root=str(tmp_path / "a"), sysfs=sysfs)
+    root = str(tmp_path / "m")
+    master_guid = "{0B0B0B0B-9999-4E2F-9B1D-2C3D4E5F6071}"
+    build_windows_root(root, M, SID_M, guid=master_guid)
+    result = api.apply(record, root=root, sysfs=sysfs)
+    assert not any("not in the restored registry" in note for note in result.notes)
+    assert f"SYSTEM:ControlSet002\\Services\\Tcpip\\Parameters\\Interfaces\\{master_guid}\\IPAddress" in \
+        [change["path"] for change in result.changes]
+    assert _master_traces(root) == []
+    interfaces = api.snapshot("hosta", root=root, sysfs=sysfs).windows["interfaces"]
+    assert [(entry["guid"], entry["mac"], entry["ip_address"]) for entry in interfaces if entry["enable_dhcp"] == 0] \
+        == [(master_guid, A.mac, [A.ip])]
