@@ -334,13 +334,13 @@ class ImageWriter:
             return manifest
 
 
-def _read_exact(fileobj: BinaryIO, size: int, what: str, position: int) -> bytes:
+def _read_exact(fileobj: BinaryIO, size: int, what: str, position: int, name: str) -> bytes:
     chunks = []
     wanted = size
     while wanted:
         data = fileobj.read(wanted)
         if not data:
-            raise ImageError(f"The image is truncated: {what} at byte {position} needs {size} bytes, "
+            raise ImageError(f"{_cap(name)} is truncated: {what} at byte {position} needs {size} bytes, "
                              f"only {size - wanted} remain.")
         chunks.append(data)
         wanted -= len(data)
@@ -348,14 +348,14 @@ def _read_exact(fileobj: BinaryIO, size: int, what: str, position: int) -> bytes
 
 
 def _parse_header(fileobj: BinaryIO, name: str) -> "tuple[Dict[str, Any], int]":
-    head = _read_exact(fileobj, HEADER.size, "the header", 0)
+    head = _read_exact(fileobj, HEADER.size, "the header", 0, name)
     magic, version, _flags, layout_len = HEADER.unpack(head)
     if magic != MAGIC:
-        raise ImageError(f"{name} is not a fleetcast image (bad magic {magic!r}).")
+        raise ImageError(f"{_cap(name)} is not a fleetcast image (bad magic {magic!r}).")
     _check_version(version, _cap(name))
     if layout_len > MAX_LAYOUT:
         raise ImageError(f"{_cap(name)} announces an impossible layout of {layout_len} bytes.")
-    body = _read_exact(fileobj, layout_len + 32, "the layout", HEADER.size)
+    body = _read_exact(fileobj, layout_len + 32, "the layout", HEADER.size, name)
     if hashlib.sha256(body[:layout_len]).digest() != body[layout_len:]:
         raise ImageError(f"The layout in {name} is corrupt (SHA-256 mismatch at byte {HEADER.size}).")
     return json.loads(body[:layout_len]), HEADER.size + layout_len + 32
@@ -372,21 +372,21 @@ def iter_stream(fileobj: BinaryIO, name: str = "the image stream") -> Iterator[S
     seen: Dict[int, ChunkEntry] = {}
     fixed = RECORD.size + RECORD_CRC.size
     while True:
-        mark = _read_exact(fileobj, 4, "the next record", position)
+        mark = _read_exact(fileobj, 4, "the next record", position, name)
         if mark == TRAILER_MARK:
             break
-        head = mark + _read_exact(fileobj, fixed - 4, "a chunk record header", position)
+        head = mark + _read_exact(fileobj, fixed - 4, "a chunk record header", position, name)
         record, payload_len = ChunkRecord._parse_head(head[:RECORD_SIZE], head[RECORD_SIZE:])
         record.payload = _read_exact(fileobj, payload_len, _where(record.index, record.disk, record.offset),
-                                     position + fixed)
+                                     position + fixed, name)
         seen[record.index] = record.entry(position)
         position += fixed + payload_len
         yield record
     trailer_offset = position
-    (body_len,) = struct.unpack("<Q", _read_exact(fileobj, 8, "the trailer", position + 4))
-    body = _read_exact(fileobj, body_len, "the trailer", position + TRAILER.size)
+    (body_len,) = struct.unpack("<Q", _read_exact(fileobj, 8, "the trailer", position + 4, name))
+    body = _read_exact(fileobj, body_len, "the trailer", position + TRAILER.size, name)
     position += TRAILER.size + body_len
-    footer = FOOTER.unpack(_read_exact(fileobj, FOOTER.size, "the footer", position))
+    footer = FOOTER.unpack(_read_exact(fileobj, FOOTER.size, "the footer", position, name))
     if footer[0] != FOOTER_MAGIC or footer[4] != trailer_offset or footer[6] != hashlib.sha256(body).digest():
         raise ImageError(f"The trailer of {name} at byte {trailer_offset} is corrupt or does not match its footer.")
     manifest = Manifest.from_dict(json.loads(body))
