@@ -184,6 +184,42 @@ def _substitute_tokens(text: str, mapping: Dict[str, str], hostnames: Tuple[Opti
                      for line in text.split("\n"))
 
 
+def _names_host(line: str, hostname: Optional[str]) -> bool:
+    """Whether a hosts(5) line gives a name of ``hostname`` (short, or an FQDN starting with it)."""
+    if not hostname:
+        return False
+    short = hostname.split(".", maxsplit=1)[0].lower()
+    names = line.split("#", maxsplit=1)[0].split()[1:]
+    return any(name.lower() == short or name.lower().startswith(short + ".") for name in names)
+
+
+def _hosts_text(image: str, saved: Optional[str], address_map: Dict[str, str],
+                hostnames: Tuple[Optional[str], Optional[str]]) -> str:
+    """The image's /etc/hosts with the lines naming the master replaced by the host's own lines.
+
+    The host's lines (its FQDN and aliases) come from its saved file, in place of the first line
+    naming the master; the image's other lines only get the master's addresses and name replaced.
+    """
+    master, own = hostnames
+    own_lines = [line for line in (saved or "").split("\n") if _names_host(line, own)]
+    if not own_lines:
+        return _substitute_tokens(image, address_map, hostnames)
+    lines: List[str] = []
+    placed = False
+    for line in image.split("\n"):
+        if _names_host(line, master) or _names_host(line, own):
+            if not placed:
+                lines.extend(own_lines)
+                placed = True
+        else:
+            lines.append(_substitute_tokens(line, address_map, hostnames))
+    if not placed:
+        # the image names neither host: the host's own lines go last, before the final newline
+        at = len(lines) - 1 if lines and lines[-1] == "" else len(lines)
+        lines[at:at] = own_lines
+    return "\n".join(lines)
+
+
 def _target_mode(saved: Optional[FileItem], current: Optional[FileState], default: int) -> Tuple[int, int, int]:
     if saved is not None:
         mode, uid, gid = saved.mode, saved.uid, saved.gid
@@ -304,8 +340,9 @@ def plan(root: Root, record: IdentityRecord, hardware_now: Optional[Dict[str, ob
 
     hosts = root.read(HOSTS)
     if hosts is not None:
-        new = _substitute_tokens(_text(hosts.data), address_map,
-                                 (current.summary.get("hostname"), record.summary.get("hostname")))
+        saved_hosts = _text(record.file_data(HOSTS)) if record.file(HOSTS) else None
+        new = _hosts_text(_text(hosts.data), saved_hosts, address_map,
+                          (current.summary.get("hostname"), record.summary.get("hostname")))
         _propose(changes, root, HOSTS, "hosts", new.encode("utf-8"), record.file(HOSTS))
     elif record.file(HOSTS) is not None:
         _propose(changes, root, HOSTS, "hosts", record.file_data(HOSTS) or b"", record.file(HOSTS))
