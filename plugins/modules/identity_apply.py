@@ -103,7 +103,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 changes:
-  description: What was (or in check mode would be) changed, one entry per file or registry value.
+  description:
+    - What was (or in check mode would be) changed, one entry per file or registry value, and the
+      O(unattend) answer file when it was (or would be) written.
   returned: always
   type: list
   elements: dict
@@ -182,7 +184,10 @@ def main():
                            force=params["force"], check_mode=module.check_mode)
         changed = result.changed
         if params["unattend"]:
-            changed = _write_unattend(module, record, params["unattend"]) or changed
+            if _write_unattend(module, record, params["unattend"]):
+                changed = True
+                result.changes.append({"path": params["unattend"], "item": "unattend", "action": "write",
+                                       "mode": "0600", "secret": False})
             extra["unattend"] = params["unattend"]
     except windows.HivexMissingError:
         module.fail_json(msg=missing_required_lib("hivex (Debian package python3-hivex)"),

@@ -8,7 +8,7 @@ import pytest
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._identity import api, store
 
-from identity_trees import build_linux_root, host, snapshot_tree
+from identity_trees import build_linux_root, build_windows_root, host, snapshot_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BIN = os.path.dirname(sys.executable)
@@ -148,6 +148,73 @@ def test_modules_snapshot_apply_conflicts_through_ansible(tmp_path):
     public = json.loads((tmp_path / "persist" / "identity.json").read_text())
     assert public["secrets"] == {} and public["summary"]["hostname"] == "hosta"
     assert os.stat(tmp_path / "persist" / "identity.json").st_mode & 0o777 == 0o644
+
+
+WINDOWS_PLAYBOOK = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Snapshot Windows host A from its hives
+      fleetcast.imaging.identity_snapshot:
+        inventory_name: hosta
+        root: "{{ a_root }}"
+      register: snap
+
+    - name: Apply with an answer file, in check mode
+      fleetcast.imaging.identity_apply:
+        record: "{{ snap.record }}"
+        root: "{{ m_root }}"
+        unattend: "{{ out }}/unattend.xml"
+      check_mode: true
+      register: check
+
+    - name: Apply with an answer file
+      fleetcast.imaging.identity_apply:
+        record: "{{ snap.record }}"
+        root: "{{ m_root }}"
+        unattend: "{{ out }}/unattend.xml"
+      register: first
+
+    - name: Apply again
+      fleetcast.imaging.identity_apply:
+        record: "{{ snap.record }}"
+        root: "{{ m_root }}"
+        unattend: "{{ out }}/unattend.xml"
+      register: again
+
+    - name: Keep the results for the test
+      ansible.builtin.copy:
+        content: "{{ {'snap': snap.summary, 'check': check, 'first': first, 'again': again} | to_json }}"
+        dest: "{{ out }}/results.json"
+        mode: "0600"
+"""
+
+
+def test_windows_apply_reports_every_item_and_the_answer_file(tmp_path):
+    spec, master = host("hosta", 7), host("master", 9)
+    build_windows_root(str(tmp_path / "a"), spec, "S-1-5-21-1-2-7")
+    build_windows_root(str(tmp_path / "m"), master, "S-1-5-21-1-2-9")
+    hives = tmp_path / "m" / "Windows" / "System32" / "config"
+    before = (hives / "SYSTEM").read_bytes()
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(WINDOWS_PLAYBOOK)
+    proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local",
+                           "-e", f"a_root={tmp_path / 'a'} m_root={tmp_path / 'm'} out={tmp_path}", str(playbook)],
+                          capture_output=True, text=True, env=_env(), check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    answer = {"path": f"{tmp_path}/unattend.xml", "item": "unattend", "action": "write", "mode": "0600",
+              "secret": False}
+    assert answer in results["check"]["changes"] and answer in results["first"]["changes"]
+    planned = {change["path"] for change in results["check"]["changes"]}
+    assert "SYSTEM:ControlSet002\\Control\\ComputerName\\ComputerName\\ComputerName" in planned
+    assert planned == {change["path"] for change in results["first"]["changes"]}
+    assert any("sysprep" in note for note in results["first"]["notes"])
+    assert results["again"]["changed"] is False and results["again"]["changes"] == []
+    assert "<ComputerName>HOSTA</ComputerName>" in (tmp_path / "unattend.xml").read_text()
+    assert os.stat(tmp_path / "unattend.xml").st_mode & 0o777 == 0o600
+    after = (hives / "SYSTEM").read_bytes()
+    assert after != before and "master".encode("utf-16-le") not in after
 
 
 @pytest.mark.parametrize("module", MODULES)
