@@ -110,6 +110,18 @@ def _env():
                 ANSIBLE_CONFIG=os.path.join(ROOT, "tests", "ansible.cfg"), LC_ALL="C.UTF-8")
 
 
+def _run_playbook(tmp_path, text, **paths):
+    """Run a playbook with ``out`` and ``paths`` as extra variables; (its output, its results.json)."""
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(text)
+    extra = " ".join(f"{name}={value}" for name, value in dict(paths, out=tmp_path).items())
+    proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local",
+                           "-e", extra, str(playbook)],
+                          capture_output=True, text=True, env=_env(), check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout, json.loads((tmp_path / "results.json").read_text())
+
+
 def test_modules_snapshot_apply_conflicts_through_ansible(tmp_path):
     a_root, m_root = tmp_path / "a", tmp_path / "m"
     a_root.mkdir()
@@ -125,14 +137,9 @@ def test_modules_snapshot_apply_conflicts_through_ansible(tmp_path):
     build_linux_root(str(m3_root), host("master", 9), str(tmp_path), extra_key=True)
     store.save_record(str(tmp_path / "store" / "hosta.json"), api.snapshot("hosta", root=str(a_root)),
                       vault_password="correct horse")
-    playbook = tmp_path / "play.yml"
-    playbook.write_text(PLAYBOOK)
-    proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local",
-                           "-e", f"a_root={a_root} m_root={m_root} m2_root={m2_root} m3_root={m3_root} out={tmp_path}", str(playbook)],
-                          capture_output=True, text=True, env=_env(), check=False, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "PRIVATE KEY" not in proc.stdout and "s3cret" not in proc.stdout
-    results = json.loads((tmp_path / "results.json").read_text())
+    output, results = _run_playbook(tmp_path, PLAYBOOK, a_root=a_root, m_root=m_root, m2_root=m2_root,
+                                    m3_root=m3_root)
+    assert "PRIVATE KEY" not in output and "s3cret" not in output
     assert results["snap_summary"]["hostname"] == "hosta" and results["snap_changed"] == [True, False]
     assert results["check"]["changed"] and any(d["after_header"] == "/etc/hostname" for d in results["check"]["diff"])
     assert results["first"]["changed"] and results["again"]["changed"] is False
@@ -196,13 +203,7 @@ def test_windows_apply_reports_every_item_and_the_answer_file(tmp_path):
     build_windows_root(str(tmp_path / "m"), master, "S-1-5-21-1-2-9")
     hives = tmp_path / "m" / "Windows" / "System32" / "config"
     before = (hives / "SYSTEM").read_bytes()
-    playbook = tmp_path / "play.yml"
-    playbook.write_text(WINDOWS_PLAYBOOK)
-    proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local",
-                           "-e", f"a_root={tmp_path / 'a'} m_root={tmp_path / 'm'} out={tmp_path}", str(playbook)],
-                          capture_output=True, text=True, env=_env(), check=False, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+    dummy_output, results = _run_playbook(tmp_path, WINDOWS_PLAYBOOK, a_root=tmp_path / "a", m_root=tmp_path / "m")
     answer = {"path": f"{tmp_path}/unattend.xml", "item": "unattend", "action": "write", "mode": "0600",
               "secret": False}
     assert answer in results["check"]["changes"] and answer in results["first"]["changes"]
