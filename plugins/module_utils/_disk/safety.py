@@ -4,8 +4,8 @@
 """The single door to writing a disk. Private to the collection: not a public API.
 
 Every open of a block device for writing goes through `open_target`, which refuses the boot medium,
-mounted or held devices (also through partitions and loop devices stacked on them) and paths that do
-not exist. Regular files (raw disk images) are allowed.
+mounted, held or busy devices (also through partitions and loop devices stacked on them) and paths
+that do not exist. Regular files (raw disk images) are allowed.
 """
 
 from __future__ import annotations
@@ -52,7 +52,25 @@ def check_target(path: str, sysfs: str = "/sys", mountinfo: str = "/proc/self/mo
         if reason:
             prefix = "" if owner is device else f"Target {path} lies on {owner.path}, and "
             raise UnsafeTargetError(prefix + reason)
+    _check_not_claimed(path)
     return device
+
+
+def _check_not_claimed(path: str) -> None:
+    """Ask the kernel whether anyone holds the device exclusively (a mount, RAID, LVM, a running
+    mkfs...): an exclusive open fails then. Read-only, and closed at once, so validation and check
+    mode find a busy target before anything is written."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.EBUSY:
+            raise UnsafeTargetError(_busy(path)) from err
+        raise ValidationError(f"Target {path} cannot be opened: {err.strerror}.") from err
+    os.close(fd)
+
+
+def _busy(path: str) -> str:
+    return f"Target {path} is busy: the kernel reports it mounted or claimed by another program."
 
 
 def open_target(path: str, write: bool = True, **views: str) -> int:
@@ -72,8 +90,7 @@ def open_target(path: str, write: bool = True, **views: str) -> int:
         return os.open(path, flags)
     except OSError as err:
         if err.errno == errno.EBUSY:
-            raise UnsafeTargetError(f"Target {path} is busy: the kernel reports it mounted or claimed "
-                                    f"by another program.") from err
+            raise UnsafeTargetError(_busy(path)) from err
         raise ValidationError(f"Cannot open {path} for writing: {err.strerror}.") from err
 
 

@@ -185,6 +185,14 @@ def wipe_disks(devices: List[BlockDevice], explicit: Optional[List[str]] = None,
     run_ = WipeRun(refused=selection.refused, check_mode=check_mode)
     run_.plans = [plan_wipe(device.path) for device in selection.selected]
     dirty = [plan.path for plan in run_.plans if not plan.empty]
+    unsafe = []
+    for path in dirty:  # every disk that will be written, before the first one is (also busy ones)
+        try:
+            check_target(path)
+        except FleetcastError as err:
+            unsafe.append(str(err))
+    if unsafe:
+        raise UnsafeTargetError(" ".join(unsafe) + " Nothing was wiped.")
     if check_mode:
         return run_
     if all_fixed and dirty and not force:

@@ -200,6 +200,8 @@ class RestoreSession:
         if self.check_mode:
             raise ValidationError("A check-mode restore session cannot write.")
         plan = self.plan or self.validate()
+        for target_plan in plan.targets:  # again: the image check since validate() can take minutes
+            safety.check_target(target_plan.target)
         for target_plan, disk in zip(plan.targets, self.layout["disks"]):
             target = target_plan.target
             target_plan.wipe = wipe.wipe(target).describe()

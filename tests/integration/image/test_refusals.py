@@ -87,6 +87,20 @@ def test_mounted_target(image, target, tmp_path):
         loopdisk.detach(stacked)
 
 
+def test_busy_target(image, target):
+    # Another program holds the disk exclusively (as mkfs, md or LVM do): refused before the wipe.
+    holder = os.open(target.device, os.O_RDONLY | os.O_EXCL)
+    try:
+        for check_mode in (True, False):
+            message = assert_refused_untouched(
+                target.device, lambda: restore.restore_image(image[0], [target.device], check_mode=check_mode),
+                UnsafeTargetError, "is busy")
+            assert message == (f"Target {target.device} is busy: the kernel reports it mounted or claimed by "
+                               "another program.")
+    finally:
+        os.close(holder)
+
+
 def test_nonexistent_device_and_wrong_target_count(image, target):
     with pytest.raises(ValidationError, match="Target /dev/fleetcast-nonexistent does not exist"):
         restore.restore_image(image[0], ["/dev/fleetcast-nonexistent"])

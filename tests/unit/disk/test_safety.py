@@ -79,6 +79,10 @@ def test_exclusive_user_makes_the_open_fail(loop_disk):
     try:
         with pytest.raises(UnsafeTargetError, match=f"^Target {disk.device} is busy"):
             safety.open_target(disk.device)
+        # Validation alone (what check mode and every plan run) already finds it busy.
+        with pytest.raises(UnsafeTargetError, match=f"^Target {disk.device} is busy: the kernel reports it "
+                                                    "mounted or claimed by another program.$"):
+            safety.check_target(disk.device)
     finally:
         os.close(holder)
     fd = safety.open_target(disk.device, write=False)

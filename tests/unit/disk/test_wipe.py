@@ -167,3 +167,22 @@ def test_wipe_named_disks_refuses_all_before_touching_any(loop_disk, fake_host):
     assert _digest(dirty.path) == before
     run = wipe.wipe_disks(devices, explicit=["sdb", "sda"], exclude=["sda"])
     assert run.changed and list(run.refused.values()) == [f"{fake_host.dev}/sda is listed in exclude."]
+
+
+def test_wipe_named_disks_refuses_a_busy_one_before_touching_any(loop_disk, fake_host):
+    first, dummy = _dirty_gpt_disk(loop_disk)
+    busy, dummy = _dirty_gpt_disk(loop_disk)
+    fake_host.disk("sdb", node=first.device)
+    fake_host.disk("sdc", node=busy.device)
+    devices = discover.list_block_devices(**fake_host.views)
+    before = _digest(first.path), _digest(busy.path)
+    holder = os.open(busy.device, os.O_RDONLY | os.O_EXCL)  # another program claims it (mkfs, RAID...)
+    try:
+        for check_mode in (True, False):
+            with pytest.raises(UnsafeTargetError) as refused:
+                wipe.wipe_disks(devices, explicit=["sdb", "sdc"], check_mode=check_mode)
+            assert str(refused.value) == (f"Target {fake_host.dev}/sdc is busy: the kernel reports it mounted or "
+                                          "claimed by another program. Nothing was wiped.")
+    finally:
+        os.close(holder)
+    assert (_digest(first.path), _digest(busy.path)) == before
