@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright: fleetcast.imaging developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -148,7 +147,7 @@ class Run:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--receivers", type=int, default=3)
     parser.add_argument("--loss", default="0,2", help="percent of incoming UDP dropped at each receiver")
@@ -160,7 +159,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # so the lab is torn down
     payload = os.path.join(workdir, "payload.bin")
     with open(payload, "wb") as out:
-        for _ in range(args.size_mib):
+        for _mib in range(args.size_mib):
             out.write(os.urandom(1 << 20))
     tools = args.tools.split(",")
     results = {}

@@ -96,12 +96,12 @@ def test_check_mode_plans_and_sends_nothing(netlab, tmp_path, master):
 
 
 def test_sender_without_receivers_fails_clearly(netlab, master):
-    _raw, image, _ = master
+    image = master[1]
     server = netlab.add_host("server")
     result = _result(_ansible(server, "multicast_send", {"image": str(image), "session_key": KEY, "port": 9701,
                                                          "expected": ["pc9"], "max_wait": 2}))
     assert result["failed"]
-    assert result["msg"] == f"Only 0 of the required 1 receivers joined the session on 239.255.42.1:9701 within 2 s."
+    assert result["msg"] == "Only 0 of the required 1 receivers joined the session on 239.255.42.1:9701 within 2 s."
 
 
 def test_live_master_captured_while_sent(netlab, tmp_path, master):

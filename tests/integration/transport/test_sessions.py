@@ -221,7 +221,7 @@ def test_forged_and_replayed_datagrams_change_no_byte(netlab, tmp_path):
     recorder = attack("record", 4)
     time.sleep(0.3)
     first = [start_receiver(h, tmp_path / f"first-{h.name}") for h in hosts]
-    code, _ = finish(start_sender(sender_host, old_payload, extra=["--min-receivers", "2", "--rate", "20000000"]))
+    code = finish(start_sender(sender_host, old_payload, extra=["--min-receivers", "2", "--rate", "20000000"]))[0]
     assert code == 0
     for process in first:
         assert finish(process)[0] == 0
@@ -233,8 +233,8 @@ def test_forged_and_replayed_datagrams_change_no_byte(netlab, tmp_path):
     time.sleep(0.3)
     outputs = [tmp_path / f"out-{h.name}" for h in hosts]
     receivers = [start_receiver(h, out) for h, out in zip(hosts, outputs)]
-    code, report = finish(start_sender(sender_host, payload, extra=["--expected", "r1,r2", "--rate", "10000000",
-                                                                     "--object-size", str(MiB)]))
+    code, report = finish(start_sender(sender_host, payload, extra=[
+        "--expected", "r1,r2", "--rate", "10000000", "--object-size", str(MiB)]))
     assert code == 0, report
     _assert_all_done(report, ["r1", "r2"])
     assert sorted(r["name"] for r in report["receivers"]) == ["r1", "r2"]

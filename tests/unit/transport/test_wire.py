@@ -1,7 +1,4 @@
 # The wire format's authentication, replay window and object layout, without any network.
-import struct
-
-import numpy as np
 import pytest
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._transport import wire
@@ -67,7 +64,7 @@ def test_spool_source_reports_a_failing_producer():
     spool = SpoolSource(broken())
     try:
         with pytest.raises(OSError, match="disk vanished"):
-            for _ in range(50):
+            for _poll in range(50):
                 spool.final_count()
                 spool.wait(0.05)
     finally:
