@@ -524,8 +524,7 @@ class Receiver:
                 self.data_sock.close()
             if self.error is not None:
                 raise self.error
-            # 32 zero bytes mean "no image id" (the CLI's plain objects); an id may end in zeros
-            announced = self.image_id if any(self.image_id) else b""
+            announced = wire.announced_image_id(self.image_id)
             if self.finish:
                 # finishing (fsync, growing a filesystem) can outlast the sender's patience:
                 # keep reporting so that this receiver is not dropped as dead meanwhile
@@ -546,7 +545,7 @@ class Receiver:
         return ReceiveResult(
             objects=self.delivered, bytes=self.delivered_bytes, fragment_requests=self.fragment_requests,
             object_requests=self.object_requests, seconds=round(time.monotonic() - started, 3),
-            digest=digest.hex(), announced_image_id=self.image_id.hex() if any(self.image_id) else "",
+            digest=digest.hex(), announced_image_id=wire.announced_image_id(self.image_id).hex(),
             sender=self.sender[0], gro=self.gro, encrypted=self.encrypted,
             kernel_drops=udp_receive_errors() - self.kernel_drops_base, window_drops=self.window_drops,
             rejected_objects=self.rejected_objects)

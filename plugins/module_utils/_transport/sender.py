@@ -257,7 +257,7 @@ class Sender:
         self._control(wire.ANNOUNCE, wire.ANNOUNCE_BODY.pack(
             final if final is not None else self.source.available(), self.next_index,
             1 if final is not None else 0, 1 if self.cipher else 0, wire.PAYLOAD, 0,
-            image_id[:32].ljust(32, b"\0")))
+            wire.image_id_field(image_id)))
 
     def _send_meta(self, indexes: List[int]) -> None:
         for start in range(0, len(indexes), wire.META_PER_MESSAGE):

@@ -133,6 +133,16 @@ class ReplayWindow:
         return True
 
 
+def image_id_field(image_id: bytes) -> bytes:
+    """The ANNOUNCE image id field: the 32-byte id, or 32 zero bytes for none."""
+    return image_id[:32].ljust(32, b"\0")
+
+
+def announced_image_id(field: bytes) -> bytes:
+    """Back from the field: b"" for none. An id may itself end in zero bytes, so never strip them."""
+    return bytes(field) if any(field) else b""
+
+
 def object_nonce(index: int) -> bytes:
     """AES-GCM nonce of one object: unique per object within a session (the key is per session)."""
     return b"FCOB" + struct.pack(">Q", index)

@@ -69,3 +69,9 @@ def test_spool_source_reports_a_failing_producer():
                 spool.wait(0.05)
     finally:
         spool.close()
+
+
+def test_announced_image_id_keeps_trailing_zero_bytes():
+    image_id = bytes.fromhex("8f64983eb6d2eef7b56485afb3c87be33d7c9684d24e0648ef1bb2b6cb270e00")
+    assert wire.announced_image_id(wire.image_id_field(image_id)) == image_id
+    assert wire.announced_image_id(wire.image_id_field(b"")) == b""
