@@ -169,6 +169,7 @@ def main():
         kind = "disk" if params["disks"] else "partition"
         sources = [capture.CaptureSource(path, kind) for path in params["disks"] or params["partitions"]]
         if module.check_mode:
+            capture.check_destination(dest)
             layout = capture.describe(sources, params["chunk_size_mib"] * MiB)[0]
             plan = info.summary(image_format.Manifest(layout))
             module.exit_json(changed=True, plan={"disks": plan["disks"], "used_bytes": sum(

@@ -178,15 +178,30 @@ def capture(sources: Sequence[Union[str, CaptureSource]], chunk_size: int = DEFA
     return layout, iter_chunks(layout, plan, level, threads)
 
 
+def check_destination(dest: str) -> None:
+    """Raise unless an image file can be written at `dest` (checked before any source is read)."""
+    directory = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(directory):
+        raise ValidationError(f"Image {dest} cannot be written: directory {directory} does not exist.")
+    if not os.access(directory, os.W_OK):
+        raise ValidationError(f"Image {dest} cannot be written: directory {directory} is not writable.")
+    if os.path.isdir(dest):
+        raise ValidationError(f"Image {dest} cannot be written: it is a directory.")
+
+
 def capture_to_file(sources: Sequence[Union[str, CaptureSource]], dest: str, chunk_size: int = DEFAULT_CHUNK_SIZE,
                     level: int = DEFAULT_LEVEL, threads: int = 0, mode: int = 0o600, durable: bool = True):
     """Capture into an image file written beside `dest` and renamed into place when complete
     (after an fsync unless `durable` is off, as benchmarks against pipelines without one do)."""
     from .format import ImageWriter
 
+    check_destination(dest)
     layout, records = capture(sources, chunk_size, level, threads)
     partial = f"{dest}.partial"
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), mode)
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), mode)
+    except OSError as err:
+        raise ValidationError(f"Image {dest} cannot be written: {err.strerror}.") from None
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as handle:
             writer = ImageWriter(handle, layout)

@@ -122,6 +122,10 @@ def ansible(module, args, check=False):
 
 def test_modules_capture_info_and_check_mode_restore(master, target, tmp_path):
     dest = str(tmp_path / "m.fcimg")
+    nowhere = tmp_path / "nodir" / "m.fcimg"
+    head, failed = ansible("image_capture", {"disks": [master.device], "dest": str(nowhere)}, check=True)
+    assert "FAILED" in head and failed["msg"] == (
+        f"Image {nowhere} cannot be written: directory {nowhere.parent} does not exist.")
     head, planned = ansible("image_capture", {"disks": [master.device], "dest": dest}, check=True)
     assert "CHANGED" in head and not os.path.exists(dest) and not os.path.exists(dest + ".partial")
     regions = {r["name"]: r for r in planned["plan"]["disks"][0]["regions"]}

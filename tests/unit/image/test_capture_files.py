@@ -86,6 +86,23 @@ def test_single_volume_capture_and_restore_onto_a_larger_file(tmp_path):
         restore.restore_image(image, [str(small)])
 
 
+def test_destination_that_cannot_be_written_is_one_sentence_and_leaves_nothing(tmp_path):
+    volume = tmp_path / "vol.raw"
+    volume.write_bytes(os.urandom(MiB))
+    source = [capture.CaptureSource(str(volume), "partition")]
+    missing = tmp_path / "no-such-dir" / "vol.fcimg"
+    with pytest.raises(ValidationError, match=f"^Image {missing} cannot be written: directory "
+                                              f"{missing.parent} does not exist.$"):
+        capture.capture_to_file(source, str(missing))
+    with pytest.raises(ValidationError, match=f"^Image {tmp_path} cannot be written: it is a directory.$"):
+        capture.check_destination(str(tmp_path))
+    # A name the directory cannot hold: the open fails, and the error still names the image.
+    too_long = tmp_path / ("x" * 300)
+    with pytest.raises(ValidationError, match=f"^Image {too_long} cannot be written: File name too long.$"):
+        capture.capture_to_file(source, str(too_long))
+    assert sorted(os.listdir(tmp_path)) == ["vol.raw"]
+
+
 def test_capture_streams_and_a_receiver_restores_in_any_order(mbr_disk, tmp_path):
     layout, records = capture.capture([str(mbr_disk)], chunk_size=MiB, threads=2)
     json.dumps(layout)   # object 0 on the wire: plain JSON
