@@ -415,12 +415,18 @@ class ImageReader:
             raise ImageError(f"Image {path} cannot be opened: {err.strerror}.") from None
         try:
             self.manifest = self._load()
+        except OSError as err:   # a directory, an I/O error: still one sentence naming the file
+            os.close(self._fd)
+            raise ImageError(f"Image {path} cannot be read: {err.strerror}.") from None
         except BaseException:
             os.close(self._fd)
             raise
 
     def _pread(self, size: int, offset: int, what: str) -> bytes:
-        data = os.pread(self._fd, size, offset)
+        try:
+            data = os.pread(self._fd, size, offset)
+        except OSError as err:
+            raise ImageError(f"{_cap(self.name)} cannot be read at byte {offset} ({what}): {err.strerror}.") from None
         if len(data) != size:
             raise ImageError(f"{_cap(self.name)} is truncated: {what} at byte {offset} needs {size} "
                              f"bytes, only {len(data)} remain.")

@@ -167,3 +167,5 @@ def test_not_an_image(tmp_path):
         fmt.ImageReader(str(path))
     with pytest.raises(ImageError, match="cannot be opened"):
         fmt.ImageReader(str(tmp_path / "missing"))
+    with pytest.raises(ImageError, match=f"^Image {tmp_path} cannot be read: Is a directory.$"):
+        fmt.ImageReader(str(tmp_path))
