@@ -110,6 +110,8 @@ class RestoreSession:
         self._sizes: Dict[int, int] = {}
         self._written: Dict[int, ChunkEntry] = {}
         self._claimed: set = set()
+        self._kept: set = set()     # image disks whose target already holds them: never written
+        self._kept_chunks = 0
         self._lock = threading.Lock()
         self._data_bytes = 0
         self._zero_bytes = 0
@@ -194,7 +196,8 @@ class RestoreSession:
 
     # -- writing -----------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Wipe every target, recreate its partition table, and open it for the chunks."""
+        """Wipe every target still to be restored, recreate its partition table, and open it for the
+        chunks; a target already_holds() found unchanged is not touched."""
         from .._disk import safety, table, wipe
 
         if self.check_mode:
@@ -203,6 +206,9 @@ class RestoreSession:
         for target_plan in plan.targets:  # again: the image check since validate() can take minutes
             safety.check_target(target_plan.target)
         for target_plan, disk in zip(plan.targets, self.layout["disks"]):
+            if target_plan.state == "unchanged":   # found by already_holds(): leave it alone
+                self._kept.add(disk["index"])
+                continue
             target = target_plan.target
             target_plan.wipe = wipe.wipe(target).describe()
             if disk["index"] in self._tables:
@@ -214,6 +220,15 @@ class RestoreSession:
     def write(self, record: ChunkRecord) -> bool:
         """Verify one chunk and write it (data) or zero its range (zero); thread-safe. A chunk
         already written is skipped (False)."""
+        if record.disk in self._kept:
+            # Its target holds this chunk already (digest checked by already_holds): count it as
+            # present, so that completeness and the image id are checked over the whole image.
+            with self._lock:
+                if record.index in self._written:
+                    return False
+                self._written[record.index] = record.entry()
+                self._kept_chunks += 1
+            return True
         fd = self._fds.get(record.disk)
         if fd is None:
             raise ImageError(f"Chunk {record.index} names disk {record.disk}, which this restore has no target for.")
@@ -278,10 +293,12 @@ class RestoreSession:
         self._close()
         plan = self.plan
         for target_plan in plan.targets:
+            if target_plan.disk in self._kept:
+                continue
             if target_plan.grow_filesystem:
                 self._grow(target_plan)
             blockdev.reread_partitions(target_plan.target)
-        return RestoreResult(got, True, len(self._written), self._data_bytes, self._zero_bytes,
+        return RestoreResult(got, True, len(self._written) - self._kept_chunks, self._data_bytes, self._zero_bytes,
                              [asdict(target) for target in plan.targets])
 
     def _grow(self, target_plan: TargetPlan) -> None:

@@ -182,3 +182,17 @@ def test_two_disks_go_to_their_own_targets_in_order(mbr_disk, tmp_path):
     restore.restore_image(image, [str(first_target), str(second_target)])
     assert second_target.read_bytes() == second.read_bytes()
     assert read(first_target, 43008 * 512, 10 * MiB) == read(mbr_disk, 43008 * 512, 10 * MiB)
+    # Only the second target changes: the first, which still holds its disk, is reported unchanged
+    # and is not written at all (check mode plans the same).
+    with open(second_target, "r+b") as handle:
+        handle.write(os.urandom(4096))
+    first_before = os.stat(first_target).st_mtime_ns
+    targets = [str(first_target), str(second_target)]
+    disk1_chunks = sum(1 for entry in manifest.chunks if entry.disk == 1)
+    for check_mode in (True, False):
+        report = restore.restore_image(image, targets, check_mode=check_mode)
+        assert report["changed"] and report["chunks_written"] == (0 if check_mode else disk1_chunks)
+        assert [t["state"] for t in report["plan"]["targets"]] == ["unchanged", "restore"]
+    assert os.stat(first_target).st_mtime_ns == first_before
+    assert second_target.read_bytes() == second.read_bytes()
+    assert not restore.restore_image(image, targets)["changed"]
