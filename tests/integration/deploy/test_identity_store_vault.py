@@ -1,0 +1,108 @@
+"""The identity roles with a vault-encrypted record store, run through ansible-playbook.
+
+identity_snapshot writes each record as an ansible-vault file when a vault password is set (the
+records hold SSH host private keys); identity_reapply reads it back in a later run; a missing or
+wrong password fails the host with one sentence naming it and its record.
+"""
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import uuid
+
+import pytest
+
+from ansible_collections.fleetcast.imaging.plugins.module_utils._lab import loopdisk, standing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+VENV_BIN = os.path.join(ROOT, ".venv", "bin")
+PASSWORD = "correct horse battery staple"
+MiB = 1 << 20
+
+
+def _machine(name, address, mac):
+    return standing.LabMachine(name=name, role="participant", netns="", address=address, mac=mac,
+                               hostname=name + "-old", machine_id=uuid.uuid4().hex)
+
+
+def _hostname_on(disk_file):
+    offset, size = standing._partition_bounds(disk_file, 1)   # the dirty disk's root
+    window = loopdisk.attach(disk_file, offset=offset, sizelimit=size, read_only=True)
+    try:
+        return subprocess.run(["debugfs", "-R", "cat /etc/hostname", window], capture_output=True,
+                              text=True, check=True).stdout
+    finally:
+        loopdisk.detach(window)
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(MiB), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@pytest.fixture
+def run_role(tmp_path):
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text("all:\n  hosts:\n    vh:\n      ansible_connection: local\n"
+                         "      ansible_python_interpreter: /usr/bin/python3\n")
+
+    def run(role, device, **extra_vars):
+        playbook = tmp_path / f"{role}.yml"
+        playbook.write_text(f"- hosts: vh\n  gather_facts: false\n  roles: [fleetcast.imaging.{role}]\n")
+        extra = dict(imaging_devices=[device], imaging_identity_store=str(tmp_path / "store"),
+                     identity_snapshot_check_conflicts=False, **extra_vars)
+        env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "tests", "ansible.cfg"),
+                   ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
+                   ANSIBLE_NOCOLOR="1", LC_ALL="C.UTF-8")
+        return subprocess.run([os.path.join(VENV_BIN, "ansible-playbook"), "-i", str(inventory),
+                               str(playbook), "-e", json.dumps(extra)],
+                              capture_output=True, text=True, env=env, timeout=120, check=False)
+    return run
+
+
+@pytest.mark.timeout(120)
+def test_vault_encrypted_store_round_trip(loop_disk, run_role, tmp_path):
+    old = loop_disk(192 * MiB, "old.img")
+    standing.write_dirty_participant(old.path, _machine("vh", "10.231.9.13", "02:00:00:00:09:13"), "10.231.9")
+    fresh = loop_disk(192 * MiB, "fresh.img")
+    standing.write_dirty_participant(fresh.path, _machine("other", "10.231.9.14", "02:00:00:00:09:14"),
+                                     "10.231.9")
+
+    snap = run_role("identity_snapshot", old.device, imaging_identity_vault_password=PASSWORD)
+    assert snap.returncode == 0, snap.stdout[-3000:]
+    stored = tmp_path / "store" / "vh.json"
+    text = stored.read_text()
+    assert text.startswith("$ANSIBLE_VAULT;") and "vh-old" not in text and "ssh_host" not in text
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    password_file = tmp_path / "vault-password"
+    password_file.write_text(PASSWORD + "\n")
+    shown = subprocess.run([os.path.join(VENV_BIN, "ansible-vault"), "view", "--vault-password-file",
+                            str(password_file), str(stored)], capture_output=True, text=True, check=True)
+    data = json.loads(shown.stdout)
+    assert data["record"]["summary"]["hostname"] == "vh-old"
+    assert "ssh_host_ed25519_key" in json.dumps(data["secrets"])
+
+    before = _sha256(fresh.path)
+    missing = run_role("identity_reapply", fresh.device, identity_reapply_force=True)
+    assert missing.returncode != 0
+    assert f"vh: the record stored in {stored} is vault-encrypted: set imaging_identity_vault_password." \
+        in missing.stdout.replace("\n", " ").replace("  ", " ")
+    wrong = run_role("identity_reapply", fresh.device, identity_reapply_force=True,
+                     imaging_identity_vault_password="wrong")
+    assert wrong.returncode != 0
+    assert f"vh: the record stored in {stored} cannot be read" in wrong.stdout.replace("\n", " ")
+    assert _sha256(fresh.path) == before, "a record that cannot be read must change nothing"
+
+    applied = run_role("identity_reapply", fresh.device, identity_reapply_force=True,
+                       imaging_identity_vault_password=PASSWORD)
+    assert applied.returncode == 0, applied.stdout[-3000:]
+    assert _hostname_on(fresh.path) == "vh-old\n"
+
+    # A later snapshot reads the encrypted record back (the store wins over a disk with another identity).
+    again = run_role("identity_snapshot", fresh.device, imaging_identity_vault_password=PASSWORD,
+                     identity_snapshot_refresh=False)
+    assert again.returncode == 0, again.stdout[-3000:]
