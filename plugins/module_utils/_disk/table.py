@@ -229,9 +229,15 @@ def _check_msdos(path: str, parts: List[PartitionLayout]) -> None:
                                   f"extended partition.")
 
 
+def last_partition(parts: List[PartitionLayout]) -> PartitionLayout:
+    """The partition that ends last; of an extended partition and a logical one ending with it,
+    the logical one (it holds the filesystem)."""
+    return max(parts, key=lambda part: (part.end, part.kind != "extended"))
+
+
 def _grow_last(path: str, parts: List[PartitionLayout], last_usable: int) -> None:
     """Let the partition that ends last end at the disk's last usable sector (with its extended)."""
-    tail = max(parts, key=lambda part: part.end)
+    tail = last_partition(parts)
     grown = [tail] + [part for part in parts if part.kind == "extended" and tail.kind == "logical"]
     if last_usable < tail.end:
         raise ValidationError(f"{path} is too small for the layout: partition {tail.number} ends at sector "

@@ -140,7 +140,7 @@ class RestoreSession:
                 plan.label = written.label
                 plan.partitions = _summary(written)["partitions"]
                 if self.grow_last and written.partitions:
-                    last = max(written.partitions, key=lambda part: part.end)
+                    last = table.last_partition(written.partitions)
                     source = next(p for p in disk["table"]["partitions"] if p["number"] == last.number)
                     if last.end > source["end"]:
                         plan.grow_partition = last.number

@@ -103,6 +103,33 @@ def test_destination_that_cannot_be_written_is_one_sentence_and_leaves_nothing(t
     assert sorted(os.listdir(tmp_path)) == ["vol.raw"]
 
 
+def test_grow_a_last_logical_partition_and_its_ext4(tmp_path):
+    """msdos: the last partition is a logical one ending with its extended partition; both grow and
+    so does the ext4 inside."""
+    disk, target = tmp_path / "mbr.raw", tmp_path / "big.raw"
+    for path, size in ((disk, 32 * MiB), (target, 64 * MiB)):
+        with open(path, "wb") as handle:
+            handle.truncate(size)
+    run("sfdisk", "-q", disk, stdin="label: dos\nstart=2048, size=8192, type=83\nstart=10240, type=5\n"
+                                    "start=12288, type=83\n")
+    run("mkfs.ext4", "-q", "-F", "-b", "1024", "-E", f"offset={12288 * 512}", disk, f"{(65536 - 12288) // 2}k")
+    image = str(tmp_path / "mbr.fcimg")
+    capture.capture_to_file([str(disk)], image, chunk_size=MiB)
+    report = restore.restore_image(image, [str(target)], grow_last=True)
+    planned = report["plan"]["targets"][0]
+    assert (planned["grow_partition"], planned["grow_filesystem"]) == (5, "ext4")
+    last = 64 * MiB // 512 - 1
+    dump = run("sfdisk", "-d", target)
+    assert f"start=       10240, size={last - 10240 + 1:>12}, type=5" in dump
+    assert f"start=       12288, size={last - 12288 + 1:>12}, type=83" in dump
+    superblock = read(target, 12288 * 512 + 1024, 32)
+    blocks = int.from_bytes(superblock[4:8], "little")
+    assert blocks == (last - 12288 + 1) // 2   # 1 KiB blocks fill the grown partition
+    volume = tmp_path / "p5.raw"
+    volume.write_bytes(read(target, 12288 * 512, (last - 12288 + 1) * 512))
+    run("e2fsck", "-fn", volume)
+
+
 def test_capture_streams_and_a_receiver_restores_in_any_order(mbr_disk, tmp_path):
     layout, records = capture.capture([str(mbr_disk)], chunk_size=MiB, threads=2)
     json.dumps(layout)   # object 0 on the wire: plain JSON
