@@ -51,13 +51,15 @@ def format_progress(host: str, elapsed: float, progress: dict | None) -> str:
     if not progress:
         return line + " running"
     done, total = progress.get("bytes_done"), progress.get("bytes_total")
+    receivers = progress.get("receivers")
     if isinstance(done, (int, float)):
-        line += f" {done / MiB:.1f} MiB"
+        # With receivers listed, the overall figure is what every one of them holds (the slowest):
+        # say so, or "0%" beside a receiver that is done reads as a contradiction.
+        line += (" slowest" if isinstance(receivers, dict) and len(receivers) > 1 else "") + f" {done / MiB:.1f} MiB"
         if isinstance(total, (int, float)) and total > 0:
             line += f" of {total / MiB:.1f} MiB ({100.0 * done / total:.0f}%)"
         if elapsed > 0:
             line += f", {done / MiB / elapsed:.1f} MiB/s"
-    receivers = progress.get("receivers")
     if isinstance(receivers, dict) and receivers:
         parts = []
         for name in sorted(receivers):

@@ -101,7 +101,7 @@ def test_progress_lines_then_the_module_result(tmp_path):
     seen = []
     for line in proc.stdout:
         seen.append(line)
-        if re.match(r"^localhost: \d+:\d\d 1\.0 MiB of 4\.0 MiB \(25%\), [\d.]+ MiB/s "
+        if re.match(r"^localhost: \d+:\d\d slowest 1\.0 MiB of 4\.0 MiB \(25%\), [\d.]+ MiB/s "
                     r"\| p1 receiving 25%, p2 joined 0%$", line):
             flag.touch()
     stderr = proc.stderr.read()
