@@ -168,6 +168,11 @@ def test_check_mode_changes_nothing_and_says_what_it_would_do(lab):
         assert f"{name}: {device} would lose gpt partition table, 3 partition(s)" in run.stdout
         assert re.search(rf"{name}: would receive image [0-9a-f]{{16}} \(\d+ bytes in \d+ chunks\) "
                          rf"from server over .* onto {device}", run.stdout.replace("\n    ", " ")), run.stdout
+    rows = _summary(run.stdout)
+    for name in PARTICIPANTS:
+        # Nothing was written, so nothing is claimed: planned, no identity, no digest, no fsck.
+        assert re.match(rf"{name}\s+planned\s+[1-9]\d*\s+0\s+no\s+no\s+-\s+check mode: nothing was written$",
+                        rows[name]), rows
     assert not os.path.exists(os.path.join(lab["directory"], "identity", "p1.json"))
 
 
@@ -194,7 +199,7 @@ def test_deploy_with_one_receive_path_cut_half_way(lab):
     print("\n".join(rows.values()))
     assert re.match(rf"{CUT_HOST}\s+FAILED\s+.*at multicast: \S+", rows[CUT_HOST]), rows
     for name in ("p1", "p3"):
-        assert re.match(rf"{name}\s+ok\s+[1-9]\d*\s+[\d.]+\s+yes\s+yes$", rows[name]), rows
+        assert re.match(rf"{name}\s+ok\s+[1-9]\d*\s+[\d.]+\s+yes\s+yes\s+clean$", rows[name]), rows
     assert re.search(rf"{CUT_HOST} failed at multicast: .+", out)
     # Progress lines were shown while the transfer ran.
     assert re.search(r"^server: \d+:\d\d ", out, re.M)
