@@ -1,0 +1,52 @@
+"""deploy.yml refuses an inventory it cannot serve with one sentence naming the host, before any disk
+is read: no image server, or an image server left out by --limit. No lab is needed: nothing past the
+first check runs."""
+import os
+import re
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def _deploy(tmp_path, inventory, *extra):
+    path = tmp_path / "inventory.yml"
+    path.write_text(inventory)
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "tests", "ansible.cfg"),
+               ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
+               ANSIBLE_NOCOLOR="1", LC_ALL="C.UTF-8")
+    run = subprocess.run([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), "-i", str(path),
+                          os.path.join(ROOT, "playbooks", "deploy.yml"), *extra],
+                         capture_output=True, text=True, env=env, timeout=120, check=False)
+    # The summary's reason, unfolded.
+    return run, re.sub(r"\s+", " ", run.stdout)
+
+
+PARTICIPANT = """\
+all:
+  vars: {ansible_connection: local, ansible_python_interpreter: /usr/bin/python3}
+  children:
+    imaging_participants:
+      hosts:
+        ws01: {imaging_devices: [/nonexistent/fleetcast-test-disk]}
+"""
+
+
+@pytest.mark.timeout(120)
+def test_an_inventory_without_an_image_server_is_refused(tmp_path):
+    run, out = _deploy(tmp_path, PARTICIPANT)
+    assert run.returncode != 0
+    assert ("ws01 failed at preflight: ws01: the inventory must name exactly one image server in the "
+            "group imaging_server, and it names 0.") in out, run.stdout[-3000:]
+    assert "Read the participant's listed disks" not in run.stdout
+
+
+@pytest.mark.timeout(120)
+def test_an_image_server_left_out_by_limit_is_named(tmp_path):
+    run, out = _deploy(tmp_path, PARTICIPANT + "    imaging_server:\n      hosts:\n        imgsrv01:\n",
+                       "--limit", "ws01")
+    assert run.returncode != 0
+    assert ("ws01 failed at preflight: ws01: the image server imgsrv01 did not run its preflight (it is "
+            "unreachable, or left out by --limit: keep it in the limit).") in out, run.stdout[-3000:]
+    assert "Read the participant's listed disks" not in run.stdout
