@@ -7,7 +7,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 DOCUMENTATION = r"""
-module: lab_fsck
+module: fs_check
 short_description: Check every file system on a disk, read-only
 version_added: 0.1.0
 description:
@@ -18,8 +18,8 @@ description:
     partition's byte range, so the check also works where the kernel has no partition support
     (the built-in lab).
   - Fails, naming the disk, partition and file system, if any checker reports a problem.
-  - Nothing is ever written. Used by C(deploy.yml) to verify freshly imaged disks; named
-    C(lab_) because it is part of the lab's acceptance checks, but it works on real disks too.
+  - Nothing is ever written. Used by C(deploy.yml) to verify freshly imaged disks, on real
+    hardware as in the built-in lab.
 author: fleetcast.imaging developers (@fleetcast)
 options:
   devices:
@@ -36,7 +36,7 @@ notes:
 
 EXAMPLES = r"""
 - name: Check the file systems of a freshly imaged disk
-  fleetcast.imaging.lab_fsck:
+  fleetcast.imaging.fs_check:
     devices: [/dev/sda]
 """
 

@@ -1,10 +1,10 @@
-"""lab_fsck checks every file system of a disk through offset loop devices, and reports a damaged
+"""fs_check checks every file system of a disk through offset loop devices, and reports a damaged
 one naming the disk, partition and file system."""
 import subprocess
 
 import pytest
 
-from ansible_collections.fleetcast.imaging.plugins.modules import lab_fsck
+from ansible_collections.fleetcast.imaging.plugins.modules import fs_check
 
 MiB = 1024 * 1024
 
@@ -19,12 +19,12 @@ def test_clean_then_damaged_ext4_is_reported(loop_disk):
     subprocess.run(["mkfs.vfat", "-I", efi], check=True, capture_output=True)
     subprocess.run(["mkfs.ext4", "-F", "-q", root], check=True, capture_output=True)
 
-    checked, skipped = lab_fsck.check_disk(disk.device)
+    checked, skipped = fs_check.check_disk(disk.device)
     assert [(c["partition"], c["filesystem"], c["clean"]) for c in checked] == [(1, "vfat", True), (2, "ext4", True)]
     assert skipped == []
 
     # Clear the root directory's inode: a real inconsistency e2fsck -n must report.
     subprocess.run(["debugfs", "-w", "-R", "clri <2>", root], check=True, capture_output=True)
-    checked, dummy = lab_fsck.check_disk(disk.device)
+    checked, dummy = fs_check.check_disk(disk.device)
     assert [(c["partition"], c["clean"]) for c in checked] == [(1, True), (2, False)]
     assert checked[1]["output"]
