@@ -50,3 +50,15 @@ def test_an_image_server_left_out_by_limit_is_named(tmp_path):
     assert ("ws01 failed at preflight: ws01: the image server imgsrv01 did not run its preflight (it is "
             "unreachable, or left out by --limit: keep it in the limit).") in out, run.stdout[-3000:]
     assert "Read the participant's listed disks" not in run.stdout
+
+
+@pytest.mark.timeout(120)
+def test_an_image_server_without_an_image_name_says_what_to_set(tmp_path):
+    run, out = _deploy(tmp_path, PARTICIPANT + "    imaging_server:\n      hosts:\n        imgsrv01:\n")
+    assert run.returncode != 0
+    assert ("imgsrv01 failed at preflight: imgsrv01: set imaging_image_name (the image file's name, without "
+            "directory or .fcimg) and imaging_image_dir (the directory of images on this server).") in out, \
+        run.stdout[-3000:]
+    assert ("ws01 failed at preflight: The image server imgsrv01 failed its preflight: imgsrv01: set "
+            "imaging_image_name") in out
+    assert "Read the participant's listed disks" not in run.stdout
