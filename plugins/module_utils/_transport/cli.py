@@ -34,9 +34,15 @@ def file_source(path: str, object_size: int) -> ReaderSource:
     count = -(-size // object_size) + 1
     first = json.dumps({"size": size, "object_size": object_size}).encode()
 
-    def read(index: int) -> bytes:
+    def read(index: int) -> bytearray:
+        # one buffer, read into in place: no concatenation copy of the object
         offset = (index - 1) * object_size
-        return OFFSET.pack(offset) + os.pread(fd, object_size, offset)
+        length = min(object_size, size - offset)
+        record = bytearray(OFFSET.size + length)
+        OFFSET.pack_into(record, 0, offset)
+        if os.preadv(fd, [memoryview(record)[OFFSET.size:]], offset) != length:
+            raise FleetcastError(f"{path} became shorter while it was being sent (object {index}).")
+        return record
 
     return ReaderSource(first, count, read)
 

@@ -13,8 +13,9 @@ import fcntl
 import os
 import socket
 import struct
+import threading
 import traceback
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from .._errors import TransportError
 from .wire import DATAGRAM
@@ -36,6 +37,38 @@ GSO_MAX_SEGMENTS = 44               # 44 * 1472 bytes stays under the 64 KiB UDP
 SOCKET_BUFFER = 64 * 1024 * 1024
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
+
+
+class BufferPool:
+    """2-D uint8 buffers (count x width) kept for reuse once their object is done with: a fresh
+    4 MiB array costs a page fault and a zeroed page per 4 KiB every time, a reused one nothing."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.free: Dict[int, List["np.ndarray"]] = {}
+        self.bytes = 0
+        self.lock = threading.Lock()
+
+    def take(self, count: int, room: int) -> "np.ndarray":
+        """A buffer of `count` rows; on a miss, pooled buffers beyond `room` bytes are let go, so
+        that pooled and live buffers together stay within the caller's bound."""
+        with self.lock:
+            stack = self.free.get(count)
+            if stack:
+                rows = stack.pop()
+                self.bytes -= rows.nbytes
+                return rows
+            while self.bytes > max(0, room) and self.free:
+                size, stack = next(iter(self.free.items()))
+                self.bytes -= stack.pop().nbytes
+                if not stack:
+                    del self.free[size]
+        return np.empty((count, self.width), dtype=np.uint8)
+
+    def give(self, rows: "np.ndarray") -> None:
+        with self.lock:
+            self.free.setdefault(rows.shape[0], []).append(rows)
+            self.bytes += rows.nbytes
 
 
 def offload_wanted(offload: Optional[bool]) -> bool:

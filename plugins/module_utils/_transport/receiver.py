@@ -20,6 +20,7 @@ import hashlib
 import os
 import queue
 import random
+import select
 import socket
 import struct
 import threading
@@ -29,7 +30,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from .._errors import TransportError
 from . import wire
-from .netio import NUMPY_IMPORT_ERROR, gro_segment_size, np, receiver_sockets, udp_receive_errors
+from .netio import NUMPY_IMPORT_ERROR, BufferPool, gro_segment_size, np, receiver_sockets, udp_receive_errors
 
 try:
     from cryptography.exceptions import InvalidTag
@@ -85,6 +86,8 @@ class ReceiveResult:
     kernel_drops: int
     window_drops: int
     rejected_objects: int
+    datagrams: int = 0                 # data datagrams received
+    receive_calls: int = 0             # system calls that returned them (GRO coalesces many in one)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -93,8 +96,9 @@ class ReceiveResult:
 class _Partial:
     __slots__ = ("rows", "got", "remaining", "count", "last_seen", "complete")
 
-    def __init__(self, count: int, now: float):
-        self.rows = np.empty((count, wire.PAYLOAD), dtype=np.uint8)
+    def __init__(self, rows: np.ndarray, now: float):
+        count = rows.shape[0]
+        self.rows = rows
         self.got = np.zeros(count, dtype=bool)
         self.remaining = count
         self.count = count
@@ -127,7 +131,12 @@ class Receiver:
         self.receiver_id = int.from_bytes(os.urandom(8), "big") or 1
         self.data_sock, self.control_sock, self.gro = receiver_sockets(
             config.group, config.port, config.address, config.offload)
-        self.data_sock.settimeout(0.01)
+        # non-blocking, waiting in select only when the queue is empty: a socket timeout would
+        # cost a poll() before every receive, i.e. one per datagram on the fallback path
+        self.data_sock.setblocking(False)
+        self.pool = BufferPool(wire.PAYLOAD)
+        self.datagrams = 0
+        self.receive_calls = 0
         self.buffer = bytearray(BUFFER)
         self.view = memoryview(self.buffer)
         self.array = np.frombuffer(self.buffer, dtype=np.uint8)
@@ -169,9 +178,10 @@ class Receiver:
         self.digests: List[Tuple[int, bytes]] = []
 
     # --- stages ----------------------------------------------------------------------------------
-    def _release(self, size: int) -> None:
+    def _release(self, rows: np.ndarray) -> None:
         with self.inflight_lock:
-            self.inflight -= size
+            self.inflight -= rows.nbytes
+        self.pool.give(rows)
 
     def _verify(self) -> None:
         while True:
@@ -180,7 +190,7 @@ class Receiver:
                 self.to_write.put(None)
                 return
             index, partial, wire_length, digest = item
-            size = partial.rows.nbytes
+            rows = partial.rows
             try:
                 # a view, not a copy: hashlib and pwrite release the GIL on it, a copy would not
                 data = memoryview(partial.rows).cast("B")[:wire_length]
@@ -189,17 +199,17 @@ class Receiver:
                         data = self.cipher.decrypt(wire.object_nonce(index), data.tobytes(),
                                                    struct.pack(">Q", self.keys.session_id))
                     except InvalidTag:   # forged or damaged: ask again
-                        self._release(size)
+                        self._release(rows)
                         self.rejected.put(index)
                         continue
                 if hashlib.sha256(data).digest() != digest:
-                    self._release(size)
+                    self._release(rows)
                     self.rejected.put(index)
                     continue
-                self.to_write.put((index, data, size))
+                self.to_write.put((index, data, rows))
             except BaseException as err:
                 self.error = err
-                self._release(size)
+                self._release(rows)
                 self.to_write.put(None)
                 return
 
@@ -208,7 +218,7 @@ class Receiver:
             item = self.to_write.get()
             if item is None:
                 return
-            index, data, size = item
+            index, data, rows = item
             try:
                 if self.error is None:
                     self.sink(index, data)
@@ -217,7 +227,7 @@ class Receiver:
             except BaseException as err:
                 self.error = err
             finally:
-                self._release(size)
+                self._release(rows)      # the sink is done with the view: the buffer is reused
 
     # --- control ---------------------------------------------------------------------------------
     def _send(self, kind: int, body: bytes) -> None:
@@ -400,7 +410,7 @@ class Receiver:
         del self.window[index]
         if wire.fragments_of(wire_length) != partial.count:
             # forged fragments claimed another size: start this object over
-            self._release(partial.rows.nbytes)
+            self._release(partial.rows)
             return
         self.state[index] = PENDING
         self.to_verify.put((index, partial, wire_length, digest))
@@ -425,7 +435,8 @@ class Receiver:
             if self.inflight + size > self.config.window_bytes:
                 return None
             self.inflight += size
-        partial = _Partial(count, now)
+            room = self.config.window_bytes - self.inflight
+        partial = _Partial(self.pool.take(count, room), now)
         self.window[index] = partial
         return partial
 
@@ -548,7 +559,8 @@ class Receiver:
             digest=digest.hex(), announced_image_id=wire.announced_image_id(self.image_id).hex(),
             sender=self.sender[0], gro=self.gro, encrypted=self.encrypted,
             kernel_drops=udp_receive_errors() - self.kernel_drops_base, window_drops=self.window_drops,
-            rejected_objects=self.rejected_objects)
+            rejected_objects=self.rejected_objects, datagrams=self.datagrams,
+            receive_calls=self.receive_calls)
 
     def _where(self) -> str:
         return f"{self.config.group}:{self.config.port}"
@@ -568,19 +580,24 @@ class Receiver:
                     size, source = self.data_sock.recvfrom_into(self.buffer)
                     ancillary = ()
                 got = True
-            except socket.timeout:
+            except (BlockingIOError, InterruptedError):
                 got = False
+                select.select([self.data_sock], [], [], 0.01)
             now = time.monotonic()
             if got:
                 iterations += 1
                 if size == wire.DATAGRAM and not ancillary:
                     if self.keys is not None:
+                        self.receive_calls += 1
+                        self.datagrams += 1
                         self._one(size, now)
                 elif size >= wire.DATAGRAM and self.buffer[0] == wire.DATA:
                     if self.keys is not None:
                         segment = gro_segment_size(ancillary) or size
                         whole = size // segment * segment if segment == wire.DATAGRAM else 0
                         if whole:
+                            self.receive_calls += 1
+                            self.datagrams += whole // wire.DATAGRAM
                             self._rows(self.array[:whole].reshape(-1, wire.DATAGRAM), now)
                         if size > whole and segment < size:
                             # a shorter last segment is a control datagram GRO appended

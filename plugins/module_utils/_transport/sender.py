@@ -26,7 +26,7 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from .._errors import TransportError
 from . import wire
-from .netio import GSO_MAX_SEGMENTS, np, sender_socket
+from .netio import GSO_MAX_SEGMENTS, BufferPool, np, sender_socket
 from .source import ObjectSource
 
 HOLDOFF = 0.06                 # a fragment is not sent again within this many seconds
@@ -36,6 +36,8 @@ ANNOUNCE_EVERY = 0.1
 RATE_EVERY = 0.1
 CACHE_OBJECTS = 16
 PREFETCH = 3
+PREFETCH_WORKERS = 2           # hashing releases the GIL: two objects are prepared at once
+POOL_BYTES = 4 * 4 * 1024 * 1024   # buffers of evicted objects kept for the next ones
 MAX_RATE = 10 * 1000 ** 3
 
 
@@ -120,11 +122,14 @@ class _Prepared:
 
     __slots__ = ("index", "rows", "wire_length", "digest")
 
-    def __init__(self, index: int, session_id: int, data: bytes, digest: bytes, cipher) -> None:
+    def __init__(self, index: int, session_id: int, data: bytes, digest: bytes, cipher,
+                 pool: Optional[BufferPool] = None) -> None:
         if cipher is not None:
-            data = cipher.encrypt(wire.object_nonce(index), data, struct.pack(">Q", session_id))
+            # AESGCM takes bytes only (bytes() of bytes is no copy; a source may hand a bytearray)
+            data = cipher.encrypt(wire.object_nonce(index), bytes(data), struct.pack(">Q", session_id))
         count = wire.fragments_of(len(data))
-        rows = np.empty((count, wire.DATAGRAM), dtype=np.uint8)   # every byte is set below
+        # every byte is set below, so a reused buffer carries nothing over
+        rows = pool.take(count, POOL_BYTES) if pool else np.empty((count, wire.DATAGRAM), dtype=np.uint8)
         rows[:, :wire.DATA_HEADER_SIZE] = np.frombuffer(wire.DATA_HEADER.pack(
             wire.DATA, wire.VERSION, 0, session_id, index, 0, count), dtype=np.uint8)
         rows[:, 16:20] = np.arange(count, dtype=">u4").view(np.uint8).reshape(count, 4)
@@ -162,6 +167,7 @@ class Sender:
         self.peers: Dict[int, _Peer] = {}
         self.meta: Dict[int, Tuple[int, bytes]] = {}
         self.cache: "OrderedDict[int, _Prepared]" = OrderedDict()
+        self.pool = BufferPool(wire.DATAGRAM)
         # when each fragment last went out (inf: queued, not yet sent), for the repair hold-off
         self.clocks: "OrderedDict[int, np.ndarray]" = OrderedDict()
         self.fragment_queue: Deque[Tuple[int, int, int]] = deque()
@@ -173,12 +179,19 @@ class Sender:
         self.rate = min(config.rate_cap or MAX_RATE, config.start_rate)
         self.pace_time = 0.0
         self.cut_until = 0.0
+        self.congested_once = False
         self.datagrams = 0
         self.repair_datagrams = 0
         self.resends = 0
         self.bytes = 0
-        self._prefetched: "deque[_Prepared]" = deque()
+        self._prefetched: Dict[int, _Prepared] = {}
+        self._prefetch_claimed = 0         # next first-pass index a prefetch worker takes on
+        self._prefetch_taken = 0           # next first-pass index the loop sends
         self._prefetch_ready = threading.Condition()
+        # a worker that finished an object wakes the loop at once instead of at its next timeout
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
         self._prefetch_error: Optional[BaseException] = None
         self._stop = False
 
@@ -190,15 +203,15 @@ class Sender:
         known = self.meta.get(index)
         if known is not None and known[1] != digest:
             raise TransportError(f"Object {index} changed while the session was serving it.")
-        prepared = _Prepared(index, self.session_id, data, digest, self.cipher)
-        return prepared
+        return _Prepared(index, self.session_id, data, digest, self.cipher, self.pool)
 
     def _remember(self, prepared: _Prepared) -> None:
         self.meta[prepared.index] = (prepared.wire_length, prepared.digest)
         self.cache[prepared.index] = prepared
         self.cache.move_to_end(prepared.index)
         while len(self.cache) > CACHE_OBJECTS:
-            self.cache.popitem(last=False)
+            # sendto() copied its bytes into the kernel: nothing refers to an evicted object
+            self.pool.give(self.cache.popitem(last=False)[1].rows)
 
     def _object(self, index: int) -> _Prepared:
         prepared = self.cache.get(index)
@@ -210,34 +223,55 @@ class Sender:
         return prepared
 
     def _prefetch(self) -> None:
-        # Reading, hashing, encrypting and laying out the next objects overlaps with sending.
-        index = 0
+        # Reading, hashing, encrypting and laying out the next objects overlaps with sending;
+        # each worker claims the next index, and the loop takes them back in index order.
         try:
             while not self._stop:
-                final = self.source.final_count()
-                if final is not None and index >= final:
-                    return
-                if index >= self.source.available():
+                with self._prefetch_ready:
+                    while self._prefetch_claimed - self._prefetch_taken >= PREFETCH and not self._stop:
+                        self._prefetch_ready.wait(0.1)
+                    index = self._prefetch_claimed
+                    final = self.source.final_count()
+                    if final is not None and index >= final:
+                        return
+                    ready = index < self.source.available()
+                    if ready:
+                        self._prefetch_claimed += 1
+                if not ready:
                     self.source.wait(0.05)
                     continue
-                with self._prefetch_ready:
-                    while len(self._prefetched) >= PREFETCH and not self._stop:
-                        self._prefetch_ready.wait(0.1)
                 prepared = self._prepare(index)
                 with self._prefetch_ready:
-                    self._prefetched.append(prepared)
+                    self._prefetched[index] = prepared
                     self._prefetch_ready.notify_all()
-                index += 1
+                self._wake()
         except BaseException as err:
             self._prefetch_error = err
             with self._prefetch_ready:
                 self._prefetch_ready.notify_all()
+            self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_write, b"!")
+        except (BlockingIOError, OSError):
+            pass           # already signalled (or shutting down)
+
+    def _idle(self, timeout: float) -> None:
+        """Wait for a receiver's message or a prepared object, at most `timeout` seconds."""
+        readable = select.select([self.sock, self._wake_read], [], [], timeout)[0]
+        if self._wake_read in readable:
+            try:
+                os.read(self._wake_read, 4096)
+            except BlockingIOError:
+                pass
 
     def _next_first_pass(self) -> Optional[_Prepared]:
         with self._prefetch_ready:
-            if not self._prefetched:
+            prepared = self._prefetched.pop(self._prefetch_taken, None)
+            if prepared is None:
                 return None
-            prepared = self._prefetched.popleft()
+            self._prefetch_taken += 1
             self._prefetch_ready.notify_all()
         self._remember(prepared)
         return prepared
@@ -456,8 +490,12 @@ class Sender:
             self.rate = max(self.config.min_rate, int(self.rate * 0.7))
             # reports already on their way describe the old rate: one cut per reaction time
             self.cut_until = now + 0.3
+            self.congested_once = True
         elif not congested:
-            self.rate = min(cap, int(self.rate * 1.15) + 5 * 1000 ** 2)
+            # fast growth until the first sign of congestion, then a gentle probe: every overshoot
+            # costs datagrams dropped at the receivers and sent again
+            growth = 1.03 if self.congested_once else 1.15
+            self.rate = min(cap, int(self.rate * growth) + 1000 ** 2)
 
     def _finished(self, final: Optional[int], elapsed: float) -> bool:
         if final is None or self.next_index < final:
@@ -472,8 +510,10 @@ class Sender:
     def run(self) -> SendResult:
         started_at = time.monotonic()
         sending = False
-        prefetcher = threading.Thread(target=self._prefetch, daemon=True, name="fleetcast-prefetch")
-        prefetcher.start()
+        workers = [threading.Thread(target=self._prefetch, daemon=True, name=f"fleetcast-prefetch-{number}")
+                   for number in range(PREFETCH_WORKERS)]
+        for worker in workers:
+            worker.start()
         last_announce = last_rate = last_progress = 0.0
         try:
             while True:
@@ -501,7 +541,7 @@ class Sender:
                 if self._finished(final, elapsed):
                     break
                 if not self._serve_one(final):
-                    select.select([self.sock], [], [], 0.005)
+                    self._idle(0.005)
             for _repeat in range(3):
                 self._control(wire.END, wire.END_BODY.pack(wire.END_COMPLETE))
                 time.sleep(0.02)
@@ -516,6 +556,12 @@ class Sender:
             with self._prefetch_ready:
                 self._prefetch_ready.notify_all()
             self.sock.close()
+            for worker in workers:
+                worker.join(5.0)
+            if not any(worker.is_alive() for worker in workers):
+                # never while a worker may still write: the descriptor number could be reused
+                os.close(self._wake_read)
+                os.close(self._wake_write)
         return self._result(time.monotonic() - started_at, final or 0)
 
     def progress(self, final: Optional[int]) -> dict:

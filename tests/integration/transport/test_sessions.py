@@ -77,6 +77,8 @@ def test_three_receivers_get_512_mib_byte_exact(netlab, memory_dir):
         assert code == 0, result
         assert result["digest"] == report["digest"]
         assert result["gro"] is True
+        # GRO really coalesces: far fewer receive calls than datagrams
+        assert result["datagrams"] >= 512 * MiB // 1448 and result["receive_calls"] * 8 < result["datagrams"], result
         assert result["peak_rss_kib"] <= 100 * 1024, result
         assert file_digest(output) == expected
         os.unlink(output)
@@ -97,6 +99,7 @@ def test_fallback_path_without_offload_and_with_encryption(netlab, tmp_path):
     _assert_all_done(report, ["r1", "r2"])
     for result in _outputs_exact(receivers, outputs, expected):
         assert result["gro"] is False and result["encrypted"] is True
+        assert result["receive_calls"] == result["datagrams"] > (24 * MiB) // 1448, result
 
 
 @pytest.mark.parametrize("loss", [5, 20])

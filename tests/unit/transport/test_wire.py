@@ -2,6 +2,7 @@
 import pytest
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._transport import wire
+from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.netio import BufferPool
 from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.sender import _Prepared
 from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.source import SpoolSource
 
@@ -41,6 +42,29 @@ def test_prepared_object_rows_carry_header_and_padded_payload():
         assert fields == (wire.DATA, wire.VERSION, 0, 0x1122334455667788, 9, fragment, rows.shape[0])
     payload = rows[:, wire.DATA_HEADER_SIZE:].reshape(-1).tobytes()
     assert payload[:len(data)] == data and payload[len(data):] == bytes(len(payload) - len(data))
+
+
+def test_prepared_object_in_a_reused_buffer_carries_nothing_over():
+    pool = BufferPool(wire.DATAGRAM)
+    first = _Prepared(1, 7, b"\xff" * (3 * wire.PAYLOAD), b"d" * 32, None, pool)
+    pool.give(first.rows)
+    data = b"\x01" * (2 * wire.PAYLOAD + 10)      # same row count, a short tail this time
+    second = _Prepared(2, 7, data, b"d" * 32, None, pool)
+    assert second.rows is first.rows
+    payload = second.rows[:, wire.DATA_HEADER_SIZE:].reshape(-1).tobytes()
+    assert payload == data + bytes(len(payload) - len(data))
+    assert [wire.DATA_HEADER.unpack_from(row.tobytes())[4] for row in second.rows] == [2, 2, 2]
+
+
+def test_buffer_pool_reuses_by_size_and_lets_go_beyond_the_room():
+    pool = BufferPool(100)
+    buffers = [pool.take(count, 10 ** 6) for count in (4, 4, 8)]
+    for rows in buffers:
+        pool.give(rows)
+    assert pool.bytes == 1600
+    assert pool.take(8, 0) is buffers[2]           # a hit costs nothing, whatever the room
+    fresh = pool.take(16, 400)                     # a miss: pooled bytes beyond 400 are let go
+    assert fresh.shape == (16, 100) and pool.bytes <= 400
 
 
 def test_spool_source_reads_back_objects_while_they_are_produced():
