@@ -4,12 +4,13 @@
 """Benchmark (not a test): one payload, one netlab, N receivers; fleetcast's transport (GSO/GRO
 and the plain fallback) against udpcast and uftp, at each loss level, in the same run.
 
-Run as root: .venv/bin/python bench/bench_transport.py [--size-mib 1024] [--receivers 3] [--loss 0,2]
+Run as root: .venv/bin/python bench/bench_transport.py [--size-mib 1024] [--receivers 1,3] [--loss 0,2]
 
 Command lines used (all on eth0 of lab namespaces, MTU 1500, same group/port scheme):
   udpcast:  udp-receiver --interface eth0 --nokbd --portbase P --mcast-rdv-address R --file OUT
             udp-sender --interface eth0 --nokbd --portbase P --mcast-rdv-address R --full-duplex
                        --min-receivers N --file IN
+            (full duplex: the sender does not wait for silence on the wire, as on a switched LAN)
   uftp:     uftpd -d -I eth0 -M 239.255.61.1 -p P -B 104857600 -D DIR
             uftp -I eth0 -M 239.255.61.1 -P 239.255.61.2 -p P -B 104857600 -Y none -R -1 -H ids NAME
             (full speed, no encryption; uftp's own NAK passes repair loss)
@@ -17,8 +18,10 @@ Command lines used (all on eth0 of lab namespaces, MTU 1500, same group/port sch
              python3 -m ..._transport send --group G --port P --file IN --min-receivers N
              (plus --no-offload on both sides for the fallback path)
 Times are wall-clock from the sender's start to the last receiver's completion; receiver CPU
-(user+system) and peak RSS come from wait4() on each receiver process. Every output is checked
-against the payload's SHA-256; a run that does not deliver it exactly is reported as failed.
+(user+system) and peak RSS come from wait4() on each receiver process (the largest of the
+receivers), sender CPU likewise. Every output is checked against the payload's SHA-256; a run that
+does not deliver it exactly is reported as failed. Each receiver count runs every tool at every
+loss level; the summary gives fleetcast's time over udpcast's and over uftp's for each.
 """
 
 from __future__ import annotations
@@ -82,16 +85,16 @@ class Run:
         deadline = started + timeout
         usages = []
         if wait_sender:
-            sender_code = wait_usage(sender, deadline)[0]
+            sender_usage = wait_usage(sender, deadline)
             elapsed = time.monotonic() - started
             stop_receivers(receivers)
             usages = [wait_usage(p, deadline + 5) for p in receivers]
         else:
             usages = [wait_usage(p, deadline) for p in receivers]
             elapsed = time.monotonic() - started
-            sender_code = wait_usage(sender, deadline + 10)[0]
+            sender_usage = wait_usage(sender, deadline + 10)
         exact = all(os.path.exists(o) and sha256(o) == self.payload_digest for o in outputs)
-        return {"seconds": elapsed, "ok": exact and sender_code == 0,
+        return {"seconds": elapsed, "ok": exact and sender_usage[0] == 0, "sender_cpu": sender_usage[1],
                 "cpu": max(u[1] for u in usages), "rss": max(u[2] for u in usages)}
 
     def fleetcast(self, offload: bool, timeout: float):
@@ -149,7 +152,7 @@ class Run:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--receivers", type=int, default=3)
+    parser.add_argument("--receivers", default="1,3", help="receiver counts, each measured in turn")
     parser.add_argument("--loss", default="0,2", help="percent of incoming UDP dropped at each receiver")
     parser.add_argument("--tools", default="fleetcast,fleetcast-fallback,udpcast,uftp")
     parser.add_argument("--timeout", type=float, default=600)
@@ -162,35 +165,43 @@ def main() -> int:
         for _mib in range(args.size_mib):
             out.write(os.urandom(1 << 20))
     tools = args.tools.split(",")
+    counts = [int(x) for x in args.receivers.split(",")]
     results = {}
     try:
         with NetLab() as lab:
             sender = lab.add_host("srv")
-            receivers = [lab.add_host(f"r{i + 1}") for i in range(args.receivers)]
-            run = Run(lab, sender, receivers, payload, workdir, 9400)
+            hosts = [lab.add_host(f"r{i + 1}") for i in range(max(counts))]
+            run = Run(lab, sender, hosts, payload, workdir, 9400)
             run.payload_digest = sha256(payload)
-            for loss in [float(x) for x in args.loss.split(",")]:
-                for host in receivers:
-                    host.clear_rules()
-                    if loss:
-                        host.drop_incoming_udp(loss)
-                for tool in tools:
-                    run.port += 10
-                    if tool.startswith("fleetcast"):
-                        result = run.fleetcast(tool == "fleetcast", args.timeout)
-                    else:
-                        result = getattr(run, tool)(args.timeout)
-                    results[(loss, tool)] = result
-                    print(f"loss {loss:g}%  {tool:19s} {result['seconds']:7.2f} s  "
-                          f"{args.size_mib / result['seconds']:7.1f} MiB/s  receiver cpu {result['cpu']:6.2f} s  "
-                          f"peak rss {result['rss']:6.1f} MiB  {'ok' if result['ok'] else 'FAILED'}", flush=True)
-                    shutil.rmtree(os.path.join(workdir, tool), ignore_errors=True)
-                base = results.get((loss, "udpcast"))
-                if base:
+            for count in counts:
+                run.receivers = hosts[:count]
+                for loss in [float(x) for x in args.loss.split(",")]:
+                    for host in hosts:
+                        host.clear_rules()
+                        if loss:
+                            host.drop_incoming_udp(loss)
                     for tool in tools:
-                        if tool != "udpcast" and (loss, tool) in results:
-                            ratio = results[(loss, tool)]["seconds"] / base["seconds"]
-                            print(f"loss {loss:g}%  {tool} time / udpcast time = {ratio:.3f}")
+                        run.port += 10
+                        if tool.startswith("fleetcast"):
+                            result = run.fleetcast(tool == "fleetcast", args.timeout)
+                        else:
+                            result = getattr(run, tool)(args.timeout)
+                        results[(count, loss, tool)] = result
+                        print(f"N={count} loss {loss:g}%  {tool:19s} {result['seconds']:7.2f} s  "
+                              f"{args.size_mib / result['seconds']:7.1f} MiB/s  sender cpu {result['sender_cpu']:6.2f} s  "
+                              f"receiver cpu {result['cpu']:6.2f} s  peak rss {result['rss']:6.1f} MiB  "
+                              f"{'ok' if result['ok'] else 'FAILED'}", flush=True)
+                        shutil.rmtree(os.path.join(workdir, tool), ignore_errors=True)
+            print("summary: fleetcast time / peer time (a failed peer run is marked)")
+            for (count, loss, tool), result in results.items():
+                if not tool.startswith("fleetcast"):
+                    continue
+                for peer in ("udpcast", "uftp"):
+                    base = results.get((count, loss, peer))
+                    if base:
+                        note = "" if base["ok"] else f" ({peer} FAILED)"
+                        print(f"N={count} loss {loss:g}%  {tool} / {peer} = "
+                              f"{result['seconds'] / base['seconds']:.3f}{note}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0 if all(r["ok"] for r in results.values()) else 1
