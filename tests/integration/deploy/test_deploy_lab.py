@@ -219,5 +219,11 @@ def test_deploy_with_one_receive_path_cut_half_way(lab):
         assert lab["machines"]["master"]["address"] not in netplan
         assert identity["/etc/hostname"] == f"{name}-old\n".encode()
         assert identity["/etc/machine-id"].strip().decode() == lab["machines"][name]["machine_id"]
+    flat = re.sub(r"\s+", " ", out)
+    for name in ("p1", "p3"):
+        # deploy read the identity back from the disk itself and said so.
+        assert (f"{name}: {lab['machines'][name]['disk_device']} holds its own identity: hostname {name}-old, "
+                f"machine-id {lab['machines'][name]['machine_id']}, 2 SSH host key(s) as saved.") in flat
+    assert f"{CUT_HOST}: {lab['machines'][CUT_HOST]['disk_device']} holds its own identity" not in flat
     # The cut host's disk is not claimed to be anything: it must not hold its identity re-applied.
     assert "yes" not in rows[CUT_HOST].split("FAILED", 1)[0]
