@@ -1,6 +1,6 @@
-"""deploy.yml refuses an inventory it cannot serve with one sentence naming the host, before any disk
-is read: no image server, or an image server left out by --limit. No lab is needed: nothing past the
-first check runs."""
+"""deploy.yml and capture.yml refuse an inventory they cannot serve with one sentence naming the
+host, before any disk is read: no image server or master, an image server left out by --limit, no
+image named. No lab is needed: nothing past the first check runs."""
 import os
 import re
 import subprocess
@@ -10,14 +10,14 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
-def _deploy(tmp_path, inventory, *extra):
+def _deploy(tmp_path, inventory, *extra, playbook="deploy.yml"):
     path = tmp_path / "inventory.yml"
     path.write_text(inventory)
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "tests", "ansible.cfg"),
                ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
                ANSIBLE_NOCOLOR="1", LC_ALL="C.UTF-8")
     run = subprocess.run([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), "-i", str(path),
-                          os.path.join(ROOT, "playbooks", "deploy.yml"), *extra],
+                          os.path.join(ROOT, "playbooks", playbook), *extra],
                          capture_output=True, text=True, env=env, timeout=120, check=False)
     # The summary's reason, unfolded.
     return run, re.sub(r"\s+", " ", run.stdout)
@@ -62,3 +62,12 @@ def test_an_image_server_without_an_image_name_says_what_to_set(tmp_path):
     assert ("ws01 failed at preflight: The image server imgsrv01 failed its preflight: imgsrv01: set "
             "imaging_image_name") in out
     assert "Read the participant's listed disks" not in run.stdout
+
+
+@pytest.mark.timeout(120)
+def test_capture_without_a_master_is_refused(tmp_path):
+    run, out = _deploy(tmp_path, "all:\n  vars: {ansible_connection: local}\n  children:\n"
+                       "    imaging_server:\n      hosts:\n        imgsrv01:\n", playbook="capture.yml")
+    assert run.returncode != 0
+    assert ("imgsrv01 failed at capture: imgsrv01: the inventory must name exactly one master workstation "
+            "in the group imaging_master, and it names 0.") in out, run.stdout[-3000:]
