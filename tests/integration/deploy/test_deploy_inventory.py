@@ -65,9 +65,16 @@ def test_an_image_server_without_an_image_name_says_what_to_set(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_capture_without_a_master_is_refused(tmp_path):
+def test_capture_without_a_master_or_an_image_name_is_refused(tmp_path):
     run, out = _deploy(tmp_path, "all:\n  vars: {ansible_connection: local}\n  children:\n"
                        "    imaging_server:\n      hosts:\n        imgsrv01:\n", playbook="capture.yml")
     assert run.returncode != 0
     assert ("imgsrv01 failed at capture: imgsrv01: the inventory must name exactly one master workstation "
             "in the group imaging_master, and it names 0.") in out, run.stdout[-3000:]
+    run, out = _deploy(tmp_path, "all:\n  vars: {ansible_connection: local}\n  children:\n"
+                       "    imaging_master:\n      hosts:\n        m1:\n"
+                       "    imaging_server:\n      hosts:\n        imgsrv01:\n", playbook="capture.yml")
+    assert run.returncode != 0
+    assert ("imgsrv01 failed at capture: imgsrv01: set imaging_image_name (the name of the image file, without "
+            "directory or .fcimg) and imaging_image_dir (the directory of images on this server).") in out, \
+        run.stdout[-3000:]
