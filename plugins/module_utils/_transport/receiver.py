@@ -54,6 +54,9 @@ HEADER_ROW = None if NUMPY_IMPORT_ERROR else np.dtype({
     "formats": [">u4", ">u8", ">u4", ">u4", ">u4"],
     "offsets": [0, 4, 12, 16, 20], "itemsize": wire.DATAGRAM})
 
+# the data header as (type/version/flags, session id, object, fragment, count) in one unpack
+FALLBACK_HEADER = struct.Struct(">IQIII")
+
 # object states
 MISSING, PENDING, DELIVERED = 0, 1, 2
 
@@ -140,6 +143,8 @@ class Receiver:
         self.buffer = bytearray(BUFFER)
         self.view = memoryview(self.buffer)
         self.array = np.frombuffer(self.buffer, dtype=np.uint8)
+        self.payload_view = self.array[wire.DATA_HEADER_SIZE:wire.DATAGRAM]   # of a single datagram
+        self.recent: Tuple[int, int, Optional[_Partial]] = (-1, 0, None)   # the object last filled
         self.candidates: Dict[int, _Candidate] = {}
         self.keys: Optional[wire.SessionKeys] = None
         self.prefix = b""
@@ -487,19 +492,22 @@ class Receiver:
                 self._complete(index, partial)
 
     def _one(self, size: int, now: float) -> None:
-        """One datagram without GRO: plain Python, no numpy per datagram."""
-        view = self.view
-        if view[:12] != self.prefix:
+        """One datagram without GRO: as little Python per datagram as can be (it is the fallback
+        path's cost); consecutive datagrams of one object skip the window lookup."""
+        head, session_id, index, fragment, count = FALLBACK_HEADER.unpack_from(self.buffer)
+        if head != self.prefix_head or session_id != self.keys.session_id:
             return
-        index, fragment, count = wire.DATA_HEADER.unpack_from(self.buffer)[4:]
-        partial = self._partial(index, count, now)
-        if partial is None:
-            if index < len(self.state) and self.state[index] == MISSING:
-                self.window_drops += 1
-            return
+        recent_index, recent_count, partial = self.recent
+        if index != recent_index or count != recent_count or partial is None or partial.complete:
+            partial = self._partial(index, count, now)
+            self.recent = (index, count, partial)
+            if partial is None:
+                if index < len(self.state) and self.state[index] == MISSING:
+                    self.window_drops += 1
+                return
         if fragment >= count:
             return
-        partial.rows[fragment] = self.array[wire.DATA_HEADER_SIZE:wire.DATAGRAM]
+        partial.rows[fragment] = self.payload_view
         partial.last_seen = now
         if not partial.got[fragment]:
             partial.got[fragment] = True
