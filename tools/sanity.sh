@@ -4,7 +4,11 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv="$here/.build/sanity-venv"
-tree="$here/.build/sanity/ansible_collections/fleetcast/imaging"
+# A tree of its own per run, so that two runs at once cannot disturb each other.
+mkdir -p "$here/.build"
+scratch=$(mktemp -d "$here/.build/sanity.XXXXXX")
+trap 'rm -rf "$scratch"' EXIT
+tree="$scratch/ansible_collections/fleetcast/imaging"
 
 if [ ! -x "$venv/bin/ansible-test" ]; then
   /usr/bin/python3 -m venv "$venv"
@@ -29,7 +33,7 @@ subprocess.check_call([sys.executable, "-m", "pip", "install"] + args)
 PY
 fi
 
-rm -rf "$tree" && mkdir -p "$tree"
+mkdir -p "$tree"
 cd "$here"
 git ls-files -co --exclude-standard -z | xargs -0 -I{} cp --parents -P {} "$tree" 2>/dev/null || true
 cd "$tree"
