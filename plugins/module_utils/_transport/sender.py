@@ -36,7 +36,7 @@ ANNOUNCE_EVERY = 0.1
 RATE_EVERY = 0.1
 CACHE_OBJECTS = 16
 PREFETCH = 3
-PREFETCH_WORKERS = 2           # hashing releases the GIL: two objects are prepared at once
+PREFETCH_WORKERS = 1           # two outran three receivers on two cores: drops, repairs, no gain
 POOL_BYTES = 4 * 4 * 1024 * 1024   # buffers of evicted objects kept for the next ones
 MAX_RATE = 10 * 1000 ** 3
 
