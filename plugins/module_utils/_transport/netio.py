@@ -71,22 +71,6 @@ class BufferPool:
             self.bytes += rows.nbytes
 
 
-def pin_malloc_to_mmap(threshold: int = 128 * 1024) -> bool:
-    """Make glibc serve every allocation above `threshold` with its own mmap, returned on free.
-
-    By default glibc raises its mmap threshold after a large block is freed, so later 4 MiB object
-    buffers come from per-thread heaps that keep freed memory: the receiver then peaked 25-30 MiB
-    above its window in some runs. A fixed threshold keeps the bound independent of timing.
-    """
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None)
-        m_mmap_threshold = -3
-        return bool(libc.mallopt(m_mmap_threshold, threshold))
-    except (OSError, AttributeError):
-        return False
-
-
 def offload_wanted(offload: Optional[bool]) -> bool:
     if offload is not None:
         return offload

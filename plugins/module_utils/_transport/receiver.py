@@ -30,8 +30,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from .._errors import TransportError
 from . import wire
-from .netio import (NUMPY_IMPORT_ERROR, BufferPool, gro_segment_size, np, pin_malloc_to_mmap, receiver_sockets,
-                    udp_receive_errors)
+from .netio import NUMPY_IMPORT_ERROR, BufferPool, gro_segment_size, np, receiver_sockets, udp_receive_errors
 
 try:
     from cryptography.exceptions import InvalidTag
@@ -132,7 +131,6 @@ class Receiver:
         self.config = config
         self.sink = sink
         self.finish = finish
-        pin_malloc_to_mmap()
         self.receiver_id = int.from_bytes(os.urandom(8), "big") or 1
         self.data_sock, self.control_sock, self.gro = receiver_sockets(
             config.group, config.port, config.address, config.offload)
