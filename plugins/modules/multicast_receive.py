@@ -69,10 +69,9 @@ options:
     type: int
     default: 30
   window_mib:
-    description: Memory in MiB for objects being reassembled, verified and written; bounds the receiver's memory whatever the image size
-        (the process as a whole stays about 60 MiB above this).
+    description: Memory in MiB for objects being reassembled, verified and written; bounds the receiver's memory whatever the image size.
     type: int
-    default: 32
+    default: 48
   offload:
     description:
       - Use UDP GRO (many datagrams per system call) where the kernel offers it. V(false) forces
@@ -282,7 +281,7 @@ def main():
             session_key=dict(type="str", required=True, no_log=True),
             name=dict(type="str"),
             timeout=dict(type="int", default=30),
-            window_mib=dict(type="int", default=32),
+            window_mib=dict(type="int", default=48),
             offload=dict(type="bool", default=True),
             mode=dict(type="raw", default="0600"),
         ),

@@ -112,7 +112,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     receive.add_argument("--output", required=True)
     receive.add_argument("--name", default="")
     receive.add_argument("--timeout", type=float, default=30.0)
-    receive.add_argument("--window-mib", type=int, default=32)
+    receive.add_argument("--window-mib", type=int, default=48)
     args = parser.parse_args(argv)
     offload = False if args.no_offload else None
     try:

@@ -69,7 +69,7 @@ class ReceiverConfig:
     session_key: bytes
     name: str = ""
     timeout: float = 30.0              # silence (or no session at all) that ends with an error
-    window_bytes: int = 32 * 1024 * 1024
+    window_bytes: int = 48 * 1024 * 1024
     offload: Optional[bool] = None
     layout_first: bool = False         # accept other objects only once object 0 was delivered
 
