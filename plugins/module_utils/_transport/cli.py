@@ -135,8 +135,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 sink.commit()
             finally:
                 sink.close()
+        result["peak_rss_kib"] = _peak_rss_kib()
         import resource
-        result["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         usage = resource.getrusage(resource.RUSAGE_SELF)
         result["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 3)
         sys.stdout.write(json.dumps(result) + "\n")
@@ -144,3 +144,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except FleetcastError as err:
         sys.stdout.write(json.dumps({"failed": True, "msg": str(err)}) + "\n")
         return 1
+
+
+def _peak_rss_kib() -> int:
+    """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux carries that across fork and exec,
+    so a receiver started from a large parent (a test runner) would report the parent's size."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
