@@ -33,8 +33,10 @@ sanity: bootstrap
 lint: bootstrap
 	@tools/lint.sh
 
+# Benchmarks, not tests: ratios against partclone, udpcast and uftp measured in the same run.
 bench: bootstrap
-	$(PY) bench/run_all.py
+	$(PY) bench/bench_image.py
+	$(PY) bench/bench_transport.py
 
 clean:
 	rm -rf .build $(VENV)
