@@ -43,8 +43,7 @@ class LabHost:
         return subprocess.Popen(self.argv(argv), **kwargs)
 
     def nft(self, script: str) -> None:
-        subprocess.run(["ip", "netns", "exec", self.netns, "nft", "-f", "-"], input=script,
-                       check=True, capture_output=True, text=True)
+        self.run(["nft", "-f", "-"], input=script)
 
     def drop_incoming_udp(self, percent: float, port: Optional[int] = None) -> None:
         """Drop `percent` % of incoming UDP at random (real loss, in this namespace only)."""
@@ -63,8 +62,7 @@ class LabHost:
         self.drop_incoming_udp(100.0, port)
 
     def clear_rules(self) -> None:
-        subprocess.run(["ip", "netns", "exec", self.netns, "nft", "flush", "ruleset"],
-                       capture_output=True, check=False)
+        self.run(["nft", "flush", "ruleset"], check=False)
 
 
 @dataclass

@@ -121,10 +121,7 @@ class ReceivePathCutter(threading.Thread):
         base = _rx_bytes(self.netns)
         while not self.stop.wait(0.02):
             if _rx_bytes(self.netns) - base >= self.threshold:
-                # (LabHost.cut_incoming_udp() writes "mod 10000 < 10000", which nft refuses.)
-                LabHost(name=CUT_HOST, netns=self.netns, address="").nft(
-                    "table inet fleetcast_test {\n chain input { type filter hook input priority 0; policy accept;\n"
-                    "  meta l4proto udp drop\n }\n}\n")
+                LabHost(name=CUT_HOST, netns=self.netns, address="").cut_incoming_udp()
                 self.cut_at = _rx_bytes(self.netns) - base
                 return
 
