@@ -16,7 +16,7 @@ is ignored.
 
 from __future__ import annotations
 
-import hashlib
+import hmac
 import os
 import queue
 import random
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .._errors import TransportError
-from . import wire
+from . import objectmac, wire
 from .netio import NUMPY_IMPORT_ERROR, BufferPool, gro_segment_size, np, receiver_sockets, udp_receive_errors
 
 try:
@@ -56,6 +56,13 @@ HEADER_ROW = None if NUMPY_IMPORT_ERROR else np.dtype({
 
 # the data header as (type/version/flags, session id, object, fragment, count) in one unpack
 FALLBACK_HEADER = struct.Struct(">IQIII")
+
+# the data header as six native 32-bit words; word 4 is the fragment number, whose big-endian
+# bytes for every possible fragment are precomputed as native words
+HEADER_WORDS = wire.DATA_HEADER_SIZE // 4
+FRAGMENT_WORD = 4
+
+FRAGMENT_WORDS = None if NUMPY_IMPORT_ERROR else np.arange(MAX_FRAGMENTS + 1, dtype=">u4").view(np.uint32)
 
 # object states
 MISSING, PENDING, DELIVERED = 0, 1, 2
@@ -147,6 +154,7 @@ class Receiver:
         self.recent: Tuple[int, int, Optional[_Partial]] = (-1, 0, None)   # the object last filled
         self.candidates: Dict[int, _Candidate] = {}
         self.keys: Optional[wire.SessionKeys] = None
+        self.mac: Optional[objectmac.ObjectMac] = None
         self.prefix = b""
         self.prefix_head = 0
         self.sender: Tuple[str, int] = ("", 0)
@@ -170,7 +178,7 @@ class Receiver:
         self.fragment_requests = 0
         self.object_requests = 0
         self.window_drops = 0
-        self.pressure = 0
+        self.frontier = 0                  # one past the highest object started (the sender's credit base)
         self.rejected_objects = 0
         self.kernel_drops_base = udp_receive_errors()
         self.rejected: "queue.SimpleQueue[int]" = queue.SimpleQueue()
@@ -197,17 +205,20 @@ class Receiver:
             index, partial, wire_length, digest = item
             rows = partial.rows
             try:
-                # a view, not a copy: hashlib and pwrite release the GIL on it, a copy would not
+                # a view, not a copy: the GMAC and pwrite release the GIL on it
                 data = memoryview(partial.rows).cast("B")[:wire_length]
                 if self.cipher is not None:
-                    try:
-                        data = self.cipher.decrypt(wire.object_nonce(index), data.tobytes(),
-                                                   struct.pack(">Q", self.keys.session_id))
-                    except InvalidTag:   # forged or damaged: ask again
-                        self._release(rows)
-                        self.rejected.put(index)
-                        continue
-                if hashlib.sha256(data).digest() != digest:
+                    # the AES-GCM tag is the object's authenticator; decrypting checks it again
+                    valid = hmac.compare_digest(bytes(data[-objectmac.TAG_SIZE:]), digest)
+                    if valid:
+                        try:
+                            data = self.cipher.decrypt(wire.object_nonce(index), data.tobytes(),
+                                                       struct.pack(">Q", self.keys.session_id))
+                        except InvalidTag:
+                            valid = False
+                else:
+                    valid = hmac.compare_digest(self.mac.tag(wire.object_nonce(index), data), digest)
+                if not valid:          # forged or damaged: ask again
                     self._release(rows)
                     self.rejected.put(index)
                     continue
@@ -299,6 +310,7 @@ class Receiver:
 
     def _lock(self, candidate: _Candidate) -> None:
         self.keys = candidate.keys
+        self.mac = objectmac.ObjectMac(self.keys.auth)
         self.sender = candidate.sender
         self.candidates.clear()
         self.prefix = struct.pack(">BBHQ", wire.DATA, wire.VERSION, 0, self.keys.session_id)
@@ -392,18 +404,17 @@ class Receiver:
             index += 1
         if run_start >= 0:
             requests.append(wire.REQUEST.pack(wire.REQ_OBJECTS, run_start, 0, run_length))
-        reassembling = sum(partial.rows.nbytes for partial in self.window.values())
-        if self.config.window_bytes - room - reassembling > self.config.window_bytes // 2:
-            # verified objects wait for the disk: the sink is falling behind, ask for a slower
-            # rate early (objects merely waiting for repairs are not a reason to slow down)
-            self.pressure += 1
-        drops = udp_receive_errors() - self.kernel_drops_base + self.window_drops + self.pressure
+        # The sender sends new objects only while every receiver has room for them (frontier and
+        # free bytes below), so a full window rarely drops data; drops left are congestion.
+        drops = udp_receive_errors() - self.kernel_drops_base + self.window_drops
         step = wire.REQUESTS_PER_STATUS
         for first in range(0, max(1, len(requests)), step):
             batch = requests[first:first + step]
-            body = wire.STATUS_HEAD.pack(self.receiver_id, self.delivered, self.lowest_missing, drops,
-                                         self.delivered_bytes, len(batch)) + b"".join(batch)
-            self._send(wire.STATUS, body)
+            self._send(wire.STATUS, self._status_head(drops, room, len(batch)) + b"".join(batch))
+
+    def _status_head(self, drops: int, room: int, requests: int) -> bytes:
+        return wire.STATUS_HEAD.pack(self.receiver_id, self.delivered, self.lowest_missing, drops,
+                                     self.delivered_bytes, self.frontier, max(0, room), requests)
 
     # --- data ------------------------------------------------------------------------------------
     def _complete(self, index: int, partial: _Partial) -> None:
@@ -443,41 +454,61 @@ class Receiver:
             room = self.config.window_bytes - self.inflight
         partial = _Partial(self.pool.take(count, room), now)
         self.window[index] = partial
+        if index >= self.frontier:
+            self.frontier = index + 1
         return partial
 
     def _rows(self, rows: np.ndarray, now: float) -> None:
-        """Datagrams of one GRO buffer, as rows: check, split by object, one copy per object."""
+        """Datagrams of one GRO buffer (or one batch), as rows: check, split by object, one copy per
+        object."""
+        size = rows.shape[0]
+        head, session_id, index, first, count = FALLBACK_HEADER.unpack_from(rows[0])
+        if (head == self.prefix_head and session_id == self.keys.session_id
+                and first + size <= count <= MAX_FRAGMENTS):
+            # The usual buffer: consecutive fragments of one object. Checked exactly, in one
+            # comparison of every row's 24-byte header (as six native words) against the headers
+            # those fragments must have: about 7 us, where field-by-field checks cost 25-30 us.
+            words = rows.view(np.uint32)[:, :HEADER_WORDS]
+            expected = np.repeat(words[:1], size, axis=0)
+            expected[:, FRAGMENT_WORD] = FRAGMENT_WORDS[first:first + size]
+            if (words == expected).all():
+                self._object_rows(index, count, first, size, rows, now)
+                return
         heads = rows.view(HEADER_ROW)[:, 0]       # strided views of the header fields, no copies
-        if not ((heads["prefix"] == self.prefix_head).all() and (heads["session"] == self.keys.session_id).all()):
-            keep = (heads["prefix"] == self.prefix_head) & (heads["session"] == self.keys.session_id)
+        keep = (heads["prefix"] == self.prefix_head) & (heads["session"] == self.keys.session_id)
+        if not keep.all():
             rows = rows[keep]
             if not len(rows):
                 return
             heads = rows.view(HEADER_ROW)[:, 0]
         objects = heads["object"]
-        if objects[0] == objects[-1] and (objects == objects[0]).all():
-            self._object_rows(int(objects[0]), heads["fragment"], heads["count"], rows, now)
-            return
         starts = np.flatnonzero(np.diff(objects)) + 1
         bounds = [0] + starts.tolist() + [len(objects)]
         for begin, end in zip(bounds[:-1], bounds[1:]):
-            self._object_rows(int(objects[begin]), heads["fragment"][begin:end],
-                              heads["count"][begin:end], rows[begin:end], now)
+            fragments, counts = heads["fragment"][begin:end], heads["count"][begin:end]
+            count = int(counts[0])
+            first, size = int(fragments[0]), end - begin
+            if (counts == count).all() and first + size <= count and (
+                    size == 1 or (np.diff(fragments) == 1).all()):
+                self._object_rows(int(objects[begin]), count, first, size, rows[begin:end], now)
+            else:
+                self._object_rows(int(objects[begin]), count, first, size, rows[begin:end], now,
+                                  fragments=fragments, counts=counts)
 
-    def _object_rows(self, index: int, fragments, counts, rows, now: float) -> None:
-        count = int(counts[0])
+    def _object_rows(self, index: int, count: int, first: int, size: int, rows, now: float,
+                     fragments=None, counts=None) -> None:
+        """Rows of one object: fragments first .. first+size-1, or (not consecutive) `fragments`."""
         partial = self._partial(index, count, now)
         if partial is None:
             if index < len(self.state) and self.state[index] == MISSING:
-                self.window_drops += len(fragments)
+                self.window_drops += size
             return
-        first, size = int(fragments[0]), len(fragments)
-        if (counts == count).all() and first + size <= count and (
-                size == 1 or (int(fragments[-1]) == first + size - 1 and (np.diff(fragments) == 1).all())):
-            # the usual case: consecutive fragments, one strided copy
-            fresh = size - int(np.count_nonzero(partial.got[first:first + size]))
+        if fragments is None:
+            # one strided copy
+            seen = partial.got[first:first + size]
+            fresh = size - int(np.count_nonzero(seen))
             partial.rows[first:first + size] = rows[:, wire.DATA_HEADER_SIZE:]
-            partial.got[first:first + size] = True
+            seen[:] = True
         else:
             good = (fragments < count) & (counts == count)
             fragments, rows = fragments[good], rows[good]
@@ -640,8 +671,7 @@ class Receiver:
                 next_status = now + STATUS_EVERY * (0.5 + random.random())
 
     def _heartbeat(self, finished: threading.Event) -> None:
-        body = wire.STATUS_HEAD.pack(self.receiver_id, self.delivered, self.lowest_missing, 0,
-                                     self.delivered_bytes, 0)
+        body = self._status_head(0, 0, 0)
         while not finished.wait(0.5):
             self._send(wire.STATUS, body)
 

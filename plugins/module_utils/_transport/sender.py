@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from .._errors import TransportError
-from . import wire
+from . import objectmac, wire
 from .netio import GSO_MAX_SEGMENTS, BufferPool, np, sender_socket
 from .source import ObjectSource
 
@@ -39,6 +39,9 @@ PREFETCH = 3
 PREFETCH_WORKERS = 1           # two outran three receivers on two cores: drops, repairs, no gain
 POOL_BYTES = 4 * 4 * 1024 * 1024   # buffers of evicted objects kept for the next ones
 MAX_RATE = 10 * 1000 ** 3
+START_CREDIT = 16 * 1024 * 1024    # window bytes assumed free at a receiver before its first STATUS
+PACING_SILENCE = 0.3               # a receiver silent this long no longer holds the first pass back
+MAX_HOLD = 1.0                     # nor does any receiver for longer than this without room
 
 
 @dataclass
@@ -87,6 +90,7 @@ class SendResult:
     whole_object_resends: int
     seconds: float
     final_rate: int
+    flow_holds: int                    # times new data waited for a receiver's window room
     gso: bool
     encrypted: bool
     digest: str
@@ -115,6 +119,9 @@ class _Peer:
     overflow_seen: int = 0
     requests: int = 0
     bytes_done: int = 0
+    frontier: int = 0                # one past the highest object it has started
+    free: int = START_CREDIT         # bytes of window it has free (as of its last STATUS)
+    paces: bool = True               # its room limits the first pass (not a late joiner)
 
 
 class _Prepared:
@@ -122,11 +129,10 @@ class _Prepared:
 
     __slots__ = ("index", "rows", "wire_length", "digest")
 
-    def __init__(self, index: int, session_id: int, data: bytes, digest: bytes, cipher,
+    def __init__(self, index: int, session_id: int, data: bytes, digest: bytes,
                  pool: Optional[BufferPool] = None) -> None:
-        if cipher is not None:
-            # AESGCM takes bytes only (bytes() of bytes is no copy; a source may hand a bytearray)
-            data = cipher.encrypt(wire.object_nonce(index), bytes(data), struct.pack(">Q", session_id))
+        """`data`: the object as it goes on the wire (ciphertext and tag if encrypted);
+        `digest`: its authenticator (GMAC tag, or the AES-GCM tag), which META carries."""
         count = wire.fragments_of(len(data))
         # every byte is set below, so a reused buffer carries nothing over
         rows = pool.take(count, POOL_BYTES) if pool else np.empty((count, wire.DATAGRAM), dtype=np.uint8)
@@ -160,6 +166,7 @@ class Sender:
                 raise TransportError("Encryption was asked for, but the cryptography package "
                                      "(apt: python3-cryptography) is missing on the sender.") from None
             self.cipher = AESGCM(self.keys.enc)
+        self.mac = objectmac.ObjectMac(self.keys.auth)
         self.sock, self.gso = sender_socket(config.address, config.port, config.ttl, config.offload)
         self.sock.setblocking(False)
         self.destination = (config.group, config.port)
@@ -184,6 +191,8 @@ class Sender:
         self.repair_datagrams = 0
         self.resends = 0
         self.bytes = 0
+        self.holds = 0                     # times the first pass waited for a receiver's room
+        self.held_since = 0.0
         self._prefetched: Dict[int, _Prepared] = {}
         self._prefetch_claimed = 0         # next first-pass index a prefetch worker takes on
         self._prefetch_taken = 0           # next first-pass index the loop sends
@@ -197,13 +206,19 @@ class Sender:
 
     # --- objects -------------------------------------------------------------------------------
     def _prepare(self, index: int) -> _Prepared:
-        import hashlib
         data = self.source.read(index)
-        digest = hashlib.sha256(data).digest()
+        if self.cipher is not None:
+            # AESGCM takes bytes only (bytes() of bytes is no copy; a source may hand a bytearray);
+            # its tag authenticates the ciphertext and is the object's digest
+            data = self.cipher.encrypt(wire.object_nonce(index), bytes(data), struct.pack(">Q", self.session_id))
+            digest = data[-objectmac.TAG_SIZE:]
+        else:
+            digest = self.mac.tag(wire.object_nonce(index), data)
         known = self.meta.get(index)
         if known is not None and known[1] != digest:
+            # never sent: a second tag under the same nonce stays in this process
             raise TransportError(f"Object {index} changed while the session was serving it.")
-        return _Prepared(index, self.session_id, data, digest, self.cipher, self.pool)
+        return _Prepared(index, self.session_id, data, digest, self.pool)
 
     def _remember(self, prepared: _Prepared) -> None:
         self.meta[prepared.index] = (prepared.wire_length, prepared.digest)
@@ -265,6 +280,33 @@ class Sender:
                 os.read(self._wake_read, 4096)
             except BlockingIOError:
                 pass
+
+    def _room_for_next(self) -> bool:
+        """Whether every pacing receiver has window room for the next first-pass object on top of
+        everything sent to it that it has not started yet (credit flow control: data a receiver
+        has no room for would be dropped there and sent again to everyone)."""
+        with self._prefetch_ready:
+            prepared = self._prefetched.get(self._prefetch_taken)
+        if prepared is None:
+            return True                  # nothing to decide yet
+        now = time.monotonic()
+        index = prepared.index
+        for peer in self.peers.values():
+            if peer.state != "active" or not peer.paces or now - peer.last_heard > PACING_SILENCE:
+                continue
+            needed = prepared.rows.shape[0] * wire.PAYLOAD
+            for sent in range(peer.frontier, index):
+                entry = self.meta.get(sent)
+                if entry is not None:
+                    needed += wire.fragments_of(entry[0]) * wire.PAYLOAD
+            if needed > peer.free:
+                if not self.held_since:
+                    self.held_since = now
+                if now - self.held_since < MAX_HOLD:
+                    self.holds += 1
+                    return False
+        self.held_since = 0.0
+        return True
 
     def _next_first_pass(self) -> Optional[_Prepared]:
         with self._prefetch_ready:
@@ -387,6 +429,8 @@ class Sender:
             peer = self.peers.get(receiver_id)
             if peer is None:
                 peer = _Peer(receiver_id, self._match_name(name, address[0]), address, now, now)
+                # a late joiner catches up from the carousel; it does not hold back the others
+                peer.paces = self.next_index == 0
                 if not peer.window.accept(seq):
                     return
                 self.peers[receiver_id] = peer
@@ -403,10 +447,12 @@ class Sender:
             return                # a DONE still counts: the receiver was slow, not dead
         peer.last_heard = now
         if kind == wire.STATUS:
-            _rid, delivered, _lowest, overflow, done_bytes, count = wire.STATUS_HEAD.unpack_from(body)
+            _rid, delivered, _lowest, overflow, done_bytes, frontier, free, count = wire.STATUS_HEAD.unpack_from(body)
             peer.delivered = delivered
             peer.bytes_done = done_bytes
             peer.overflow = overflow
+            peer.frontier = frontier
+            peer.free = free
             offset = wire.STATUS_HEAD.size
             for _entry in range(min(count, wire.REQUESTS_PER_STATUS)):
                 what, index, first, amount = wire.REQUEST.unpack_from(body, offset)
@@ -595,6 +641,8 @@ class Sender:
             self._send_fragments(prepared, 0, prepared.rows.shape[0], repair=True)
             return True
         if final is None or self.next_index < final:
+            if not self._room_for_next():
+                return False
             prepared = self._next_first_pass()
             if prepared is None:
                 return False
@@ -627,5 +675,5 @@ class Sender:
         return SendResult(receivers=reports, objects=count, bytes=self.bytes,
                           datagrams_sent=self.datagrams, repair_datagrams=self.repair_datagrams,
                           whole_object_resends=self.resends, seconds=round(seconds, 3),
-                          final_rate=self.rate, gso=self.gso, encrypted=self.cipher is not None,
+                          final_rate=self.rate, flow_holds=self.holds, gso=self.gso, encrypted=self.cipher is not None,
                           digest=digest.hex(), session_id=f"{self.session_id:016x}")

@@ -8,7 +8,8 @@ Two kinds of datagram share the group port:
 * data: a fixed 24-byte header (type, version, session id, object, fragment, fragment count) and a
   fixed-size payload, so that every data datagram is exactly ``DATAGRAM`` bytes long and a GRO
   buffer is a 2-D array of rows. Data datagrams are not authenticated one by one: an object is
-  handed on only once its bytes match the digest carried by an authenticated META message.
+  handed on only once its bytes match the GMAC tag (``objectmac``) carried by an authenticated
+  META message.
 * control: a 20-byte header (type, version, flags, session id, sequence), a body and a truncated
   HMAC-SHA256 tag with a key derived per session (HKDF, RFC 5869) from the session key.
   Sequence numbers pass a sliding replay window, so a captured control datagram cannot be replayed.
@@ -22,7 +23,7 @@ import struct
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-VERSION = 1
+VERSION = 2                           # 2: GMAC object tags, STATUS carries the receiver's room
 DATAGRAM = 1472                       # fits a 1500-byte MTU: 20 IPv4 + 8 UDP + 1472
 DATA_HEADER = struct.Struct(">BBHQIII")
 DATA_HEADER_SIZE = DATA_HEADER.size   # 24
@@ -49,16 +50,17 @@ REQ_META = 3           # first object, object count (their META entries)
 
 ANNOUNCE_BODY = struct.Struct(">IIBBHI32s")
 META_HEAD = struct.Struct(">IH")
-META_ENTRY = struct.Struct(">I32s")
-META_PER_MESSAGE = 30
+META_ENTRY = struct.Struct(">I16s")   # wire length, GMAC tag
+META_PER_MESSAGE = 60
 WELCOME_BODY = struct.Struct(">QQ")
 END_BODY = struct.Struct(">B")
 DONE_ACK_BODY = struct.Struct(">Q")
 JOIN_BODY = struct.Struct(">QQ")
-STATUS_HEAD = struct.Struct(">QIIIQB")
+# receiver id, delivered, lowest missing, overflow, bytes done, frontier, free window bytes, requests
+STATUS_HEAD = struct.Struct(">QIIIQIQB")
 REQUEST = struct.Struct(">BIII")
 REQUESTS_PER_STATUS = 80
-DONE_BODY = struct.Struct(">QI32s")
+DONE_BODY = struct.Struct(">QI32s")    # receiver id, objects, final digest (image id)
 
 END_COMPLETE = 0
 END_ABORTED = 1
@@ -77,12 +79,14 @@ class SessionKeys:
     session_id: int
     mac: bytes
     enc: bytes
+    auth: bytes                       # GMAC key of the objects (never the encryption key: nonces repeat)
 
     @classmethod
     def derive(cls, session_key: bytes, session_id: int) -> "SessionKeys":
         salt = struct.pack(">Q", session_id)
         return cls(session_id, hkdf(session_key, salt, b"fleetcast control mac"),
-                   hkdf(session_key, salt, b"fleetcast payload aes-gcm"))
+                   hkdf(session_key, salt, b"fleetcast payload aes-gcm"),
+                   hkdf(session_key, salt, b"fleetcast object gmac"))
 
 
 def pack_control(keys: SessionKeys, kind: int, seq: int, body: bytes, flags: int = 0) -> bytes:
@@ -153,7 +157,8 @@ def fragments_of(wire_length: int) -> int:
 
 
 def transport_digest(entries: List[Tuple[int, bytes]]) -> bytes:
-    """SHA-256 over every object's (length, digest) in index order: the session's own digest."""
+    """SHA-256 over every object's (length, tag) in index order: the session's own digest (keyed by
+    the session, like the tags; sessions of an image report the image id instead)."""
     total = hashlib.sha256()
     for index, (length, digest) in enumerate(entries):
         total.update(struct.pack(">IQ", index, length) + digest)

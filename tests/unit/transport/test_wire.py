@@ -34,7 +34,7 @@ def test_replay_window_accepts_each_sequence_once():
 
 def test_prepared_object_rows_carry_header_and_padded_payload():
     data = bytes(range(256)) * 20          # 5120 bytes: three full rows and a padded tail
-    prepared = _Prepared(9, 0x1122334455667788, data, b"d" * 32, None)
+    prepared = _Prepared(9, 0x1122334455667788, data, b"d" * 16)
     rows = prepared.rows
     assert rows.shape == (wire.fragments_of(len(data)), wire.DATAGRAM)
     for fragment, row in enumerate(rows):
@@ -46,10 +46,10 @@ def test_prepared_object_rows_carry_header_and_padded_payload():
 
 def test_prepared_object_in_a_reused_buffer_carries_nothing_over():
     pool = BufferPool(wire.DATAGRAM)
-    first = _Prepared(1, 7, b"\xff" * (3 * wire.PAYLOAD), b"d" * 32, None, pool)
+    first = _Prepared(1, 7, b"\xff" * (3 * wire.PAYLOAD), b"d" * 16, pool)
     pool.give(first.rows)
     data = b"\x01" * (2 * wire.PAYLOAD + 10)      # same row count, a short tail this time
-    second = _Prepared(2, 7, data, b"d" * 32, None, pool)
+    second = _Prepared(2, 7, data, b"d" * 16, pool)
     assert second.rows is first.rows
     payload = second.rows[:, wire.DATA_HEADER_SIZE:].reshape(-1).tobytes()
     assert payload == data + bytes(len(payload) - len(data))
