@@ -15,7 +15,7 @@ description:
     lays the image straight onto O(devices) as it arrives, or saves it as an image file at O(dest).
   - Only a sender that knows O(session_key) is joined. Every control message is authenticated with
     a key derived from it for that session, replays are refused, and every chunk is checked
-    against an authenticated digest and then against its own SHA-256 before anything is written.
+    against its authenticated GMAC tag and then against its own SHA-256 before anything is written.
   - With O(devices), the layout is validated against the disks (one device per image disk, large
     enough, not mounted, held, or the boot medium) before anything is touched; then each device is
     wiped, partitioned, written, zeroed where the image says so, and verified.

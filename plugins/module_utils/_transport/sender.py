@@ -7,7 +7,8 @@ One loop, no per-slice barrier: it streams every object once (the first pass), a
 batches serves what receivers ask for (NORM-style NACKs, RFC 5740): missing fragments first, then
 META entries, then whole objects in index order (the carousel that lets a late or restarted
 receiver finish). A request already served within the hold-off is not served again, so a repair
-goes to the group once however many receivers lost it. A receiver silent for ``receiver_timeout``
+goes to the group once however many receivers lost it. New objects go out only while every pacing
+receiver has window room for them (credit from its STATUS). A receiver silent for ``receiver_timeout``
 is dropped; nobody ever waits for it. The rate has a cap and backs off when receivers report
 datagrams their kernel had to drop.
 """
@@ -523,9 +524,10 @@ class Sender:
                                f"(had {peer.delivered} objects)")
 
     def _adjust_rate(self, now: float) -> None:
-        # Receivers report datagrams their kernel dropped for want of buffer, data they had no
-        # window room for, and window pressure: that is congestion (a receiver or its disk cannot
-        # keep up), unlike random loss on the wire, which repairs fix without slowing anyone.
+        # Receivers report datagrams their kernel dropped for want of buffer and data they had no
+        # window room for (rare under credit flow control): that is congestion (a receiver or its
+        # disk cannot keep up), unlike random loss on the wire, which repairs fix without slowing
+        # anyone.
         congested = False
         for peer in self.peers.values():
             if peer.state == "active" and peer.overflow > peer.overflow_seen:
