@@ -407,10 +407,12 @@ class Receiver:
         # The sender sends new objects only while every receiver has room for them (frontier and
         # free bytes below), so a full window rarely drops data; drops left are congestion.
         drops = udp_receive_errors() - self.kernel_drops_base + self.window_drops
+        # no room while the sink prepares the disks for the layout: anything else would be dropped
+        credit = 0 if self.config.layout_first and not self.delivered else room
         step = wire.REQUESTS_PER_STATUS
         for first in range(0, max(1, len(requests)), step):
             batch = requests[first:first + step]
-            self._send(wire.STATUS, self._status_head(drops, room, len(batch)) + b"".join(batch))
+            self._send(wire.STATUS, self._status_head(drops, credit, len(batch)) + b"".join(batch))
 
     def _status_head(self, drops: int, room: int, requests: int) -> bytes:
         return wire.STATUS_HEAD.pack(self.receiver_id, self.delivered, self.lowest_missing, drops,

@@ -42,7 +42,7 @@ POOL_BYTES = 4 * 4 * 1024 * 1024   # buffers of evicted objects kept for the nex
 MAX_RATE = 10 * 1000 ** 3
 START_CREDIT = 16 * 1024 * 1024    # window bytes assumed free at a receiver before its first STATUS
 PACING_SILENCE = 0.3               # a receiver silent this long no longer holds the first pass back
-MAX_HOLD = 1.0                     # nor does any receiver for longer than this without room
+MAX_HOLD = 1.0                     # nor does one that lacked room for longer than this (until it has room)
 
 
 @dataclass
@@ -123,6 +123,9 @@ class _Peer:
     frontier: int = 0                # one past the highest object it has started
     free: int = START_CREDIT         # bytes of window it has free (as of its last STATUS)
     paces: bool = True               # its room limits the first pass (not a late joiner)
+    floor: int = 0                   # objects before this one it is not expected to hold
+    short_since: float = 0.0         # when it started lacking room for the next object
+    suspended: bool = False          # lacked room for over MAX_HOLD: not pacing until it has room
 
 
 class _Prepared:
@@ -193,7 +196,6 @@ class Sender:
         self.resends = 0
         self.bytes = 0
         self.holds = 0                     # times the first pass waited for a receiver's room
-        self.held_since = 0.0
         self._prefetched: Dict[int, _Prepared] = {}
         self._prefetch_claimed = 0         # next first-pass index a prefetch worker takes on
         self._prefetch_taken = 0           # next first-pass index the loop sends
@@ -292,22 +294,34 @@ class Sender:
             return True                  # nothing to decide yet
         now = time.monotonic()
         index = prepared.index
+        room = True
         for peer in self.peers.values():
             if peer.state != "active" or not peer.paces or now - peer.last_heard > PACING_SILENCE:
                 continue
             needed = prepared.rows.shape[0] * wire.PAYLOAD
-            for sent in range(peer.frontier, index):
+            for sent in range(max(peer.frontier, peer.floor), index):
                 entry = self.meta.get(sent)
                 if entry is not None:
                     needed += wire.fragments_of(entry[0]) * wire.PAYLOAD
-            if needed > peer.free:
-                if not self.held_since:
-                    self.held_since = now
-                if now - self.held_since < MAX_HOLD:
-                    self.holds += 1
-                    return False
-        self.held_since = 0.0
-        return True
+            if needed <= peer.free:
+                peer.short_since = 0.0
+                peer.suspended = False
+                continue
+            if peer.suspended:
+                # it held the others long enough: what goes out now it fetches again later, and
+                # it paces again from the first object it has room for
+                peer.floor = index
+                continue
+            if not peer.short_since:
+                peer.short_since = now
+            if now - peer.short_since > MAX_HOLD:
+                peer.suspended = True
+                peer.floor = index
+                continue
+            room = False
+        if not room:
+            self.holds += 1
+        return room
 
     def _next_first_pass(self) -> Optional[_Prepared]:
         with self._prefetch_ready:
