@@ -29,14 +29,8 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .._errors import TransportError
-from . import objectmac, wire
+from . import gcm, wire
 from .netio import NUMPY_IMPORT_ERROR, BufferPool, gro_segment_size, np, receiver_sockets, udp_receive_errors
-
-try:
-    from cryptography.exceptions import InvalidTag
-except ImportError:              # only needed with encryption, which then reports the import
-    class InvalidTag(Exception):
-        pass
 
 
 STATUS_EVERY = 0.025
@@ -154,7 +148,7 @@ class Receiver:
         self.recent: Tuple[int, int, Optional[_Partial]] = (-1, 0, None)   # the object last filled
         self.candidates: Dict[int, _Candidate] = {}
         self.keys: Optional[wire.SessionKeys] = None
-        self.mac: Optional[objectmac.ObjectMac] = None
+        self.mac: Optional[gcm.ObjectMac] = None
         self.prefix = b""
         self.prefix_head = 0
         self.sender: Tuple[str, int] = ("", 0)
@@ -208,14 +202,13 @@ class Receiver:
                 # a view, not a copy: the GMAC and pwrite release the GIL on it
                 data = memoryview(partial.rows).cast("B")[:wire_length]
                 if self.cipher is not None:
-                    # the AES-GCM tag is the object's authenticator; decrypting checks it again
-                    valid = hmac.compare_digest(bytes(data[-objectmac.TAG_SIZE:]), digest)
+                    # the AES-GCM tag is the object's authenticator; opening (in place, in the
+                    # reassembly buffer) checks it again
+                    valid = hmac.compare_digest(bytes(data[-gcm.TAG_SIZE:]), digest)
                     if valid:
-                        try:
-                            data = self.cipher.decrypt(wire.object_nonce(index), data.tobytes(),
-                                                       struct.pack(">Q", self.keys.session_id))
-                        except InvalidTag:
-                            valid = False
+                        data = self.cipher.open(wire.object_nonce(index), data,
+                                                struct.pack(">Q", self.keys.session_id))
+                        valid = data is not None
                 else:
                     valid = hmac.compare_digest(self.mac.tag(wire.object_nonce(index), data), digest)
                 if not valid:          # forged or damaged: ask again
@@ -310,7 +303,7 @@ class Receiver:
 
     def _lock(self, candidate: _Candidate) -> None:
         self.keys = candidate.keys
-        self.mac = objectmac.ObjectMac(self.keys.auth)
+        self.mac = gcm.ObjectMac(self.keys.auth)
         self.sender = candidate.sender
         self.candidates.clear()
         self.prefix = struct.pack(">BBHQ", wire.DATA, wire.VERSION, 0, self.keys.session_id)
@@ -330,12 +323,7 @@ class Receiver:
             self.sent_through = max(self.sent_through, min(sent_through, known))
             self._grow(self.known)
             if encrypted and self.cipher is None:
-                try:
-                    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-                except ImportError:
-                    raise TransportError(f"Sender {self.sender[0]} encrypts the session on {self._where()}, but the "
-                                         "cryptography package (apt: python3-cryptography) is missing here.") from None
-                self.cipher = AESGCM(self.keys.enc)
+                self.cipher = gcm.ObjectCipher(self.keys.enc)
             self.encrypted = bool(encrypted)
             if final:
                 self.final_count = known
@@ -589,7 +577,7 @@ class Receiver:
                     finished.set()
                     beat.join()
             else:
-                digest = wire.transport_digest([(self.meta[i][0] - (16 if self.cipher else 0), self.meta[i][1])
+                digest = wire.transport_digest([(self.meta[i][0] - (gcm.TAG_SIZE if self.cipher else 0), self.meta[i][1])
                                                 for i in range(self.final_count or 0)])
             self._report_done(digest)
         finally:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from .._errors import TransportError
-from . import objectmac, wire
+from . import gcm, wire
 from .netio import GSO_MAX_SEGMENTS, BufferPool, np, sender_socket
 from .source import ObjectSource
 
@@ -162,15 +162,8 @@ class Sender:
         self.source = source
         self.session_id = int.from_bytes(os.urandom(8), "big") or 1
         self.keys = wire.SessionKeys.derive(config.session_key, self.session_id)
-        self.cipher = None
-        if config.encrypt:
-            try:
-                from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-            except ImportError:
-                raise TransportError("Encryption was asked for, but the cryptography package "
-                                     "(apt: python3-cryptography) is missing on the sender.") from None
-            self.cipher = AESGCM(self.keys.enc)
-        self.mac = objectmac.ObjectMac(self.keys.auth)
+        self.cipher = gcm.ObjectCipher(self.keys.enc) if config.encrypt else None
+        self.mac = gcm.ObjectMac(self.keys.auth)
         self.sock, self.gso = sender_socket(config.address, config.port, config.ttl, config.offload)
         self.sock.setblocking(False)
         self.destination = (config.group, config.port)
@@ -211,10 +204,10 @@ class Sender:
     def _prepare(self, index: int) -> _Prepared:
         data = self.source.read(index)
         if self.cipher is not None:
-            # AESGCM takes bytes only (bytes() of bytes is no copy; a source may hand a bytearray);
-            # its tag authenticates the ciphertext and is the object's digest
-            data = self.cipher.encrypt(wire.object_nonce(index), bytes(data), struct.pack(">Q", self.session_id))
-            digest = data[-objectmac.TAG_SIZE:]
+            # the AES-GCM tag authenticates the ciphertext and is the object's digest; the sealed
+            # bytes are laid out into rows below, before this thread seals another object
+            data = self.cipher.seal(wire.object_nonce(index), data, struct.pack(">Q", self.session_id))
+            digest = bytes(data[-gcm.TAG_SIZE:])
         else:
             digest = self.mac.tag(wire.object_nonce(index), data)
         known = self.meta.get(index)
@@ -670,7 +663,7 @@ class Sender:
 
     def _result(self, seconds: float, count: int) -> SendResult:
         entries = [self.meta[i] for i in range(count) if i in self.meta]
-        plain = [(length - (16 if self.cipher else 0), digest) for length, digest in entries]
+        plain = [(length - (gcm.TAG_SIZE if self.cipher else 0), digest) for length, digest in entries]
         digest = self.source.image_id() or wire.transport_digest(plain)
         reports: List[ReceiverReport] = []
         seen: Set[str] = set()

@@ -8,7 +8,7 @@ Two kinds of datagram share the group port:
 * data: a fixed 24-byte header (type, version, session id, object, fragment, fragment count) and a
   fixed-size payload, so that every data datagram is exactly ``DATAGRAM`` bytes long and a GRO
   buffer is a 2-D array of rows. Data datagrams are not authenticated one by one: an object is
-  handed on only once its bytes match the GMAC tag (``objectmac``) carried by an authenticated
+  handed on only once its bytes match the GMAC tag (``gcm``) carried by an authenticated
   META message.
 * control: a 20-byte header (type, version, flags, session id, sequence), a body and a truncated
   HMAC-SHA256 tag with a key derived per session (HKDF, RFC 5869) from the session key.
