@@ -98,9 +98,9 @@ class ReceiveResult:
 
 
 class _Partial:
-    __slots__ = ("rows", "got", "remaining", "count", "last_seen", "complete")
+    __slots__ = ("rows", "got", "remaining", "count", "last_seen", "complete", "newest", "asked")
 
-    def __init__(self, rows: np.ndarray, now: float):
+    def __init__(self, rows: np.ndarray, now: float, newest: bool):
         count = rows.shape[0]
         self.rows = rows
         self.got = np.zeros(count, dtype=bool)
@@ -108,6 +108,8 @@ class _Partial:
         self.count = count
         self.last_seen = now
         self.complete = False
+        self.newest = newest             # started as the newest object: sent in the first pass
+        self.asked = False               # its holes were asked for at least once
 
 
 class _Candidate:
@@ -173,6 +175,7 @@ class Receiver:
         self.object_requests = 0
         self.window_drops = 0
         self.frontier = 0                  # one past the highest object started (the sender's credit base)
+        self.status_due = False            # report at once (an object's holes are known to be lost)
         self.rejected_objects = 0
         self.kernel_drops_base = udp_receive_errors()
         self.rejected: "queue.SimpleQueue[int]" = queue.SimpleQueue()
@@ -354,8 +357,10 @@ class Receiver:
             if partial.complete:
                 requests.append(wire.REQUEST.pack(wire.REQ_META, index, 0, 1))
                 continue
-            if now - partial.last_seen < NACK_AFTER:
+            if now - partial.last_seen < NACK_AFTER and (
+                    partial.asked or not partial.newest or index + 1 >= self.frontier):
                 continue
+            partial.asked = True
             missing = np.flatnonzero(~partial.got)
             breaks = np.flatnonzero(np.diff(missing) != 1) + 1
             for run in np.split(missing, breaks)[:budget - len(requests)]:
@@ -442,9 +447,16 @@ class Receiver:
                 return None
             self.inflight += size
             room = self.config.window_bytes - self.inflight
-        partial = _Partial(self.pool.take(count, room), now)
+        newest = index >= self.frontier
+        partial = _Partial(self.pool.take(count, room), now, newest)
         self.window[index] = partial
-        if index >= self.frontier:
+        if newest:
+            # The first pass sends objects whole and in order: once a later one starts, what the
+            # previous one still misses was lost. Ask for it now rather than after NACK_AFTER of
+            # silence (at 2 % loss every object has holes, and the window waits for each repair).
+            previous = self.window.get(self.frontier - 1)
+            if previous is not None and previous.newest and not previous.complete and not previous.asked:
+                self.status_due = True
             self.frontier = index + 1
         return partial
 
@@ -595,6 +607,7 @@ class Receiver:
         return f"{self.config.group}:{self.config.port}"
 
     def _loop(self, started: float) -> None:
+        self.status_due = False
         next_status = 0.0
         next_control = 0.0
         iterations = 0
@@ -655,7 +668,8 @@ class Receiver:
                 raise TransportError(
                     f"Sender {self.sender[0]} went silent on {self._where()} for {self.config.timeout:g} s with "
                     f"{self.delivered} of {total} objects received; the output is incomplete.")
-            if now >= next_status:
+            if now >= next_status or self.status_due:
+                self.status_due = False
                 self._status(now)
                 # randomised spacing: receivers' reports spread out instead of arriving in bursts
                 next_status = now + STATUS_EVERY * (0.5 + random.random())

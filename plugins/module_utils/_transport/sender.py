@@ -402,7 +402,9 @@ class Sender:
         for start in range(first, end, step):
             stop = min(end, start + step)
             self._send_rows(prepared.rows[start:stop])
-            clock[start:stop] = time.monotonic()
+            # The hold-off keeps a repair from going out twice for several receivers' NACKs; a
+            # first-pass fragment is repairable at once (receivers ask as soon as it is lost).
+            clock[start:stop] = time.monotonic() - (0.0 if repair else HOLDOFF)
             if repair:
                 self.repair_datagrams += stop - start
             self._receive_control()
