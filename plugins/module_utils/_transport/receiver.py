@@ -39,6 +39,7 @@ NACK_RETRY = 0.05
 STATUS_DATAGRAMS = 4          # at most this many STATUS datagrams per round
 OBJECT_REQUEST_HOLDOFF = 0.3
 JOIN_EVERY = 0.2
+WINDOW_UPDATE = 8 * 1024 * 1024   # room last reported below this: report freed room at once
 MAX_FRAGMENTS = (64 * 1024 * 1024) // wire.PAYLOAD + 1     # refuse objects over 64 MiB
 BUFFER = 65536 + 4096
 
@@ -175,7 +176,8 @@ class Receiver:
         self.object_requests = 0
         self.window_drops = 0
         self.frontier = 0                  # one past the highest object started (the sender's credit base)
-        self.status_due = False            # report at once (an object's holes are known to be lost)
+        self.status_due = False            # report at once (lost fragments, or room the sender waits for)
+        self.reported_free = config.window_bytes
         self.rejected_objects = 0
         self.kernel_drops_base = udp_receive_errors()
         self.rejected: "queue.SimpleQueue[int]" = queue.SimpleQueue()
@@ -192,6 +194,10 @@ class Receiver:
         with self.inflight_lock:
             self.inflight -= rows.nbytes
         self.pool.give(rows)
+        if self.reported_free < WINDOW_UPDATE:
+            # the sender may be waiting for room it does not know about yet: tell it now, not at
+            # the next status slot (up to 37 ms away)
+            self.status_due = True
 
     def _verify(self) -> None:
         while True:
@@ -324,6 +330,10 @@ class Receiver:
                 raise TransportError(f"Sender {self.sender[0]} uses datagrams of another size ({payload}); versions differ.")
             self.known = max(self.known, known)
             self.sent_through = max(self.sent_through, min(sent_through, known))
+            newest = self.window.get(self.frontier - 1)
+            if (newest is not None and newest.newest and not newest.complete and not newest.asked
+                    and self.frontier - 1 < self.sent_through):
+                self.status_due = True   # sent whole, still with holes: they were lost
             self._grow(self.known)
             if encrypted and self.cipher is None:
                 self.cipher = gcm.ObjectCipher(self.keys.enc)
@@ -357,8 +367,13 @@ class Receiver:
             if partial.complete:
                 requests.append(wire.REQUEST.pack(wire.REQ_META, index, 0, 1))
                 continue
-            if now - partial.last_seen < NACK_AFTER and (
-                    partial.asked or not partial.newest or index + 1 >= self.frontier):
+            if partial.newest and not partial.asked:
+                # A first-pass object: what it misses is lost once a later object started or the
+                # sender announced it sent it whole; until then it may still be on its way (a
+                # sender short of CPU can pause mid-object for tens of milliseconds).
+                if index + 1 >= self.frontier and index >= self.sent_through:
+                    continue
+            elif now - partial.last_seen < NACK_AFTER:
                 continue
             partial.asked = True
             missing = np.flatnonzero(~partial.got)
@@ -408,6 +423,7 @@ class Receiver:
             self._send(wire.STATUS, self._status_head(drops, credit, len(batch)) + b"".join(batch))
 
     def _status_head(self, drops: int, room: int, requests: int) -> bytes:
+        self.reported_free = room
         return wire.STATUS_HEAD.pack(self.receiver_id, self.delivered, self.lowest_missing, drops,
                                      self.delivered_bytes, self.frontier, max(0, room), requests)
 

@@ -660,6 +660,9 @@ class Sender:
             self._send_meta([prepared.index])
             self._send_fragments(prepared, 0, prepared.rows.shape[0], repair=False)
             self.next_index = prepared.index + 1
+            # receivers learn at once that the object went out whole: what it misses was lost
+            # (otherwise they would wait for the next object or announcement)
+            self._announce(final)
             return True
         return False
 
