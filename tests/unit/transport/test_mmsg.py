@@ -1,5 +1,5 @@
 # sendmmsg/recvmmsg through ctypes, over a pair of UDP sockets on the loopback interface (the
-# datagrams never leave this host).
+# datagrams never leave this host), and how the receiver sorts what one recvmmsg call returns.
 import ctypes
 import errno
 import socket
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._transport import mmsg, wire
+from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.receiver import Receiver
 
 pytestmark = pytest.mark.skipif(mmsg.LIBC is None, reason="libc without sendmmsg/recvmmsg")
 
@@ -136,3 +137,68 @@ def test_no_mmsg_environment_selects_the_one_datagram_path(pair, monkeypatch):
     monkeypatch.setenv("FLEETCAST_NO_MMSG", "1")
     assert mmsg.batch_sender(sending, receiving.getsockname()) is None
     assert mmsg.batch_receiver(receiving) is None
+
+
+class _Sorting(Receiver):
+    """A receiver reduced to `_batch`: records what goes where instead of reassembling."""
+
+    def __init__(self, receiving):        # pylint: disable=super-init-not-called
+        self.batch = mmsg.BatchReceiver(receiving)
+        self.batch_rows = list(self.batch.rows)
+        self.batch_payloads = [row[wire.DATA_HEADER_SIZE:] for row in self.batch_rows]
+        self.keys = object()
+        self.datagrams = self.receive_calls = 0
+        self.seen = []
+
+    def _rows(self, rows, now):
+        self.seen.append(("rows", len(rows), rows[:, 1].tolist()))
+
+    def _one(self, datagram, payload, now):
+        assert len(payload) == wire.PAYLOAD
+        self.seen.append(("one", int(datagram[1])))
+
+    def _control_datagram(self, datagram, source):
+        self.seen.append(("control", datagram, source))
+
+
+def _data(number):
+    datagram = bytearray(wire.DATAGRAM)
+    datagram[0], datagram[1] = wire.DATA, number
+    return bytes(datagram)
+
+
+def test_receiver_hands_a_batch_of_data_to_rows_in_one_call(pair):
+    sending, receiving = pair
+    sorting = _Sorting(receiving)
+    for number in range(40):
+        sending.sendto(_data(number), receiving.getsockname())
+    count = sorting.batch.receive()
+    assert count == 40
+    sorting._batch(count, 0.0)
+    assert sorting.seen == [("rows", 40, list(range(40)))]
+    assert (sorting.datagrams, sorting.receive_calls) == (40, 1)
+
+
+def test_receiver_sorts_a_mixed_or_short_batch_datagram_by_datagram(pair):
+    sending, receiving = pair
+    sorting = _Sorting(receiving)
+    target = receiving.getsockname()
+    for number in range(30):
+        sending.sendto(_data(number), target)
+        if number == 10:
+            sending.sendto(b"\x02control", target)
+        if number == 20:
+            sending.sendto(b"\x01" * 3000, target)            # cut: ignored
+    count = sorting.batch.receive()
+    assert count == 32
+    sorting._batch(count, 0.0)
+    expected = [("one", n) for n in range(11)] + [("control", b"\x02control", sending.getsockname())]
+    expected += [("one", n) for n in range(11, 21)] + [("one", n) for n in range(21, 30)]
+    assert sorting.seen == expected
+    assert (sorting.datagrams, sorting.receive_calls) == (30, 1)
+    # a few datagrams go one by one too: numpy's fixed cost is not worth it
+    sorting.seen.clear()
+    for number in range(3):
+        sending.sendto(_data(number), target)
+    sorting._batch(sorting.batch.receive(), 0.0)
+    assert sorting.seen == [("one", 0), ("one", 1), ("one", 2)]
