@@ -27,6 +27,7 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from .._errors import TransportError
 from . import gcm, wire
+from .mmsg import BATCH, batch_sender
 from .netio import GSO_MAX_SEGMENTS, BufferPool, np, sender_socket
 from .source import ObjectSource
 
@@ -96,6 +97,7 @@ class SendResult:
     encrypted: bool
     digest: str
     session_id: str
+    mmsg: bool = False                 # without GSO: sendmmsg sent many datagrams per call
 
     def to_dict(self) -> dict:
         value = dict(self.__dict__)
@@ -167,6 +169,8 @@ class Sender:
         self.sock, self.gso = sender_socket(config.address, config.port, config.ttl, config.offload)
         self.sock.setblocking(False)
         self.destination = (config.group, config.port)
+        # without GSO, sendmmsg where libc has it; else one sendto per datagram (the last resort)
+        self.batch = batch_sender(self.sock, self.destination)
         self.seq = 0
         self.peers: Dict[int, _Peer] = {}
         self.meta: Dict[int, Tuple[int, bytes]] = {}
@@ -368,14 +372,18 @@ class Sender:
     def _send_rows(self, rows: np.ndarray) -> None:
         size = rows.shape[0] * wire.DATAGRAM
         self._pace(size)
-        while True:
+        sent = 0                           # rows gone; a full socket buffer resumes after them
+        while sent < rows.shape[0]:
             try:
                 if self.gso:
                     self.sock.sendto(rows, self.destination)
+                    sent = rows.shape[0]
+                elif self.batch is not None:
+                    sent += self.batch.send(rows[sent:])
                 else:
-                    for row in rows:
+                    for row in rows[sent:]:
                         self.sock.sendto(row, self.destination)
-                break
+                        sent += 1
             except BlockingIOError:
                 select.select([], [self.sock], [], 0.05)
             except OSError as err:
@@ -397,7 +405,7 @@ class Sender:
         return clock
 
     def _send_fragments(self, prepared: _Prepared, first: int, end: int, repair: bool) -> None:
-        step = GSO_MAX_SEGMENTS if self.gso else 16
+        step = GSO_MAX_SEGMENTS if self.gso else BATCH if self.batch is not None else 16
         clock = self._clock(prepared.index, prepared.rows.shape[0])
         for start in range(first, end, step):
             stop = min(end, start + step)
@@ -690,4 +698,5 @@ class Sender:
                           datagrams_sent=self.datagrams, repair_datagrams=self.repair_datagrams,
                           whole_object_resends=self.resends, seconds=round(seconds, 3),
                           final_rate=self.rate, flow_holds=self.holds, gso=self.gso, encrypted=self.cipher is not None,
-                          digest=digest.hex(), session_id=f"{self.session_id:016x}")
+                          digest=digest.hex(), session_id=f"{self.session_id:016x}",
+                          mmsg=self.batch is not None and not self.gso)

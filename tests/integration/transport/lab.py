@@ -18,15 +18,17 @@ def env(key="lab-session-key", **extra):
     return value
 
 
-def start_receiver(host, output, key="lab-session-key", port=9611, timeout=20, extra=()):
+def start_receiver(host, output, key="lab-session-key", port=9611, timeout=20, extra=(), environment=None):
     argv = ENGINE + ["receive", "--group", GROUP, "--port", str(port), "--output", str(output),
                      "--timeout", str(timeout), "--name", host.name] + list(extra)
-    return host.popen(argv, env=env(key), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return host.popen(argv, env=env(key, **(environment or {})), stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE, text=True)
 
 
-def start_sender(host, payload, key="lab-session-key", port=9611, extra=()):
+def start_sender(host, payload, key="lab-session-key", port=9611, extra=(), environment=None):
     argv = ENGINE + ["send", "--group", GROUP, "--port", str(port), "--file", str(payload)] + list(extra)
-    return host.popen(argv, env=env(key), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return host.popen(argv, env=env(key, **(environment or {})), stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE, text=True)
 
 
 def finish(process, timeout=120):

@@ -99,22 +99,40 @@ def test_flow_control_keeps_small_windows_from_dropping_data(netlab, memory_dir)
         assert result["window_drops"] * 50 < result["datagrams"], result
 
 
-def test_fallback_path_without_offload_and_with_encryption(netlab, tmp_path):
-    payload = tmp_path / "payload"
-    expected = make_payload(payload, 24 * MiB + 12345)
-    sender_host = netlab.add_host("srv")
-    hosts = _receivers(netlab, 2)
-    outputs = [tmp_path / f"out-{h.name}" for h in hosts]
-    receivers = [start_receiver(h, out, extra=["--no-offload"]) for h, out in zip(hosts, outputs)]
-    sender = start_sender(sender_host, payload, extra=["--min-receivers", "2", "--no-offload",
-                                                       "--encrypt", "--object-size", str(MiB)])
+def _fallback_session(netlab, tmp_path, size, count, sender_extra=(), environment=None):
+    """A session without offload (--no-offload on both sides) that must deliver byte-exact to
+    every receiver: (sender report, receiver reports)."""
+    expected, payload, sender_host, hosts, outputs, receivers = _lab_session(
+        netlab, tmp_path, size, count, extra=["--no-offload"], environment=environment)
+    sender = start_sender(sender_host, payload, environment=environment,
+                          extra=["--min-receivers", str(count), "--no-offload", "--object-size", str(MiB)]
+                          + list(sender_extra))
     code, report = finish(sender)
     assert code == 0, report
-    assert report["gso"] is False and report["encrypted"] is True
-    _assert_all_done(report, ["r1", "r2"])
-    for result in _outputs_exact(receivers, outputs, expected):
-        assert result["gro"] is False and result["encrypted"] is True
-        assert result["receive_calls"] == result["datagrams"] > (24 * MiB) // 1448, result
+    assert report["gso"] is False
+    _assert_all_done(report, [host.name for host in hosts])
+    results = _outputs_exact(receivers, outputs, expected)
+    assert all(result["gro"] is False for result in results), results
+    return report, results
+
+
+def test_fallback_path_without_offload_and_with_encryption(netlab, tmp_path):
+    report, results = _fallback_session(netlab, tmp_path, 24 * MiB + 12345, 2, sender_extra=["--encrypt"])
+    assert report["encrypted"] is True and report["mmsg"] is True, report
+    for result in results:
+        assert result["encrypted"] is True and result["mmsg"] is True
+        # recvmmsg really batches: far fewer receive calls than datagrams
+        assert result["datagrams"] > (24 * MiB) // 1448 and result["receive_calls"] * 4 < result["datagrams"], result
+
+
+def test_fallback_without_batched_system_calls(netlab, tmp_path):
+    """FLEETCAST_NO_MMSG=1: the last resort, one system call per datagram on both sides."""
+    report, results = _fallback_session(netlab, tmp_path, 3 * MiB + 4321, 1,
+                                        environment={"FLEETCAST_NO_MMSG": "1"})
+    assert report["mmsg"] is False, report
+    for result in results:
+        assert result["mmsg"] is False
+        assert result["receive_calls"] == result["datagrams"] > (3 * MiB) // 1448, result
 
 
 @pytest.mark.parametrize("loss", [5, 20])
