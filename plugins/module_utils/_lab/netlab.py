@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -29,6 +30,7 @@ class LabHost:
     address: str
     interface: str = "eth0"
     mac: str = ""
+    port: str = ""                 # its port on the lab switch
 
     def argv(self, argv: List[str]) -> List[str]:
         """Prefix a command line so that it runs inside this host's namespace."""
@@ -82,10 +84,16 @@ class NetLab:
         _ip("netns", "add", self.switch)
         self._created.append(self.switch)
         _ip("link", "add", "br0", "type", "bridge", netns=self.switch)
-        # Querier on, as on a well-configured switch with IGMP snooping.
-        _ip("link", "set", "br0", "type", "bridge", "mcast_snooping", "1", "mcast_querier", "1",
-            netns=self.switch)
+        # IGMP snooping with the bridge as IGMPv3 querier, as on a well-configured switch. Linux
+        # floods all multicast until one query response interval after the querier is turned on
+        # (default 10 s): 1 s, set first, makes the lab filter by membership almost at once, like a
+        # switch that has been up for a while. IGMPv3: under v2, hosts suppress their report when
+        # they hear another member's, and the switch then never learns their port.
+        _ip("link", "set", "br0", "type", "bridge", "mcast_snooping", "1", "mcast_igmp_version", "3",
+            "mcast_query_response_interval", "100", netns=self.switch)
+        _ip("link", "set", "br0", "type", "bridge", "mcast_querier", "1", netns=self.switch)
         _ip("link", "set", "br0", "up", netns=self.switch)
+        self.started = time.monotonic()
 
     def add_host(self, name: str) -> LabHost:
         index = len(self.hosts) + 1
@@ -104,9 +112,25 @@ class NetLab:
         _ip("route", "add", "224.0.0.0/4", "dev", "eth0", netns=netns)
         mac = subprocess.run(["ip", "-n", netns, "-br", "link", "show", "eth0"], check=True,
                              capture_output=True, text=True).stdout.split()[2]
-        host = LabHost(name=name, netns=netns, address=address, mac=mac)
+        host = LabHost(name=name, netns=netns, address=address, mac=mac, port=port)
         self.hosts[name] = host
         return host
+
+    def forget_membership(self, host: LabHost, group: str) -> bool:
+        """Make the switch forget that `host` joined `group` (as an IGMP-snooping switch does when
+        a membership report is lost, or after it restarted): the group stops reaching that port
+        until the host reports again. False if the switch had no such entry."""
+        done = subprocess.run(["bridge", "-n", self.switch, "mdb", "del", "dev", "br0", "port", host.port,
+                               "grp", group], capture_output=True, text=True, check=False)
+        return done.returncode == 0
+
+    def memberships(self, group: str) -> List[str]:
+        """Ports (host names) the switch forwards `group` to."""
+        shown = subprocess.run(["bridge", "-n", self.switch, "mdb", "show"], capture_output=True, text=True,
+                               check=True).stdout
+        ports = {line.split(" port ")[1].split()[0] for line in shown.splitlines()
+                 if f" grp {group} " in line + " " and " port " in line}
+        return sorted(h.name for h in self.hosts.values() if h.port in ports)
 
     def close(self) -> None:
         for netns in reversed(self._created):

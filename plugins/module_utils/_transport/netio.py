@@ -151,6 +151,23 @@ def receiver_sockets(group: str, port: int, address: str, offload: Optional[bool
     return data, control, gro
 
 
+def renew_membership(sock: socket.socket, group: str, address: str) -> None:
+    """Leave and join `group` again, so that the kernel sends a fresh IGMP membership report.
+
+    An IGMP-snooping switch forwards a group only to ports it has seen a report from. A report lost
+    under load (or a switch that restarted) leaves a receiver cut off until the next general query,
+    which may be minutes away; in the lab a lost report cut a receiver off for 25 s."""
+    membership = socket.inet_aton(group) + socket.inet_aton(address)
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_DROP_MEMBERSHIP, membership)
+    except OSError:
+        pass
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+    except OSError as err:
+        raise TransportError(f"Cannot join multicast group {group} again on {address} ({err.strerror}).") from None
+
+
 def gro_segment_size(ancillary) -> int:
     """Segment size the kernel reports for a coalesced GRO buffer, 0 for a single datagram."""
     for level, kind, value in ancillary:

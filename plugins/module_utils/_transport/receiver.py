@@ -31,7 +31,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 from .._errors import TransportError
 from . import gcm, wire
 from .mmsg import MSG_TRUNC, batch_receiver
-from .netio import NUMPY_IMPORT_ERROR, BufferPool, gro_segment_size, np, receiver_sockets, udp_receive_errors
+from .netio import (NUMPY_IMPORT_ERROR, BufferPool, gro_segment_size, np, receiver_sockets, renew_membership,
+                    udp_receive_errors)
 
 
 STATUS_EVERY = 0.025
@@ -41,6 +42,8 @@ STATUS_DATAGRAMS = 4          # at most this many STATUS datagrams per round
 OBJECT_REQUEST_HOLDOFF = 0.3
 JOIN_EVERY = 0.2
 WINDOW_UPDATE = 8 * 1024 * 1024   # room last reported below this: report freed room at once
+REJOIN_AFTER = 0.5            # nothing from the group this long (announcements come every 0.1 s): join again,
+REJOIN_MAX = 8.0              # then after twice as long each time, up to this
 GATHER = 0.001                # without GRO, once the socket is drained: let datagrams gather
 VECTOR_FROM = 10              # from this many datagrams in a recvmmsg batch, `_rows` beats `_one`
 MAX_FRAGMENTS = (64 * 1024 * 1024) // wire.PAYLOAD + 1     # refuse objects over 64 MiB
@@ -96,6 +99,7 @@ class ReceiveResult:
     rejected_objects: int
     datagrams: int = 0                 # data datagrams received
     receive_calls: int = 0             # system calls that returned them (GRO coalesces many in one)
+    rejoins: int = 0                   # times the group went silent and its membership was reported again
     mmsg: bool = False                 # without GRO: recvmmsg took many datagrams per call
 
     def to_dict(self) -> dict:
@@ -187,6 +191,7 @@ class Receiver:
         self.frontier = 0                  # one past the highest object started (the sender's credit base)
         self.status_due = False            # report at once (lost fragments, or room the sender waits for)
         self.reported_free = config.window_bytes
+        self.rejoins = 0                   # times the group went silent and was joined again
         self.rejected_objects = 0
         self.kernel_drops_base = udp_receive_errors()
         self.rejected: "queue.SimpleQueue[int]" = queue.SimpleQueue()
@@ -651,7 +656,7 @@ class Receiver:
             digest=digest.hex(), announced_image_id=wire.announced_image_id(self.image_id).hex(),
             sender=self.sender[0], gro=self.gro, encrypted=self.encrypted,
             kernel_drops=udp_receive_errors() - self.kernel_drops_base, window_drops=self.window_drops,
-            rejected_objects=self.rejected_objects, datagrams=self.datagrams,
+            rejected_objects=self.rejected_objects, datagrams=self.datagrams, rejoins=self.rejoins,
             receive_calls=self.receive_calls, mmsg=self.batch is not None)
 
     def _where(self) -> str:
@@ -662,6 +667,8 @@ class Receiver:
         next_status = 0.0
         next_control = 0.0
         iterations = 0
+        heard = rejoined = time.monotonic()
+        rejoin_after = REJOIN_AFTER
         while True:
             if self.error is not None:
                 return
@@ -682,6 +689,8 @@ class Receiver:
                 select.select([self.data_sock], [], [], 0.01)
             now = time.monotonic()
             if got:
+                heard = now
+                rejoin_after = REJOIN_AFTER
                 iterations += 1
                 if self.batch is not None:
                     self._batch(size, now)
@@ -712,6 +721,14 @@ class Receiver:
             next_control = now + 0.002
             self._poll_control()
             self._drain_rejected()
+            if now - max(heard, rejoined) > rejoin_after:
+                # A sender announces every 0.1 s: silence means the group no longer reaches us (an
+                # IGMP-snooping switch that missed our report) or no sender is there yet. Report
+                # our membership again, less and less often while the silence lasts.
+                renew_membership(self.data_sock, self.config.group, self.config.address)
+                rejoined = now
+                rejoin_after = min(REJOIN_MAX, rejoin_after * 2)
+                self.rejoins += 1
             if self.keys is None:
                 if now - started > self.config.timeout:
                     raise TransportError(

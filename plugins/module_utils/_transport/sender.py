@@ -43,7 +43,7 @@ POOL_BYTES = 4 * 4 * 1024 * 1024   # buffers of evicted objects kept for the nex
 MAX_RATE = 10 * 1000 ** 3
 START_CREDIT = 16 * 1024 * 1024    # window bytes assumed free at a receiver before its first STATUS
 PACING_SILENCE = 0.3               # a receiver silent this long no longer holds the first pass back
-MAX_HOLD = 1.0                     # nor does one that lacked room for longer than this (until it has room)
+MAX_HOLD = 1.0                     # nor does one that lacked room for longer than this (until it catches up)
 
 
 @dataclass
@@ -127,7 +127,7 @@ class _Peer:
     paces: bool = True               # its room limits the first pass (not a late joiner)
     floor: int = 0                   # objects before this one it is not expected to hold
     short_since: float = 0.0         # when it started lacking room for the next object
-    suspended: bool = False          # lacked room for over MAX_HOLD: not pacing until it has room
+    suspended: bool = False          # lacked room for over MAX_HOLD: not pacing until it catches up
 
 
 class _Prepared:
@@ -295,6 +295,15 @@ class Sender:
         for peer in self.peers.values():
             if peer.state != "active" or not peer.paces or now - peer.last_heard > PACING_SILENCE:
                 continue
+            if peer.suspended:
+                # It held the others long enough. It paces again once it receives objects sent
+                # since (what it missed meanwhile it fetches through repairs and the carousel);
+                # until then, pacing on it would cost another hold per few objects.
+                if peer.frontier > peer.floor:
+                    peer.suspended = False
+                    peer.floor = index
+                    peer.short_since = 0.0
+                continue
             needed = prepared.rows.shape[0] * wire.PAYLOAD
             for sent in range(max(peer.frontier, peer.floor), index):
                 entry = self.meta.get(sent)
@@ -302,12 +311,6 @@ class Sender:
                     needed += wire.fragments_of(entry[0]) * wire.PAYLOAD
             if needed <= peer.free:
                 peer.short_since = 0.0
-                peer.suspended = False
-                continue
-            if peer.suspended:
-                # it held the others long enough: what goes out now it fetches again later, and
-                # it paces again from the first object it has room for
-                peer.floor = index
                 continue
             if not peer.short_since:
                 peer.short_since = now

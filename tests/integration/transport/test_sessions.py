@@ -12,7 +12,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lab import file_digest, finish, make_payload, start_receiver, start_sender, wait_for  # noqa: E402
+from lab import GROUP, file_digest, finish, make_payload, start_receiver, start_sender, wait_for  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -152,6 +152,24 @@ def test_loss_is_repaired(netlab, tmp_path, loss):
     assert report["repair_datagrams"] > 0
     for result in _outputs_exact(receivers, outputs, expected):
         assert result["fragment_requests"] + result["object_requests"] > 0
+
+
+def test_receiver_cut_off_by_igmp_snooping_joins_again_and_completes(netlab, tmp_path):
+    # The lab switch snoops IGMP. Forgetting r1's membership mid-stream (as when its report was
+    # lost) stops the group reaching it until it reports again; the next query is minutes away.
+    expected, payload, sender_host, hosts, outputs, receivers = _lab_session(netlab, tmp_path, 64 * MiB, 2)
+    wait_for(lambda: netlab.memberships(GROUP) == ["r1", "r2"], 10, "the switch to learn both memberships")
+    time.sleep(max(0.0, netlab.started + 1.5 - time.monotonic()))   # past the switch's flooding start
+    # 20 MB/s: the stream lasts over three seconds, so the cut lands mid-stream
+    sender = start_sender(sender_host, payload, extra=["--expected", "r1,r2", "--rate", "20000000"])
+    wait_for(lambda: os.path.exists(str(outputs[0]) + ".partial"), 20, "r1 to start writing")
+    assert netlab.forget_membership(hosts[0], GROUP)
+    assert "r1" not in netlab.memberships(GROUP)
+    code, report = finish(sender, timeout=60)
+    assert code == 0, report
+    _assert_all_done(report, ["r1", "r2"])
+    results = _outputs_exact(receivers, outputs, expected)
+    assert results[0]["rejoins"] >= 1, results[0]
 
 
 def test_killed_receiver_is_dropped_and_the_others_finish(netlab, tmp_path):
