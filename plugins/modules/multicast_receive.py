@@ -74,8 +74,9 @@ options:
     default: 48
   offload:
     description:
-      - Use UDP GRO (many datagrams per system call) where the kernel offers it. V(false) forces
-        one datagram per call; the environment variable E(FLEETCAST_NO_OFFLOAD=1) does the same.
+      - Use UDP GRO (the kernel hands over runs of datagrams as one buffer) where the kernel offers
+        it. V(false) receives each datagram on its own (still many per C(recvmmsg) call); the
+        environment variable E(FLEETCAST_NO_OFFLOAD=1) does the same.
     type: bool
     default: true
   mode:
@@ -148,6 +149,17 @@ offload:
   description: Whether UDP GRO was in use.
   returned: success
   type: bool
+encrypted:
+  description: Whether the sender encrypted the session.
+  returned: success
+  type: bool
+rejoins:
+  description:
+    - Times the group went silent for this host and it reported its membership again (an
+      IGMP-snooping switch that forgot its port); 0 or 1 is normal, more points at the switch.
+  returned: success
+  type: int
+  sample: 0
 plan:
   description: In check mode, what would be done.
   returned: check mode
@@ -315,7 +327,7 @@ def main():
         changed=True, bytes=result.bytes, chunks=sink.chunks,
         repairs_asked=result.fragment_requests + result.object_requests,
         seconds=round(time.monotonic() - started, 3), digest=result.digest, sender=result.sender,
-        offload=result.gro, encrypted=result.encrypted)
+        offload=result.gro, encrypted=result.encrypted, rejoins=result.rejoins)
 
 
 if __name__ == "__main__":

@@ -99,8 +99,9 @@ options:
     default: false
   offload:
     description:
-      - Use UDP GSO (many datagrams per system call) where the kernel offers it. V(false) forces
-        one datagram per call; the environment variable E(FLEETCAST_NO_OFFLOAD=1) does the same.
+      - Use UDP GSO (the kernel cuts one large send into datagrams) where the kernel offers it.
+        V(false) sends each datagram on its own (still many per C(sendmmsg) call); the environment
+        variable E(FLEETCAST_NO_OFFLOAD=1) does the same.
     type: bool
     default: true
   progress_file:
