@@ -57,12 +57,12 @@ def _load_libcrypto():
             lib.EVP_aes_256_gcm.restype = pointer
             lib.EVP_aes_256_gcm.argtypes = []
             lib.EVP_CIPHER_CTX_ctrl.argtypes = [pointer, integer, integer, pointer]
+            written = ctypes.POINTER(integer)
             for direction in ("Encrypt", "Decrypt"):
-                getattr(lib, f"EVP_{direction}Init_ex").argtypes = [pointer, pointer, pointer, ctypes.c_char_p,
-                                                                   ctypes.c_char_p]
-                getattr(lib, f"EVP_{direction}Update").argtypes = [pointer, pointer, ctypes.POINTER(integer),
-                                                                  pointer, integer]
-                getattr(lib, f"EVP_{direction}Final_ex").argtypes = [pointer, pointer, ctypes.POINTER(integer)]
+                init = [pointer, pointer, pointer, ctypes.c_char_p, ctypes.c_char_p]
+                getattr(lib, f"EVP_{direction}Init_ex").argtypes = init
+                getattr(lib, f"EVP_{direction}Update").argtypes = [pointer, pointer, written, pointer, integer]
+                getattr(lib, f"EVP_{direction}Final_ex").argtypes = [pointer, pointer, written]
             return lib
         except (OSError, AttributeError):
             continue
