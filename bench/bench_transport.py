@@ -17,8 +17,8 @@ Command lines used (all on eth0 of lab namespaces, MTU 1500, same group/port sch
   fleetcast: python3 -m ..._transport receive --group G --port P --output OUT
              python3 -m ..._transport send --group G --port P --file IN --min-receivers N
              (plus --no-offload on both sides for the fallback path)
-Before measuring, tmpfs is filled once with as much as the largest run holds and emptied, so that
-the first tool measured does not pay for the virtual machine's first touch of that memory.
+Before each measurement, tmpfs is filled with as much as that run will hold and emptied, so that no
+tool pays for the virtual machine faulting that memory in.
 Times are wall-clock from the sender's start to the last receiver's completion; receiver CPU
 (user+system) and peak RSS come from wait4() on each receiver process (the largest of the
 receivers), sender CPU likewise. Every output is checked against the payload's SHA-256; a run that
@@ -57,9 +57,11 @@ def sha256(path: str) -> str:
 
 
 def warm_memory(directory: str, mib: int) -> None:
-    """Write and delete as much as the largest run will hold in tmpfs. On a virtual machine, memory
-    the guest touches for the first time is slow to fault in (3 writers filling 1 GiB of tmpfs each
-    took 3.0 s the first time, 0.8 s the next): without this, whichever tool runs first pays for it."""
+    """Write and delete as much as the next run will hold in tmpfs, right before it. On this virtual
+    machine memory the guest touches for the first time, or again after the host reclaimed it (the
+    guest reports free pages; kdamond runs), is slow to fault in: 3 writers filling 1 GiB of tmpfs
+    each took 3.0 s one time and 0.8 s the next. Without this, whichever tool runs first after a
+    pause pays for it (one run: a 3-receiver session at 4.1 s of receiver CPU instead of 2.0 s)."""
     path = os.path.join(directory, "warm")
     block = bytes(1 << 20)
     with open(path, "wb") as out:
@@ -180,7 +182,6 @@ def main() -> int:
             out.write(os.urandom(1 << 20))
     tools = args.tools.split(",")
     counts = [int(x) for x in args.receivers.split(",")]
-    warm_memory(workdir, (max(counts) + 1) * args.size_mib)
     results = {}
     try:
         with NetLab() as lab:
@@ -196,6 +197,7 @@ def main() -> int:
                         if loss:
                             host.drop_incoming_udp(loss)
                     for tool in tools:
+                        warm_memory(workdir, (count + 1) * args.size_mib)
                         run.port += 10
                         if tool.startswith("fleetcast"):
                             result = run.fleetcast(tool == "fleetcast", args.timeout)
