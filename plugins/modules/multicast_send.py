@@ -171,6 +171,15 @@ receivers:
     finished_at:
       description: Seconds from the start when it finished or was dropped.
       type: float
+    objects:
+      description: Objects (the layout and the chunks) it reported delivered.
+      type: int
+    requests:
+      description: Repair requests it sent (runs of fragments, whole objects, META entries).
+      type: int
+    holds:
+      description: Times new data waited for room at this receiver (flow control).
+      type: int
   sample:
     - {name: pc1, address: 10.0.0.11, state: done, digest: 9f2c, digest_matches: true, reason: ""}
     - {name: pc2, address: 10.0.0.12, state: dropped, reason: "no message for 8 s (had 40 objects)"}
@@ -190,12 +199,23 @@ repair_datagrams:
   description: Datagrams sent again for receivers that lost them.
   returned: success
   type: int
+flow_holds:
+  description:
+    - Times new data waited because a receiver had no room for it yet (its disk or CPU was
+      behind); the C(holds) of each entry in RV(receivers) shows which host paced the session.
+  returned: success
+  type: int
+  sample: 42
 seconds:
   description: Length of the session.
   returned: success
   type: float
 offload:
   description: Whether UDP GSO was in use.
+  returned: success
+  type: bool
+encrypted:
+  description: Whether the session was encrypted.
   returned: success
   type: bool
 plan:
@@ -322,7 +342,7 @@ def main():
     done = [r for r in receivers if r["state"] == "done" and r["digest_matches"]]
     report = dict(changed=bool(done), receivers=receivers, image_id=result.digest, objects=result.objects,
                   bytes_sent=result.bytes, repair_datagrams=result.repair_datagrams, seconds=result.seconds,
-                  offload=result.gso, encrypted=result.encrypted)
+                  flow_holds=result.flow_holds, offload=result.gso, encrypted=result.encrypted)
     if not done:
         module.fail_json(msg="No receiver completed the session on %s:%s." % (params["group"], params["port"]), **report)
     module.exit_json(**report)

@@ -192,6 +192,7 @@ class Receiver:
         self.status_due = False            # report at once (lost fragments, or room the sender waits for)
         self.reported_free = config.window_bytes
         self.rejoins = 0                   # times the group went silent and was joined again
+        self.foreign_versions: set = set()  # wire versions of announcements we cannot speak
         self.rejected_objects = 0
         self.kernel_drops_base = udp_receive_errors()
         self.rejected: "queue.SimpleQueue[int]" = queue.SimpleQueue()
@@ -272,6 +273,10 @@ class Receiver:
     def _control_datagram(self, datagram: bytes, source: Tuple[str, int]) -> None:
         head = wire.peek_control(datagram)
         if head is None:
+            if self.keys is None:
+                other = wire.foreign_version(datagram)
+                if other is not None:
+                    self.foreign_versions.add(other)
             return
         kind, _flags, session_id, _seq = head
         if self.keys is None:
@@ -731,6 +736,12 @@ class Receiver:
                 self.rejoins += 1
             if self.keys is None:
                 if now - started > self.config.timeout:
+                    if self.foreign_versions:
+                        raise TransportError(
+                            f"No multicast session of this version on {self._where()} within "
+                            f"{self.config.timeout:g} s: a sender there speaks wire version "
+                            f"{max(self.foreign_versions)}, this receiver {wire.VERSION} (install the same "
+                            "fleetcast.imaging release on the sender and the receivers).")
                     raise TransportError(
                         f"No authenticated multicast session on {self._where()} within {self.config.timeout:g} s: "
                         "no sender is running there, or it uses a different session key.")

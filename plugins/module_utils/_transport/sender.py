@@ -77,6 +77,7 @@ class ReceiverReport:
     finished_at: Optional[float] = None
     objects: int = 0
     requests: int = 0
+    holds: int = 0                   # times new data waited for this receiver's room
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -128,6 +129,7 @@ class _Peer:
     floor: int = 0                   # objects before this one it is not expected to hold
     short_since: float = 0.0         # when it started lacking room for the next object
     suspended: bool = False          # lacked room for over MAX_HOLD: not pacing until it catches up
+    holds: int = 0                   # times new data waited for its room
 
 
 class _Prepared:
@@ -318,6 +320,7 @@ class Sender:
                 peer.suspended = True
                 peer.floor = index
                 continue
+            peer.holds += 1
             room = False
         if not room:
             self.holds += 1
@@ -692,7 +695,7 @@ class Sender:
                 digest_matches=peer.digest == digest, reason=peer.reason,
                 joined_at=round(peer.joined_at - (time.monotonic() - seconds), 3),
                 finished_at=None if peer.finished_at is None else round(peer.finished_at - (time.monotonic() - seconds), 3),
-                objects=peer.delivered, requests=peer.requests))
+                objects=peer.delivered, requests=peer.requests, holds=peer.holds))
         for name in self.config.expected:
             if name not in seen:
                 reports.append(ReceiverReport(name=name, address="", state="never_joined",

@@ -104,6 +104,16 @@ def peek_control(datagram: bytes) -> Optional[Tuple[int, int, int, int]]:
     return kind, flags, session_id, seq
 
 
+def foreign_version(datagram: bytes) -> Optional[int]:
+    """The wire version of a datagram that looks like a fleetcast announcement of another version
+    (a sender running another release of the collection), else None. Unauthenticated: only for
+    saying why no session was found."""
+    if len(datagram) < CONTROL_HEADER.size + TAG_SIZE or len(datagram) > CONTROL_MAX:
+        return None
+    kind, version = datagram[0], datagram[1]
+    return version if kind == ANNOUNCE and version != VERSION and 0 < version < 16 else None
+
+
 def open_control(keys: SessionKeys, datagram: bytes) -> Optional[Tuple[int, int, int, bytes]]:
     """(type, flags, sequence, body) if the tag verifies under this session's key, else None."""
     head = peek_control(datagram)

@@ -12,7 +12,9 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lab import GROUP, file_digest, finish, make_payload, start_receiver, start_sender, wait_for  # noqa: E402
+from lab import GROUP, env, file_digest, finish, make_payload, start_receiver, start_sender, wait_for  # noqa: E402
+
+from ansible_collections.fleetcast.imaging.plugins.module_utils._transport import wire  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -94,6 +96,8 @@ def test_flow_control_keeps_small_windows_from_dropping_data(netlab, memory_dir)
     assert code == 0, report
     _assert_all_done(report, ["r1", "r2", "r3"])
     assert report["flow_holds"] > 0, report
+    # each hold is charged to the receiver(s) that had no room
+    assert sum(r["holds"] for r in report["receivers"]) >= report["flow_holds"], report
     for result in _outputs_exact(receivers, outputs, expected):
         # a receiver starved of CPU for over a second may still drop a little; never a large share
         assert result["window_drops"] * 50 < result["datagrams"], result
@@ -213,6 +217,35 @@ def test_late_receiver_joins_and_completes(netlab, tmp_path):
     assert late["joined_at"] > min(r["joined_at"] for r in report["receivers"])
     results = _outputs_exact(receivers, outputs, expected)
     assert results[2]["object_requests"] > 0     # it fetched whole objects sent before it joined
+
+
+OLD_SENDER = """
+import socket, sys, time
+from ansible_collections.fleetcast.imaging.plugins.module_utils._transport import wire
+keys = wire.SessionKeys.derive(b"lab-session-key", 7)
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(sys.argv[1]))
+for seq in range(1, 60):
+    announce = bytearray(wire.pack_control(keys, wire.ANNOUNCE, seq, bytes(wire.ANNOUNCE_BODY.size)))
+    announce[1] = wire.VERSION - 1          # what a sender of the previous release sends
+    sock.sendto(bytes(announce), (sys.argv[2], 9611))
+    time.sleep(0.1)
+"""
+
+
+def test_receiver_names_a_sender_of_another_version(netlab, tmp_path):
+    old = netlab.add_host("old")
+    host = netlab.add_host("r1")
+    output = tmp_path / "out"
+    receiver = start_receiver(host, output, timeout=2)
+    sender = old.popen(["/usr/bin/python3", "-c", OLD_SENDER, old.address, GROUP], env=env(),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    code, result = finish(receiver)
+    sender.kill()
+    sender.communicate()
+    assert code == 1 and result["failed"], result
+    assert f"speaks wire version {wire.VERSION - 1}, this receiver {wire.VERSION}" in result["msg"], result
+    assert not output.exists()
 
 
 def test_wrong_key_receiver_writes_nothing(netlab, tmp_path):

@@ -99,3 +99,15 @@ def test_announced_image_id_keeps_trailing_zero_bytes():
     image_id = bytes.fromhex("8f64983eb6d2eef7b56485afb3c87be33d7c9684d24e0648ef1bb2b6cb270e00")
     assert wire.announced_image_id(wire.image_id_field(image_id)) == image_id
     assert wire.announced_image_id(wire.image_id_field(b"")) == b""
+
+
+def test_announcements_of_another_wire_version_are_recognised_not_opened():
+    keys = wire.SessionKeys.derive(b"secret", 42)
+    announce = bytearray(wire.pack_control(keys, wire.ANNOUNCE, 1, bytes(wire.ANNOUNCE_BODY.size)))
+    assert wire.foreign_version(bytes(announce)) is None            # our own version
+    announce[1] = wire.VERSION - 1
+    assert wire.foreign_version(bytes(announce)) == wire.VERSION - 1
+    assert wire.peek_control(bytes(announce)) is None                 # never opened
+    data = bytearray(wire.DATAGRAM)
+    data[0], data[1] = wire.DATA, wire.VERSION - 1
+    assert wire.foreign_version(bytes(data)) is None                  # data, and too long
