@@ -21,8 +21,6 @@ from typing import List, Optional
 
 from .._errors import FleetcastError
 from .netio import interface_address
-from .receiver import Receiver, ReceiverConfig
-from .sender import Sender, SenderConfig
 from .source import ReaderSource
 
 OFFSET = struct.Struct(">Q")
@@ -118,6 +116,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         address = interface_address(args.interface)
         if args.command == "send":
+            # each side imports only its own half: the sender's start-up is part of every session
+            from .sender import Sender, SenderConfig  # pylint: disable=import-outside-toplevel
             config = SenderConfig(
                 group=args.group, port=args.port, address=address, session_key=_key(),
                 expected=[e for e in args.expected.split(",") if e], min_receivers=args.min_receivers,
@@ -126,6 +126,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             result = Sender(config, file_source(args.file, args.object_size)).run().to_dict()
         else:
             sink = FileSink(args.output)
+            from .receiver import Receiver, ReceiverConfig  # pylint: disable=import-outside-toplevel
             config = ReceiverConfig(group=args.group, port=args.port, address=address,
                                     session_key=_key(), name=args.name or address,
                                     timeout=args.timeout, window_bytes=args.window_mib * 1024 * 1024,
