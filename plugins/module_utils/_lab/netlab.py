@@ -124,6 +124,11 @@ class NetLab:
                                "grp", group], capture_output=True, text=True, check=False)
         return done.returncode == 0
 
+    def segment_at_port(self, host: LabHost) -> None:
+        """Make the switch cut GSO packets into single datagrams before they reach `host`, as a
+        real NIC puts frames on the wire (veth and the bridge otherwise pass GSO packets whole)."""
+        _ip("link", "set", host.port, "gso_max_segs", "1", netns=self.switch)
+
     def memberships(self, group: str) -> List[str]:
         """Ports (host names) the switch forwards `group` to."""
         shown = subprocess.run(["bridge", "-n", self.switch, "mdb", "show"], capture_output=True, text=True,

@@ -168,6 +168,15 @@ def renew_membership(sock: socket.socket, group: str, address: str) -> None:
         raise TransportError(f"Cannot join multicast group {group} again on {address} ({err.strerror}).") from None
 
 
+def disable_gro(sock: socket.socket) -> bool:
+    """Turn UDP GRO off on a receiving socket (from then on every datagram arrives on its own)."""
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 0)
+        return True
+    except OSError:
+        return False
+
+
 def gro_segment_size(ancillary) -> int:
     """Segment size the kernel reports for a coalesced GRO buffer, 0 for a single datagram."""
     for level, kind, value in ancillary:

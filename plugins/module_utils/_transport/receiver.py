@@ -31,8 +31,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 from .._errors import TransportError
 from . import gcm, wire
 from .mmsg import MSG_TRUNC, batch_receiver
-from .netio import (NUMPY_IMPORT_ERROR, BufferPool, gro_segment_size, np, receiver_sockets, renew_membership,
-                    udp_receive_errors)
+from .netio import (NUMPY_IMPORT_ERROR, BufferPool, disable_gro, gro_segment_size, np, receiver_sockets,
+                    renew_membership, udp_receive_errors)
 
 
 STATUS_EVERY = 0.025
@@ -44,6 +44,7 @@ JOIN_EVERY = 0.2
 WINDOW_UPDATE = 8 * 1024 * 1024   # room last reported below this: report freed room at once
 REJOIN_AFTER = 0.5            # nothing from the group this long (announcements come every 0.1 s): join again,
 REJOIN_MAX = 8.0              # then after twice as long each time, up to this
+GRO_PROBE = 4096              # data datagrams after which GRO that never coalesced is given up
 GATHER = 0.001                # without GRO, once the socket is drained: let datagrams gather
 VECTOR_FROM = 10              # from this many datagrams in a recvmmsg batch, `_rows` beats `_one`
 MAX_FRAGMENTS = (64 * 1024 * 1024) // wire.PAYLOAD + 1     # refuse objects over 64 MiB
@@ -100,6 +101,7 @@ class ReceiveResult:
     datagrams: int = 0                 # data datagrams received
     receive_calls: int = 0             # system calls that returned them (GRO coalesces many in one)
     rejoins: int = 0                   # times the group went silent and its membership was reported again
+    gro_dropped: bool = False          # GRO was offered but coalesced nothing, so batches were used
     mmsg: bool = False                 # without GRO: recvmmsg took many datagrams per call
 
     def to_dict(self) -> dict:
@@ -150,10 +152,10 @@ class Receiver:
         # cost a poll() before every receive, i.e. one per datagram on the fallback path
         self.data_sock.setblocking(False)
         # without GRO, recvmmsg where libc has it; else one recvfrom per datagram (the last resort)
-        self.batch = None if self.gro else batch_receiver(self.data_sock)
-        if self.batch is not None:      # each row and its payload as views, for `_one`
-            self.batch_rows = list(self.batch.rows)
-            self.batch_payloads = [row[wire.DATA_HEADER_SIZE:] for row in self.batch_rows]
+        self.batch = None
+        if not self.gro:
+            self._use_batches()
+        self.gro_dropped = False           # GRO was on but coalesced nothing: batches instead
         self.pool = BufferPool(wire.PAYLOAD)
         self.datagrams = 0
         self.receive_calls = 0
@@ -203,6 +205,24 @@ class Receiver:
         self.ended: Optional[int] = None
         self.done_acked = False
         self.digests: List[Tuple[int, bytes]] = []
+
+    def _use_batches(self) -> None:
+        self.batch = batch_receiver(self.data_sock)
+        if self.batch is not None:      # each row and its payload as views, for `_one`
+            self.batch_rows = list(self.batch.rows)
+            self.batch_payloads = [row[wire.DATA_HEADER_SIZE:] for row in self.batch_rows]
+
+    def _gro_coalesces(self) -> bool:
+        """False once GRO has handed over GRO_PROBE data datagrams one by one: the kernel offers
+        the option but the device does not coalesce (no GRO on the NIC or a veth without NAPI).
+        Then GRO is turned off and recvmmsg takes many datagrams per call instead."""
+        if self.datagrams < GRO_PROBE or self.receive_calls < self.datagrams:
+            return True
+        if disable_gro(self.data_sock):
+            self.gro = False
+            self.gro_dropped = True
+            self._use_batches()
+        return False
 
     # --- stages ----------------------------------------------------------------------------------
     def _release(self, rows: np.ndarray) -> None:
@@ -662,6 +682,7 @@ class Receiver:
             sender=self.sender[0], gro=self.gro, encrypted=self.encrypted,
             kernel_drops=udp_receive_errors() - self.kernel_drops_base, window_drops=self.window_drops,
             rejected_objects=self.rejected_objects, datagrams=self.datagrams, rejoins=self.rejoins,
+            gro_dropped=self.gro_dropped,
             receive_calls=self.receive_calls, mmsg=self.batch is not None)
 
     def _where(self) -> str:
@@ -708,6 +729,8 @@ class Receiver:
                         self.receive_calls += 1
                         self.datagrams += 1
                         self._one(self.buffer, self.payload_view, now)
+                        if self.gro and self.datagrams == GRO_PROBE:
+                            self._gro_coalesces()
                 elif size >= wire.DATAGRAM and self.buffer[0] == wire.DATA:
                     if self.keys is not None:
                         segment = gro_segment_size(ancillary) or size

@@ -129,6 +129,21 @@ def test_fallback_path_without_offload_and_with_encryption(netlab, tmp_path):
         assert result["datagrams"] > (24 * MiB) // 1448 and result["receive_calls"] * 4 < result["datagrams"], result
 
 
+def test_gro_that_coalesces_nothing_gives_way_to_batched_receives(netlab, tmp_path):
+    # The switch port cuts GSO packets into single frames and this veth does no GRO: the socket
+    # option is there but every call returns one datagram. The receiver notices and batches.
+    expected, payload, sender_host, hosts, outputs, receivers = _lab_session(netlab, tmp_path, 48 * MiB, 1)
+    netlab.segment_at_port(hosts[0])
+    sender = start_sender(sender_host, payload, extra=["--expected", "r1"])
+    code, report = finish(sender)
+    assert code == 0, report
+    assert report["gso"] is True
+    _assert_all_done(report, ["r1"])
+    (result,) = _outputs_exact(receivers, outputs, expected)
+    assert result["gro_dropped"] is True and result["gro"] is False and result["mmsg"] is True, result
+    assert result["receive_calls"] * 4 < result["datagrams"], result
+
+
 def test_fallback_without_batched_system_calls(netlab, tmp_path):
     """FLEETCAST_NO_MMSG=1: the last resort, one system call per datagram on both sides."""
     report, results = _fallback_session(netlab, tmp_path, 3 * MiB + 4321, 1,
