@@ -178,7 +178,7 @@ receivers:
       description: Repair requests it sent (runs of fragments, whole objects, META entries).
       type: int
     holds:
-      description: Times new data waited for room at this receiver (flow control).
+      description: Objects whose first sending waited for room at this receiver (flow control).
       type: int
   sample:
     - {name: pc1, address: 10.0.0.11, state: done, digest: 9f2c, digest_matches: true, reason: ""}
@@ -201,8 +201,8 @@ repair_datagrams:
   type: int
 flow_holds:
   description:
-    - Times new data waited because a receiver had no room for it yet (its disk or CPU was
-      behind); the C(holds) of each entry in RV(receivers) shows which host paced the session.
+    - Objects whose first sending waited because a receiver had no room for them yet (its disk or
+      CPU was behind); the C(holds) of each entry in RV(receivers) shows which host paced the session.
   returned: success
   type: int
   sample: 42

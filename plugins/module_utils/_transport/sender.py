@@ -77,7 +77,7 @@ class ReceiverReport:
     finished_at: Optional[float] = None
     objects: int = 0
     requests: int = 0
-    holds: int = 0                   # times new data waited for this receiver's room
+    holds: int = 0                   # objects whose first sending waited for this receiver's room
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -93,7 +93,7 @@ class SendResult:
     whole_object_resends: int
     seconds: float
     final_rate: int
-    flow_holds: int                    # times new data waited for a receiver's window room
+    flow_holds: int                    # first-pass objects that waited for a receiver's window room
     gso: bool
     encrypted: bool
     digest: str
@@ -129,7 +129,8 @@ class _Peer:
     floor: int = 0                   # objects before this one it is not expected to hold
     short_since: float = 0.0         # when it started lacking room for the next object
     suspended: bool = False          # lacked room for over MAX_HOLD: not pacing until it catches up
-    holds: int = 0                   # times new data waited for its room
+    holds: int = 0                   # objects whose first sending waited for its room
+    held_for: int = -1               # the last of them
 
 
 class _Prepared:
@@ -194,7 +195,8 @@ class Sender:
         self.repair_datagrams = 0
         self.resends = 0
         self.bytes = 0
-        self.holds = 0                     # times the first pass waited for a receiver's room
+        self.holds = 0                     # first-pass objects that waited for a receiver's room
+        self.held_for = -1
         self._prefetched: Dict[int, _Prepared] = {}
         self._prefetch_claimed = 0         # next first-pass index a prefetch worker takes on
         self._prefetch_taken = 0           # next first-pass index the loop sends
@@ -320,9 +322,12 @@ class Sender:
                 peer.suspended = True
                 peer.floor = index
                 continue
-            peer.holds += 1
+            if peer.held_for != index:     # counted once per object it held back
+                peer.held_for = index
+                peer.holds += 1
             room = False
-        if not room:
+        if not room and self.held_for != index:
+            self.held_for = index
             self.holds += 1
         return room
 
