@@ -83,6 +83,13 @@ class NetLab:
         self.switch = f"{self.prefix}-sw"
         _ip("netns", "add", self.switch)
         self._created.append(self.switch)
+        try:
+            self._build_switch()
+        except BaseException:
+            self.close()              # a half-built lab is never left behind
+            raise
+
+    def _build_switch(self) -> None:
         _ip("link", "add", "br0", "type", "bridge", netns=self.switch)
         # IGMP snooping with the bridge as IGMPv3 querier, as on a well-configured switch. Linux
         # floods all multicast until one query response interval after the querier is turned on

@@ -1,4 +1,7 @@
+import os
 import subprocess
+
+import pytest
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._lab import loopdisk
 
@@ -36,3 +39,21 @@ def test_netlab_cut_drops_everything_and_loss_is_partial(netlab):
     host.clear_rules()
     host.drop_incoming_udp(5)
     assert "numgen random mod 10000 < 500 drop" in host.run(["nft", "list", "ruleset"]).stdout
+
+
+def test_netlab_that_fails_half_built_leaves_no_namespace(monkeypatch):
+    from ansible_collections.fleetcast.imaging.plugins.module_utils._lab import netlab as netlab_module
+
+    real_ip = netlab_module._ip
+
+    def failing_ip(*args, netns=None):
+        if "mcast_querier" in args:
+            raise subprocess.CalledProcessError(1, ["ip"] + list(args))
+        real_ip(*args, netns=netns)
+
+    monkeypatch.setattr(netlab_module, "_ip", failing_ip)
+    prefix = "fcfail" + str(os.getpid() % 10000)
+    with pytest.raises(subprocess.CalledProcessError):
+        netlab_module.NetLab(prefix=prefix)
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert prefix not in listed
