@@ -134,12 +134,12 @@ class _Evp:
         self.lib.EVP_CIPHER_CTX_free(self.ctx)
 
 
-class ObjectMac:
-    """GMAC tags of a session's objects: ``tag(nonce, data)`` -> 16 bytes."""
+class _Aes256Gcm:
+    """A 32-byte key, and libcrypto if it loaded (else the cryptography package's AESGCM)."""
 
     def __init__(self, key: bytes, prefer_libcrypto: bool = True):
         if len(key) != 32:
-            raise ValueError("GMAC key must be 32 bytes")
+            raise ValueError("AES-256-GCM key must be 32 bytes")
         self.key = key
         self.fallback = None
         if prefer_libcrypto and _LIBCRYPTO is not None:
@@ -147,6 +147,10 @@ class ObjectMac:
         else:
             self.fallback = _cryptography_aesgcm(key)
             self.implementation = "cryptography"
+
+
+class ObjectMac(_Aes256Gcm):
+    """GMAC tags of a session's objects: ``tag(nonce, data)`` -> 16 bytes."""
 
     def tag(self, nonce: bytes, data) -> bytes:
         if self.fallback is not None:
@@ -166,23 +170,15 @@ class ObjectMac:
             del keep
 
 
-class ObjectCipher:
+class ObjectCipher(_Aes256Gcm):
     """AES-256-GCM sealing of objects: ``seal`` -> ciphertext + 16-byte tag; ``open`` -> the
     plaintext (in place where it can) or None when the tag does not verify."""
 
     def __init__(self, key: bytes, prefer_libcrypto: bool = True):
-        if len(key) != 32:
-            raise ValueError("AES-256-GCM key must be 32 bytes")
-        self.key = key
-        self.fallback = None
+        super().__init__(key, prefer_libcrypto)
         # the sealing scratch buffer of each thread: a fresh 4 MiB buffer per object would cost a
         # page fault per 4 KiB every time
         self._scratch = threading.local()
-        if prefer_libcrypto and _LIBCRYPTO is not None:
-            self.implementation = "libcrypto"
-        else:
-            self.fallback = _cryptography_aesgcm(key)
-            self.implementation = "cryptography"
 
     def seal(self, nonce: bytes, data, aad: bytes):
         """Ciphertext and tag of `data`. With libcrypto the result is a view of this thread's
@@ -194,9 +190,10 @@ class ObjectCipher:
         if scratch is None or len(scratch) < length + TAG_SIZE:
             scratch = self._scratch.buffer = bytearray(length + TAG_SIZE)
         out, _size, out_keep = _address(scratch, writable=True)
+        extra, extra_length, extra_keep = _address(aad)
         evp = _Evp("Encrypt", self.key, nonce)
         try:
-            evp.update(0, ctypes.cast(ctypes.c_char_p(aad), ctypes.c_void_p).value or 0, len(aad))
+            evp.update(0, extra, extra_length)
             evp.update(out, address, length)
             evp.final()
             evp.ctrl(_EVP_CTRL_GCM_GET_TAG, out + length)
@@ -205,7 +202,7 @@ class ObjectCipher:
             return memoryview(scratch)[:length + TAG_SIZE]
         finally:
             evp.close()
-            del keep, out_keep
+            del keep, out_keep, extra_keep
 
     def open(self, nonce: bytes, sealed, aad: bytes) -> Optional[object]:
         """The plaintext of `sealed` (ciphertext + tag), decrypted in place when `sealed` is a
@@ -223,13 +220,14 @@ class ObjectCipher:
             return None
         length = len(view) - TAG_SIZE
         address, _size, keep = _address(view, writable=True)
+        extra, extra_length, extra_keep = _address(aad)
         evp = _Evp("Decrypt", self.key, nonce)
         try:
-            evp.update(0, ctypes.cast(ctypes.c_char_p(aad), ctypes.c_void_p).value or 0, len(aad))
+            evp.update(0, extra, extra_length)
             evp.update(address, address, length)
             evp.ctrl(_EVP_CTRL_GCM_SET_TAG, address + length)
             evp.final()
             return view[:length] if evp.ok else None
         finally:
             evp.close()
-            del keep
+            del keep, extra_keep
