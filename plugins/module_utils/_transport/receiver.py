@@ -369,9 +369,7 @@ class Receiver:
                 raise TransportError(f"Sender {self.sender[0]} uses datagrams of another size ({payload}); versions differ.")
             self.known = max(self.known, known)
             self.sent_through = max(self.sent_through, min(sent_through, known))
-            newest = self.window.get(self.frontier - 1)
-            if (newest is not None and newest.newest and not newest.complete and not newest.asked
-                    and self.frontier - 1 < self.sent_through):
+            if self._holes_lost(self.frontier - 1):
                 self.status_due = True   # sent whole, still with holes: they were lost
             self._grow(self.known)
             if encrypted and self.cipher is None:
@@ -407,11 +405,8 @@ class Receiver:
                 requests.append(wire.REQUEST.pack(wire.REQ_META, index, 0, 1))
                 continue
             if partial.newest and not partial.asked:
-                # A first-pass object: what it misses is lost once a later object started or the
-                # sender announced it sent it whole; until then it may still be on its way (a
-                # sender short of CPU can pause mid-object for tens of milliseconds).
-                if index + 1 >= self.frontier and index >= self.sent_through:
-                    continue
+                if not self._holes_lost(index):
+                    continue             # a first-pass object still on its way
             elif now - partial.last_seen < NACK_AFTER:
                 continue
             partial.asked = True
@@ -506,14 +501,22 @@ class Receiver:
         partial = _Partial(self.pool.take(count, room), now, newest)
         self.window[index] = partial
         if newest:
-            # The first pass sends objects whole and in order: once a later one starts, what the
-            # previous one still misses was lost. Ask for it now rather than after NACK_AFTER of
-            # silence (at 2 % loss every object has holes, and the window waits for each repair).
-            previous = self.window.get(self.frontier - 1)
-            if previous is not None and previous.newest and not previous.complete and not previous.asked:
-                self.status_due = True
+            previous = self.frontier - 1
             self.frontier = index + 1
+            if self._holes_lost(previous):
+                self.status_due = True   # a later object started: its holes were lost
         return partial
+
+    def _holes_lost(self, index: int) -> bool:
+        """Whether first-pass object `index`, whose holes were not asked for yet, is known to have
+        lost them: the first pass sends objects whole and in order, so that is once a later object
+        started or the sender announced it sent this one whole. Until then it may still be on its
+        way (a sender short of CPU can pause mid-object for tens of milliseconds); afterwards it is
+        asked for at once, not after NACK_AFTER of silence (at 2 % loss every object has holes,
+        and under flow control the window waits for each repair)."""
+        partial = self.window.get(index)
+        return (partial is not None and partial.newest and not partial.complete and not partial.asked
+                and (index + 1 < self.frontier or index < self.sent_through))
 
     def _rows(self, rows: np.ndarray, now: float) -> None:
         """Datagrams of one GRO buffer (or one batch), as rows: check, split by object, one copy per
