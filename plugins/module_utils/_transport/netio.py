@@ -132,8 +132,7 @@ def receiver_sockets(group: str, port: int, address: str, offload: Optional[bool
     try:
         data.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         data.bind((group, port))
-        membership = socket.inet_aton(group) + socket.inet_aton(address)
-        data.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+        data.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _membership(group, address))
         _big_buffers(data, socket.SO_RCVBUF)
         control.bind((address, 0))
         control.setblocking(False)
@@ -151,13 +150,18 @@ def receiver_sockets(group: str, port: int, address: str, offload: Optional[bool
     return data, control, gro
 
 
+def _membership(group: str, address: str) -> bytes:
+    """The ip_mreq of `group` on the interface with `address`."""
+    return socket.inet_aton(group) + socket.inet_aton(address)
+
+
 def renew_membership(sock: socket.socket, group: str, address: str) -> None:
     """Leave and join `group` again, so that the kernel sends a fresh IGMP membership report.
 
     An IGMP-snooping switch forwards a group only to ports it has seen a report from. A report lost
     under load (or a switch that restarted) leaves a receiver cut off until the next general query,
     which may be minutes away; in the lab a lost report cut a receiver off for 25 s."""
-    membership = socket.inet_aton(group) + socket.inet_aton(address)
+    membership = _membership(group, address)
     try:
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_DROP_MEMBERSHIP, membership)
     except OSError:

@@ -94,9 +94,13 @@ def pack_control(keys: SessionKeys, kind: int, seq: int, body: bytes, flags: int
     return message + hmac.digest(keys.mac, message, "sha256")[:TAG_SIZE]
 
 
+def _control_sized(datagram: bytes) -> bool:
+    return CONTROL_HEADER.size + TAG_SIZE <= len(datagram) <= CONTROL_MAX
+
+
 def peek_control(datagram: bytes) -> Optional[Tuple[int, int, int, int]]:
     """(type, flags, session id, sequence) of a well-formed control datagram, unauthenticated."""
-    if len(datagram) < CONTROL_HEADER.size + TAG_SIZE or len(datagram) > CONTROL_MAX:
+    if not _control_sized(datagram):
         return None
     kind, version, flags, session_id, seq = CONTROL_HEADER.unpack_from(datagram)
     if version != VERSION or kind == DATA:
@@ -108,7 +112,7 @@ def foreign_version(datagram: bytes) -> Optional[int]:
     """The wire version of a datagram that looks like a fleetcast announcement of another version
     (a sender running another release of the collection), else None. Unauthenticated: only for
     saying why no session was found."""
-    if len(datagram) < CONTROL_HEADER.size + TAG_SIZE or len(datagram) > CONTROL_MAX:
+    if not _control_sized(datagram):
         return None
     kind, version = datagram[0], datagram[1]
     return version if kind == ANNOUNCE and version != VERSION and 0 < version < 16 else None
