@@ -23,6 +23,19 @@ def _deploy(tmp_path, inventory, *extra, playbook="deploy.yml"):
     return run, re.sub(r"\s+", " ", run.stdout)
 
 
+def _assert_refused(run, out, *sentences):
+    """The play failed, and the summary says each sentence."""
+    assert run.returncode != 0
+    for sentence in sentences:
+        assert sentence in out, run.stdout[-3000:]
+
+
+def _assert_refused_before_disks(run, out, *sentences):
+    """Refused, and before any participant's disk was read."""
+    _assert_refused(run, out, *sentences)
+    assert "Read the participant's listed disks" not in run.stdout
+
+
 PARTICIPANT = """\
 all:
   vars: {ansible_connection: local, ansible_python_interpreter: /usr/bin/python3}
@@ -36,45 +49,37 @@ all:
 @pytest.mark.timeout(120)
 def test_an_inventory_without_an_image_server_is_refused(tmp_path):
     run, out = _deploy(tmp_path, PARTICIPANT)
-    assert run.returncode != 0
-    assert ("ws01 failed at preflight: ws01: the inventory must name exactly one image server in the "
-            "group imaging_server, and it names 0.") in out, run.stdout[-3000:]
-    assert "Read the participant's listed disks" not in run.stdout
+    _assert_refused_before_disks(run, out, "ws01 failed at preflight: ws01: the inventory must name exactly one "
+                                 "image server in the group imaging_server, and it names 0.")
 
 
 @pytest.mark.timeout(120)
 def test_an_image_server_left_out_by_limit_is_named(tmp_path):
     run, out = _deploy(tmp_path, PARTICIPANT + "    imaging_server:\n      hosts:\n        imgsrv01:\n",
                        "--limit", "ws01")
-    assert run.returncode != 0
-    assert ("ws01 failed at preflight: ws01: the image server imgsrv01 did not run its preflight (it is "
-            "unreachable, or left out by --limit: keep it in the limit).") in out, run.stdout[-3000:]
-    assert "Read the participant's listed disks" not in run.stdout
+    _assert_refused_before_disks(run, out, "ws01 failed at preflight: ws01: the image server imgsrv01 did not run "
+                                 "its preflight (it is unreachable, or left out by --limit: keep it in the limit).")
 
 
 @pytest.mark.timeout(120)
 def test_an_image_server_without_an_image_name_says_what_to_set(tmp_path):
     run, out = _deploy(tmp_path, PARTICIPANT + "    imaging_server:\n      hosts:\n        imgsrv01:\n")
-    assert run.returncode != 0
-    assert ("imgsrv01 failed at preflight: imgsrv01: set imaging_image_name (the image file's name, without "
-            "directory or .fcimg) and imaging_image_dir (the directory of images on this server).") in out, \
-        run.stdout[-3000:]
-    assert ("ws01 failed at preflight: The image server imgsrv01 failed its preflight: imgsrv01: set "
-            "imaging_image_name") in out
-    assert "Read the participant's listed disks" not in run.stdout
+    _assert_refused_before_disks(
+        run, out,
+        "imgsrv01 failed at preflight: imgsrv01: set imaging_image_name (the image file's name, without "
+        "directory or .fcimg) and imaging_image_dir (the directory of images on this server).",
+        "ws01 failed at preflight: The image server imgsrv01 failed its preflight: imgsrv01: set "
+        "imaging_image_name")
 
 
 @pytest.mark.timeout(120)
 def test_capture_without_a_master_or_an_image_name_is_refused(tmp_path):
     run, out = _deploy(tmp_path, "all:\n  vars: {ansible_connection: local}\n  children:\n"
                        "    imaging_server:\n      hosts:\n        imgsrv01:\n", playbook="capture.yml")
-    assert run.returncode != 0
-    assert ("imgsrv01 failed at capture: imgsrv01: the inventory must name exactly one master workstation "
-            "in the group imaging_master, and it names 0.") in out, run.stdout[-3000:]
+    _assert_refused(run, out, "imgsrv01 failed at capture: imgsrv01: the inventory must name exactly one master "
+                    "workstation in the group imaging_master, and it names 0.")
     run, out = _deploy(tmp_path, "all:\n  vars: {ansible_connection: local}\n  children:\n"
                        "    imaging_master:\n      hosts:\n        m1:\n"
                        "    imaging_server:\n      hosts:\n        imgsrv01:\n", playbook="capture.yml")
-    assert run.returncode != 0
-    assert ("imgsrv01 failed at capture: imgsrv01: set imaging_image_name (the name of the image file, without "
-            "directory or .fcimg) and imaging_image_dir (the directory of images on this server).") in out, \
-        run.stdout[-3000:]
+    _assert_refused(run, out, "imgsrv01 failed at capture: imgsrv01: set imaging_image_name (the name of the image "
+                    "file, without directory or .fcimg) and imaging_image_dir (the directory of images on this server).")
