@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, List, Optional
 
 from .._errors import FleetcastError, UnsafeTargetError, ValidationError
-from . import rawlabel
+from . import rawlabel, stacked
 from .blockdev import partition_path, reread_partitions, zero_range
 from .command import run
 from .discover import EXCLUDED, BlockDevice, select_disks
@@ -33,6 +33,7 @@ class Signature:
     length: int = 0  # bytes of magic that wipe zeroes
     uuid: Optional[str] = None
     label: Optional[str] = None
+    detail: Optional[str] = None  # what it is, when known (md 1.2 superblock, LUKS2 secondary header...)
 
 
 @dataclass
@@ -64,7 +65,7 @@ class WipePlan:
         lines += [f"partition {p['number']}: sectors {p['start']}-{p['end']}"
                   + (f" ({p['fs']})" if p.get("fs") else "") for p in self.partitions]
         lines += [f"signature {s.type} on {s.where} at byte {s.offset}"
-                  + (f" (UUID {s.uuid})" if s.uuid else "") + (f" (label {s.label})" if s.label else "")
+                  + (f" ({s.detail})" if s.detail else "") + (f" (UUID {s.uuid})" if s.uuid else "") + (f" (label {s.label})" if s.label else "")
                   for s in self.signatures]
         return lines
 
@@ -78,6 +79,32 @@ def _signatures(device: str, where: str, base: int, about: str) -> List[Signatur
     return [Signature(where=where, offset=base + int(sig["offset"], 16), type=sig.get("type") or "unknown",
                       length=int(sig.get("length") or 0), uuid=sig.get("uuid"), label=sig.get("label"))
             for sig in json.loads(out).get("signatures", [])]
+
+
+MAGIC_WINDOW = 4096  # wipefs reports a header's magic within its first 4 KiB (LVM: 24 bytes into the label)
+
+
+def _stacked(device: str, where: str, base: int, size: int, found: List[Signature]) -> List[Region]:
+    """md, LVM, LUKS and BitLocker headers of one device (the disk, or a partition at byte `base`):
+    those wipefs did not report are added to `found`, those it did get their description, and every
+    one becomes a region to zero, key material included (see `stacked`)."""
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        headers = stacked.find_headers(fd, 0, size)
+    finally:
+        os.close(fd)
+    regions = []
+    for header in headers:
+        start = base + header.offset
+        same = [sig for sig in found if sig.type == header.kind and sig.where == where
+                and start <= sig.offset < start + MAGIC_WINDOW]
+        for sig in same:
+            sig.detail = sig.detail or header.version
+        if not same:
+            found.append(Signature(where=where, offset=start, type=header.kind, length=header.length,
+                                   uuid=header.uuid, detail=header.version))
+        regions.append(Region(start, header.length, f"{header.version} on {where}"))
+    return regions
 
 
 def _table_regions(path: str, label: str, size: int, sector: int) -> List[Region]:
@@ -103,13 +130,16 @@ def plan_wipe(path: str) -> WipePlan:
     plan = WipePlan(path=path, label=layout.label)
     plan.regions = _table_regions(path, layout.label, layout.size, layout.sector_size)
     plan.signatures = _signatures(path, "disk", 0, path)
+    plan.regions += _stacked(path, "disk", 0, layout.size, plan.signatures)
     for part in layout.partitions:
         plan.partitions.append({"number": part.number, "start": part.start, "end": part.end, "fs": part.fs})
         if part.kind == "extended":
             continue
+        base, where = part.start * layout.sector_size, f"partition {part.number}"
         with partition_path(path, part, read_only=True) as node:
-            plan.signatures += _signatures(node, f"partition {part.number}", part.start * layout.sector_size,
-                                           f"partition {part.number} of {path}")
+            found = _signatures(node, where, base, f"partition {part.number} of {path}")
+            plan.regions += _stacked(node, where, base, (part.end - part.start + 1) * layout.sector_size, found)
+        plan.signatures += found
     return plan
 
 
@@ -140,6 +170,12 @@ def wipe(path: str) -> WipePlan:
         os.fsync(fd)
     finally:
         os.close(fd)
+    # With the table gone, libblkid no longer hides signatures that lay inside former partitions
+    # but belong to the whole disk (an old whole-disk filesystem): one more pass removes those too.
+    late = _signatures(path, "disk", 0, path)
+    if late:
+        run(["wipefs", "--all", path], device=path)
+        plan.signatures += late
     reread_partitions(path)
     return plan
 

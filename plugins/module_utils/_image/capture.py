@@ -16,7 +16,7 @@ import stat
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .._errors import ValidationError
 from .format import ChunkRecord
@@ -59,8 +59,34 @@ def _open_source(path: str) -> Tuple[int, int]:
 Extents = List[Tuple[int, int]]
 
 
+def _stacked_region(name: str, offset: int, length: int, fd: int, extents: Extents) -> Optional[Dict[str, Any]]:
+    """Refuse an encrypted volume that cannot be read without its key; store an md RAID or LVM
+    member (or a suspended BitLocker volume) whole, since no filesystem map reads through it and
+    its own metadata (an md superblock at the end, LVM metadata areas) must move unchanged."""
+    from .._disk import stacked
+
+    headers = stacked.find_headers(fd, offset, length)
+    try:
+        source = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        source = "the source"
+    refusal = stacked.capture_refusal(headers, f"{name[0].upper()}{name[1:]} of {source}")
+    if refusal:
+        raise ValidationError(refusal)
+    note = stacked.stored_whole_note(headers)
+    if not note:
+        return None
+    region = _raw_region(name, offset, length, extents)
+    region.update(filesystem=headers[0].kind, note=note)
+    return region
+
+
 def _region(name: str, offset: int, length: int, fd: int, extents: Extents, **extra: Any) -> Dict[str, Any]:
     """A region of the disk; its used extents (absolute) are appended to `extents`."""
+    whole = _stacked_region(name, offset, length, fd, extents)
+    if whole is not None:
+        whole.update(extra)
+        return whole
     found = used_map(fd, length, base=offset)
     extents.extend((offset + start, size) for start, size in found.extents)
     region = {"name": name, "offset": offset, "length": length, "filesystem": found.filesystem,
