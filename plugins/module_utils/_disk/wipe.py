@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, List, Optional
 
 from .._errors import FleetcastError, UnsafeTargetError, ValidationError
-from . import rawlabel, stacked
+from . import erase, rawlabel, stacked
 from .blockdev import partition_path, reread_partitions, zero_range
 from .command import run
 from .discover import EXCLUDED, BlockDevice, select_disks
@@ -188,29 +188,51 @@ class WipeRun:
     removed: List[WipePlan] = field(default_factory=list)  # filled unless check mode
     refused: Dict[str, str] = field(default_factory=dict)
     check_mode: bool = False
+    erasing: Dict[str, erase.EraseChoice] = field(default_factory=dict)  # path -> secure erase method
+    erased: Dict[str, erase.EraseResult] = field(default_factory=dict)  # filled unless check mode
+
+    def erases(self, path: str) -> bool:
+        return path in self.erasing and self.erasing[path].method != "none"
 
     @property
     def changed(self) -> bool:
         done = self.plans if self.check_mode else self.removed
-        return any(not plan.empty for plan in done)
+        return any(not plan.empty or self.erases(plan.path) for plan in done)
 
     def results(self) -> List[dict]:
         done = self.plans if self.check_mode else self.removed
-        return [dict(device=plan.path, changed=not plan.empty, label=plan.label, partitions=plan.partitions,
-                     signatures=[asdict(sig) for sig in plan.signatures]) for plan in done]
+        found = []
+        for plan in done:
+            entry = dict(device=plan.path, changed=not plan.empty or self.erases(plan.path), label=plan.label,
+                         partitions=plan.partitions, signatures=[asdict(sig) for sig in plan.signatures])
+            if plan.path in self.erasing:
+                entry["secure_erase"] = self.erasing[plan.path].to_dict()
+                if plan.path in self.erased:
+                    entry["secure_erase"].update(self.erased[plan.path].to_dict())
+            found.append(entry)
+        return found
 
     def diff(self) -> List[dict]:
-        return [dict(before_header=plan.path, after_header=plan.path,
-                     before="".join(line + "\n" for line in plan.describe()), after="")
-                for plan in self.plans if not plan.empty]
+        diffs = []
+        for plan in self.plans:
+            lines = plan.describe()
+            if self.erases(plan.path):
+                lines.append(f"all data: secure erase by {self.erasing[plan.path].method} "
+                             f"({self.erasing[plan.path].reason})")
+            if lines:
+                diffs.append(dict(before_header=plan.path, after_header=plan.path,
+                                  before="".join(line + "\n" for line in lines), after=""))
+        return diffs
 
 
 def wipe_disks(devices: List[BlockDevice], explicit: Optional[List[str]] = None, all_fixed: bool = False,
-               exclude: Iterable[str] = (), force: bool = False, check_mode: bool = False) -> WipeRun:
-    """Select disks (named ones, or all fixed writable disks minus `exclude`), plan every wipe, and
-    unless in check mode wipe them. Raises before writing anything when a named disk is refused, or
-    when "all fixed disks" picked a disk that is not blank and `force` is not set (check mode then
-    still reports what would go)."""
+               exclude: Iterable[str] = (), force: bool = False, check_mode: bool = False,
+               secure_erase: str = "none", sysfs: str = "/sys") -> WipeRun:
+    """Select disks (named ones, or all fixed writable disks minus `exclude`), plan every wipe (and
+    the secure erase method of each disk, read from the `sysfs` view), and unless in check mode wipe
+    (and erase) them. Raises before writing anything when a named disk is refused, when a requested
+    erase method is not available for a disk, or when "all fixed disks" picked a disk that is not
+    blank (or is to be erased) and `force` is not set (check mode then still reports what would go)."""
     if not explicit and not all_fixed:
         raise ValidationError("Nothing to wipe: name devices, or select all fixed disks.")
     selection = select_disks(devices, explicit=explicit, all_fixed=all_fixed, exclude=exclude)
@@ -220,7 +242,10 @@ def wipe_disks(devices: List[BlockDevice], explicit: Optional[List[str]] = None,
             raise UnsafeTargetError(" ".join(unsafe) + " Nothing was wiped.")
     run_ = WipeRun(refused=selection.refused, check_mode=check_mode)
     run_.plans = [plan_wipe(device.path) for device in selection.selected]
-    dirty = [plan.path for plan in run_.plans if not plan.empty]
+    if secure_erase != "none":
+        run_.erasing = {device.path: erase.choose(device.path, secure_erase, sysfs, device)
+                        for device in selection.selected}
+    dirty = [plan.path for plan in run_.plans if not plan.empty or run_.erases(plan.path)]
     unsafe = []
     for path in dirty:  # every disk that will be written, before the first one is (also busy ones)
         try:
@@ -237,6 +262,8 @@ def wipe_disks(devices: List[BlockDevice], explicit: Optional[List[str]] = None,
     for plan in run_.plans:
         try:
             run_.removed.append(wipe(plan.path) if not plan.empty else plan)
+            if run_.erases(plan.path):
+                run_.erased[plan.path] = erase.secure_erase(plan.path, run_.erasing[plan.path], open_target)
         except FleetcastError as err:
             done = [p.path for p in run_.removed if not p.empty]
             raise FleetcastError(f"{str(err).rstrip('.')} (already wiped: {', '.join(done) or 'none'}).") from err
