@@ -109,6 +109,16 @@ options:
       - File to keep replacing with a JSON progress object (C(bytes_done), C(bytes_total),
         C(message), C(receivers)), for M(fleetcast.imaging.progress).
     type: path
+  public_key:
+    description:
+      - An Ed25519 public key (PEM or an OpenSSH C(ssh-ed25519) line), inline or as a path. When
+        given, O(image) is sent only if O(signature) holds a valid signature of its image id by
+        this key (see M(fleetcast.imaging.image_sign)); a missing or bad signature fails the task,
+        in one sentence, before the session starts. Not with O(source_devices).
+    type: str
+  signature:
+    description: The image's signature file; defaults to O(image) with C(.sig) appended.
+    type: path
 extends_documentation_fragment:
   - fleetcast.imaging.attributes
   - fleetcast.imaging.attributes.check_full
@@ -234,15 +244,23 @@ from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import F
 from ansible_collections.fleetcast.imaging.plugins.module_utils._image import capture as image_capture
 from ansible_collections.fleetcast.imaging.plugins.module_utils._image.format import ImageReader, canonical_json, image_id
 from ansible_collections.fleetcast.imaging.plugins.module_utils._image import format as image_format
+from ansible_collections.fleetcast.imaging.plugins.module_utils._image import signing
 from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.netio import NUMPY_IMPORT_ERROR, interface_address
 from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.sender import Sender, SenderConfig
 from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.source import ReaderSource, SpoolSource
 
 
-def image_source(path):
-    """Object 0 is the layout; object i is chunk i - 1, read at random from the image file."""
+def image_source(path, public_key=None, signature=None):
+    """Object 0 is the layout; object i is chunk i - 1, read at random from the image file. With a
+    public key, the image's signature is checked first (a bad or missing one raises)."""
     reader = ImageReader(path)
     manifest = reader.manifest
+    if public_key:
+        try:
+            signing.verify(path, manifest.image_id, public_key, signature)
+        except FleetcastError:
+            reader.close()
+            raise
     source = ReaderSource(canonical_json(manifest.layout), reader.chunk_count + 1,
                           lambda index: reader.record_bytes(index - 1), bytes.fromhex(manifest.image_id))
     return source, reader, {"image": path, "image_id": manifest.image_id, "chunks": reader.chunk_count,
@@ -295,8 +313,10 @@ def main():
             encrypt=dict(type="bool", default=False),
             offload=dict(type="bool", default=True),
             progress_file=dict(type="path"),
+            public_key=dict(type="str"),
+            signature=dict(type="path"),
         ),
-        mutually_exclusive=[("image", "source_devices")],
+        mutually_exclusive=[("image", "source_devices"), ("public_key", "source_devices")],
         required_one_of=[("image", "source_devices")],
         supports_check_mode=True,
     )
@@ -317,13 +337,14 @@ def main():
                    "rate_mbit": params["rate_mbit"], "encrypt": params["encrypt"]}
         if module.check_mode:
             if params["image"]:
-                source, holder, what = image_source(params["image"])
+                source, holder, what = image_source(params["image"], params["public_key"], params["signature"])
             else:
                 layout = image_capture.describe(params["source_devices"], params["chunk_size_mib"] * 1024 * 1024)[0]
                 what = {"source_devices": params["source_devices"], "disks": len(layout.get("disks", []))}
             session.update(what)
             module.exit_json(changed=False, plan=session)
-        source, holder, what = image_source(params["image"]) if params["image"] else live_source(params)
+        source, holder, what = (image_source(params["image"], params["public_key"], params["signature"])
+                                if params["image"] else live_source(params))
         config = SenderConfig(
             group=params["group"], port=params["port"], address=address,
             session_key=params["session_key"].encode("utf-8"), ttl=params["ttl"],

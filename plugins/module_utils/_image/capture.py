@@ -129,10 +129,12 @@ def _disk_regions(path: str, fd: int, size: int, extents: Extents) -> Tuple[Dict
     return layout.to_dict(), regions
 
 
-def describe(sources: Sequence[Union[str, CaptureSource]],
-             chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tuple[Dict[str, Any], List[Extents]]:
-    """The layout dict of an image of `sources` (disks, tables, regions) and, per disk, the
-    sorted used extents to read."""
+def describe(sources: Sequence[Union[str, CaptureSource]], chunk_size: int = DEFAULT_CHUNK_SIZE,
+             description: Optional[str] = None) -> Tuple[Dict[str, Any], List[Extents]]:
+    """The layout dict of an image of `sources` (disks, tables, regions, and where and when it was
+    captured: `catalogue.origin`) and, per disk, the sorted used extents to read."""
+    from .catalogue import origin
+
     if not sources:
         raise ValidationError("Nothing to capture: give at least one disk, partition or image file.")
     if not 4096 <= chunk_size <= MAX_CHUNK_SIZE or chunk_size % 4096:
@@ -154,7 +156,8 @@ def describe(sources: Sequence[Union[str, CaptureSource]],
             os.close(fd)
         disks.append(entry)
         plan.append(sorted(extents))
-    return {"format": LAYOUT_FORMAT, "chunk_size": chunk_size, "disks": disks}, plan
+    return {"format": LAYOUT_FORMAT, "chunk_size": chunk_size, "disks": disks,
+            "origin": origin([disk["source"] for disk in disks], description)}, plan
 
 
 def plan_pieces(plan: List[Extents], chunk_size: int) -> Iterator[Tuple[int, int, int]]:
@@ -198,11 +201,12 @@ def iter_chunks(layout: Dict[str, Any], plan: List[Extents], level: int = DEFAUL
 
 
 def capture(sources: Sequence[Union[str, CaptureSource]], chunk_size: int = DEFAULT_CHUNK_SIZE,
-            level: int = DEFAULT_LEVEL, threads: int = 0) -> Tuple[Dict[str, Any], Iterator[ChunkRecord]]:
+            level: int = DEFAULT_LEVEL, threads: int = 0,
+            description: Optional[str] = None) -> Tuple[Dict[str, Any], Iterator[ChunkRecord]]:
     """The layout of `sources` at once, and an iterator that reads and compresses their chunks."""
     if not 1 <= level <= 19:
         raise ValidationError(f"Compression level {level} is outside 1..19.")
-    layout, plan = describe(sources, chunk_size)
+    layout, plan = describe(sources, chunk_size, description)
     return layout, iter_chunks(layout, plan, level, threads)
 
 
@@ -218,13 +222,14 @@ def check_destination(dest: str) -> None:
 
 
 def capture_to_file(sources: Sequence[Union[str, CaptureSource]], dest: str, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                    level: int = DEFAULT_LEVEL, threads: int = 0, mode: int = 0o600, durable: bool = True):
+                    level: int = DEFAULT_LEVEL, threads: int = 0, mode: int = 0o600, durable: bool = True,
+                    description: Optional[str] = None):
     """Capture into an image file written beside `dest` and renamed into place when complete
     (after an fsync unless `durable` is off, as benchmarks against pipelines without one do)."""
     from .format import ImageWriter
 
     check_destination(dest)
-    layout, records = capture(sources, chunk_size, level, threads)
+    layout, records = capture(sources, chunk_size, level, threads, description)
     partial = f"{dest}.partial"
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), mode)

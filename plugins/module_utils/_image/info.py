@@ -48,6 +48,7 @@ def summary(manifest: Manifest) -> Dict[str, Any]:
             "zero_bytes": sum(entry.length for entry in chunks if entry.kind == "zero"),
         })
     return {"format_version": manifest.version, "image_id": manifest.image_id,
+            "origin": manifest.layout.get("origin"),  # None for images captured before it was recorded
             "chunk_size": manifest.layout.get("chunk_size"), "chunk_count": manifest.chunk_count,
             "data_bytes": manifest.data_bytes, "zero_bytes": manifest.zero_bytes,
             "used_bytes": manifest.data_bytes + manifest.zero_bytes, "stored_bytes": manifest.stored_bytes,
@@ -55,7 +56,11 @@ def summary(manifest: Manifest) -> Dict[str, Any]:
 
 
 def image_info(path: str, verify: bool = False, threads: int = 0) -> Dict[str, Any]:
-    """The summary of the image file at `path`; with `verify`, every chunk is checked first."""
+    """The summary of the image file at `path`; with `verify`, every chunk is checked first.
+    A directory is listed as a catalogue instead (`catalogue.catalogue`)."""
+    if os.path.isdir(path):
+        from .catalogue import catalogue
+        return catalogue(path)
     with ImageReader(path) as reader:
         if verify:
             reader.verify(threads)
