@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .._errors import ValidationError
+from . import sectors
 from .format import ChunkRecord
 from .usedmap import used_map
 
@@ -91,6 +92,9 @@ def _region(name: str, offset: int, length: int, fd: int, extents: Extents, **ex
     extents.extend((offset + start, size) for start, size in found.extents)
     region = {"name": name, "offset": offset, "length": length, "filesystem": found.filesystem,
               "map": found.method, "used_bytes": found.used_bytes}
+    unit = sectors.filesystem_unit(fd, offset)
+    if unit:  # what a restore onto a disk with another sector size checks
+        region["fs_sector_of"], region["fs_sector_size"] = unit
     if found.note:
         region["note"] = found.note
     region.update(extra)

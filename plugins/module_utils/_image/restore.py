@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from .._errors import FleetcastError, ImageError, ValidationError
 from .capture import LAYOUT_FORMAT
+from . import sectors
 from .format import ChunkEntry, ChunkRecord, ImageReader, Manifest, image_id
 
 GROWABLE = ("ext2", "ext3", "ext4")
@@ -116,6 +117,9 @@ class RestoreSession:
         self._data_bytes = 0
         self._zero_bytes = 0
         self._tables: Dict[int, Dict[str, Any]] = {}
+        # per image disk converted to another sector size: the target's own table areas, which
+        # chunks captured around the master's (smaller) table must not overwrite
+        self._guard: Dict[int, List[Any]] = {}
 
     # -- validation: reads only -------------------------------------------------------------
     def validate(self) -> RestorePlan:
@@ -134,6 +138,9 @@ class RestoreSession:
         for disk, target in zip(disks, self.targets):
             safety.check_target(target)
             size = blockdev.device_size(target)
+            image_sector = (disk.get("table") or {}).get("sector_size") or blockdev.sector_size(target)
+            if blockdev.sector_size(target) != image_sector:
+                sectors.check_conversion(disk, blockdev.sector_size(target), target)
             plan = TargetPlan(target, disk["index"], disk["kind"], size, disk["size"], current=_current(target))
             if disk["kind"] == "disk" and disk.get("table") and disk["table"]["label"] != "none":
                 written = table.plan_layout(target, table.DiskLayout.from_dict(disk["table"]), self.grow_last)
@@ -147,6 +154,8 @@ class RestoreSession:
                         fs = self._region_fs(disk, last.number)
                         plan.grow_filesystem = fs if fs in GROWABLE else None
                 self._tables[disk["index"]] = written.to_dict()
+                if written.sector_size != disk["table"]["sector_size"]:
+                    self._guard[disk["index"]] = sectors.table_areas(written.to_dict(), size)
             if size < disk["size"]:
                 raise ValidationError(f"Target {target} is too small: {size} bytes, the image's disk "
                                       f"{disk['index']} needs {disk['size']} bytes.")
@@ -178,7 +187,8 @@ class RestoreSession:
                 if _table_key(present) != _table_key(want):
                     target_plan.reason = "its partition table differs from the image's"
                     continue
-            bad = _first_mismatch(target_plan.target, by_disk.get(disk["index"], []), threads)
+            bad = _first_mismatch(target_plan.target, by_disk.get(disk["index"], []), threads,
+                                  self._guard.get(disk["index"], []))
             if bad is not None:
                 target_plan.reason = f"chunk {bad.index} (offset {bad.offset}) differs from the image"
                 continue
@@ -261,10 +271,12 @@ class RestoreSession:
         raw = record.decompress_verified()
         target = self.targets[record.disk]
         try:
-            if record.kind == "zero":
-                blockdev.zero_range(fd, record.offset, record.length)
-            else:
-                view, offset = memoryview(raw), record.offset
+            pieces = sectors.outside(record.offset, record.length, self._guard.get(record.disk, []))
+            for start, length in pieces:
+                if record.kind == "zero":
+                    blockdev.zero_range(fd, record.offset + start, length)
+                    continue
+                view, offset = memoryview(raw)[start:start + length], record.offset + start
                 while view:
                     done = os.pwrite(fd, view, offset)
                     view, offset = view[done:], offset + done
@@ -321,8 +333,10 @@ class RestoreSession:
         self._close()
 
 
-def _first_mismatch(target: str, entries: List[ChunkEntry], threads: int = 0) -> Optional[ChunkEntry]:
-    """The first chunk whose range on `target` does not hash to its digest (None: all match)."""
+def _first_mismatch(target: str, entries: List[ChunkEntry], threads: int = 0,
+                    guard: Optional[List[Any]] = None) -> Optional[ChunkEntry]:
+    """The first chunk whose range on `target` does not hash to its digest (None: all match).
+    Bytes inside `guard` (the target's own table areas, never written by chunks) count as zeros."""
     try:
         fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -330,6 +344,10 @@ def _first_mismatch(target: str, entries: List[ChunkEntry], threads: int = 0) ->
 
     def check(entry: ChunkEntry) -> bool:
         data = os.pread(fd, entry.length, entry.offset)
+        if guard and len(data) == entry.length:
+            kept, data = sectors.outside(entry.offset, entry.length, guard), bytearray(entry.length)
+            for start, length in kept:
+                data[start:start + length] = os.pread(fd, length, entry.offset + start)
         return len(data) == entry.length and hashlib.sha256(data).digest() == entry.digest
 
     try:
