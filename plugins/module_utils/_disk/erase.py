@@ -25,19 +25,16 @@ What each method guarantees:
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import shutil
 import stat
-import struct
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 from .._errors import FleetcastError, ValidationError
-from .blockdev import BLKDISCARD, _rewrite_nonzero, _write_zeros, device_size
+from .blockdev import BLKDISCARD, _block_ioctl_range, _rewrite_nonzero, _write_zeros, device_size
 from .command import run
 from .discover import BlockDevice
 
@@ -163,23 +160,13 @@ def _identify(path: str) -> str:
     return run(["hdparm", "-I", path], device=path, ok_codes=(0, 1, 2, 5)).stdout
 
 
-def _ioctl_range(fd: int, request: int, offset: int, length: int) -> bool:
-    try:
-        fcntl.ioctl(fd, request, struct.pack("QQ", offset, length))
-        return True
-    except OSError as err:
-        if err.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTTY, errno.EIO):
-            return False
-        raise
-
-
 def _discard(fd: int, size: int) -> str:
     """Discard the whole device (secure discard where supported), then make it read back as zeros."""
     usable = size // 512 * 512
     calls = []
     for request, name in ((BLKSECDISCARD, "BLKSECDISCARD"), (BLKDISCARD, "BLKDISCARD")):
         done = 0
-        while done < usable and _ioctl_range(fd, request, done, min(DISCARD_STEP, usable - done)):
+        while done < usable and _block_ioctl_range(fd, request, done, min(DISCARD_STEP, usable - done)):
             done += min(DISCARD_STEP, usable - done)
         if done == usable:
             calls.append(name)
