@@ -26,7 +26,7 @@ options:
     type: path
     required: true
   verify:
-    description: Check every chunk of the image (reads the whole file).
+    description: Check every chunk of the image (reads the whole file). Refused for a directory.
     type: bool
     default: false
   threads:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List
 
+from .._errors import ValidationError
 from .format import Manifest, ImageReader
 
 
@@ -60,6 +61,8 @@ def image_info(path: str, verify: bool = False, threads: int = 0) -> Dict[str, A
     A directory is listed as a catalogue instead (`catalogue.catalogue`)."""
     if os.path.isdir(path):
         from .catalogue import catalogue
+        if verify:
+            raise ValidationError(f"{path} is a directory: verify one image at a time (name the image file).")
         return catalogue(path)
     with ImageReader(path) as reader:
         if verify:

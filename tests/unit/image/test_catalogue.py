@@ -163,3 +163,8 @@ def test_modules_list_sign_and_refuse_an_unsigned_restore(tmp_path):
     head, planned = _ansible("image_restore", {"image": image, "targets": [str(target)], "public_key": public},
                              check=True)
     assert "CHANGED" in head and planned["image_id"] == signed["image_id"]
+
+
+def test_verify_is_refused_for_a_directory(tmp_path):
+    with pytest.raises(ValidationError, match=f"^{tmp_path} is a directory: verify one image at a time"):
+        info.image_info(str(tmp_path), verify=True)
