@@ -151,3 +151,37 @@ def test_overwrite_erase_of_a_regular_file(tmp_path):
     assert (result.method, result.bytes) == ("overwrite", 6 * MiB)
     with open(path, "rb") as handle:
         assert handle.read() == bytes(6 * MiB)
+
+
+def _fake_tool(bin_dir, name, log, stdout=""):
+    """A stand-in for a drive tool we cannot run against real hardware here: it records its argv."""
+    script = bin_dir / name
+    script.write_text(f"#!/bin/sh\necho \"{name} $*\" >> {log}\nprintf '%s' '{stdout}'\n")
+    script.chmod(0o755)
+
+
+@pytest.mark.parametrize("method, reason, fna, expected", [
+    ("nvme", "nvme format with secure erase settings", 4,
+     ["nvme id-ctrl {dev} --output-format=json", "nvme format {dev} --ses=2 --force"]),
+    ("nvme", "nvme format with secure erase settings", 0,
+     ["nvme id-ctrl {dev} --output-format=json", "nvme format {dev} --ses=1 --force"]),
+    ("ata", "ATA enhanced security erase", 0,
+     ["hdparm --user-master u --security-set-pass fleetcast {dev}",
+      "hdparm --user-master u --security-erase-enhanced fleetcast {dev}"]),
+])
+def test_drive_erase_commands(tmp_path, monkeypatch, method, reason, fna, expected):
+    """The nvme and hdparm command lines, and the result, with recording stand-ins for the tools."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    _fake_tool(bin_dir, "nvme", log, stdout=f'{{"fna": {fna}}}')
+    _fake_tool(bin_dir, "hdparm", log)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(bytes(4096))
+
+    def never(path):
+        raise AssertionError("drive erases do not write through the file descriptor")
+
+    result = erase.secure_erase(str(disk), erase.EraseChoice(str(disk), method, reason), never)
+    assert log.read_text().splitlines() == [line.format(dev=disk) for line in expected]
+    assert (result.method, result.bytes) == (method, 4096) and result.seconds >= 0

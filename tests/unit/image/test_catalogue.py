@@ -160,9 +160,13 @@ def test_modules_list_sign_and_refuse_an_unsigned_restore(tmp_path):
     assert target.read_bytes() == b"\xa5" * (8 * MiB)
     head, signed = _ansible("image_sign", {"image": image, "private_key": private})
     assert "CHANGED" in head and signed["dest"] == image + ".sig" and os.path.exists(image + ".sig")
-    head, planned = _ansible("image_restore", {"image": image, "targets": [str(target)], "public_key": public},
-                             check=True)
-    assert "CHANGED" in head and planned["image_id"] == signed["image_id"]
+    assert signing.verify(image, signed["image_id"], public)["key"] == signed["signature"]["key"]
+    (tmp_path / "other").mkdir()
+    dummy, stranger = _keys(tmp_path / "other")
+    head, refused = _ansible("multicast_send", {"image": image, "interface": "lo", "session_key": "k" * 32,
+                                                "public_key": stranger}, check=True)
+    assert "FAILED" in head and refused["msg"].startswith(f"Image {image} is refused: its signature {image}.sig was "
+                                                          f"not made with the given public key")
 
 
 def test_verify_is_refused_for_a_directory(tmp_path):
