@@ -138,9 +138,10 @@ class RestoreSession:
         for disk, target in zip(disks, self.targets):
             safety.check_target(target)
             size = blockdev.device_size(target)
-            image_sector = (disk.get("table") or {}).get("sector_size") or blockdev.sector_size(target)
-            if blockdev.sector_size(target) != image_sector:
-                sectors.check_conversion(disk, blockdev.sector_size(target), target)
+            target_sector = blockdev.sector_size(target)
+            image_sector = (disk.get("table") or {}).get("sector_size")
+            if image_sector is None or image_sector != target_sector:  # a volume image: sector unknown
+                sectors.check_conversion(disk, target_sector, target, known_only=image_sector is None)
             plan = TargetPlan(target, disk["index"], disk["kind"], size, disk["size"], current=_current(target))
             if disk["kind"] == "disk" and disk.get("table") and disk["table"]["label"] != "none":
                 written = table.plan_layout(target, table.DiskLayout.from_dict(disk["table"]), self.grow_last)

@@ -54,9 +54,10 @@ def filesystem_unit(fd: int, base: int) -> Optional[Tuple[str, int]]:
     return None
 
 
-def check_conversion(disk: Dict[str, Any], sector: int, target: str) -> None:
+def check_conversion(disk: Dict[str, Any], sector: int, target: str, known_only: bool = False) -> None:
     """Raise ValidationError, naming the partition, unless every filesystem of the image disk can
-    live on a target with `sector`-byte logical sectors."""
+    live on a target with `sector`-byte logical sectors. With `known_only` (a volume image, whose
+    master's sector size is not recorded) only filesystems whose unit the image records are checked."""
     for region in disk.get("regions", []):
         rule = (region.get("fs_sector_of") or region.get("filesystem") or "").lower()
         if rule not in EQUAL + AT_LEAST:
@@ -64,6 +65,8 @@ def check_conversion(disk: Dict[str, Any], sector: int, target: str) -> None:
         fs = region.get("filesystem") or rule
         name = region.get("name", "a region")
         unit = region.get("fs_sector_size")
+        if unit is None and known_only:
+            continue
         if unit is None:
             raise ValidationError(f"Target {target} has {sector}-byte sectors, unlike the image's disk "
                                   f"{disk.get('index')}, and the image does not record the sector size of the {fs} "

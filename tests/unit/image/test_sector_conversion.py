@@ -153,3 +153,19 @@ def test_refusals_leave_the_4k_target_untouched(tmp_path, sector_disk):
                                               "GPT tables are converted"):
         restore.restore_image(str(tmp_path / "d.fcimg"), [target])
     assert _digest(backing) == before
+
+
+def test_a_512_byte_fat_volume_image_is_refused_for_a_4k_device(tmp_path, sector_disk):
+    volume = str(tmp_path / "esp.raw")
+    with open(volume, "wb") as handle:
+        handle.truncate(8 * MiB)
+    sh("mkfs.vfat", "-S", 512, volume)
+    image = str(tmp_path / "esp.fcimg")
+    capture.capture_to_file([capture.CaptureSource(volume, "partition")], image)
+    target, backing = sector_disk(8 * MiB, 4096, "v4k.img")
+    before = _digest(backing)
+    with pytest.raises(ValidationError, match=f"^Target {target} has 4096-byte sectors but the vfat filesystem on "
+                                              "the image's volume uses 512-byte sectors"):
+        restore.restore_image(image, [target])
+    assert _digest(backing) == before
+    assert restore.restore_image(image, [str(tmp_path / "esp.raw")], check_mode=True)["image_id"]  # 512: fine
