@@ -23,7 +23,7 @@ description:
   - Idempotent. A target already holding the image (same partition table, every data and zero
     range reading back with its digest; checked read-only) is reported unchanged and not written.
   - In check mode the same validation and comparison run and the plan is reported; nothing is written.
-  - A GPT image restores onto a disk with another logical sector size (512 and 4096 bytes): the
+  - A GPT image restores onto a disk with another logical sector size (512 and 4096 bytes); the
     table is rewritten in the target's sectors when every partition starts 4 KiB aligned. FAT and
     NTFS filesystems whose sector size differs from the target's, and XFS or ext filesystems whose
     sector or block size is smaller, are refused before anything is written, as are msdos tables

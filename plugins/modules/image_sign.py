@@ -15,7 +15,7 @@ description:
     was captured included) and every chunk's place and digest, so the signature vouches for every
     byte a restore writes. M(fleetcast.imaging.image_restore) and M(fleetcast.imaging.multicast_send)
     check it when given the public key, and refuse an image whose signature is missing or bad.
-  - Meant to run on the controller (C(delegate_to: localhost)), where the private key stays. The
+  - Meant to run on the controller (C(delegate_to) V(localhost)), where the private key stays. The
     image itself need not be there - O(image_id) (from M(fleetcast.imaging.image_info)) is all
     that is signed; copy RV(signature) next to the image as C(<image>.sig).
   - Idempotent - an existing O(dest) that already holds a valid signature of this image id by

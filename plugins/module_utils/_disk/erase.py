@@ -221,4 +221,3 @@ def _nvme_crypto_erase(path: str) -> bool:
         return bool(int(json.loads(out).get("fna", 0)) & 0x4)
     except (ValueError, AttributeError):
         return False
-

@@ -75,7 +75,7 @@ def test_wipe_removes_raid_lvm_luks_and_bitlocker_everywhere(loop_disk):
     assert f"at byte {expected[('disk', 'linux_raid_member', 'md 0.90 superblock')]} (md 0.90 superblock)" in lines
 
     removed = wipe.wipe(disk.device)
-    assert {key for key in expected} <= {(s.where, s.type, s.detail) for s in removed.signatures}
+    assert set(expected) <= {(s.where, s.type, s.detail) for s in removed.signatures}
     assert sh("wipefs", "--no-act", disk.device).strip() == ""
     for number in PARTS:
         window = disk.window(*_span(number))

@@ -94,7 +94,6 @@ def test_512_gpt_image_onto_a_4k_disk(tmp_path, sector_disk):
     assert restore.restore_image(image, [target])["changed"] is False  # idempotent on the 4K disk
 
 
-
 def test_4k_gpt_image_onto_a_512_disk(tmp_path, sector_disk):
     master, master_file = sector_disk(24 * MiB, 4096, "m4k.img")
     _gpt(master, [(256, 3840)])  # 1 MiB .. 16 MiB, in 4 KiB sectors
