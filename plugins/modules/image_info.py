@@ -107,7 +107,7 @@ image:
       description: Version of the image format.
       type: int
     image_id:
-      description: SHA-256 (hex) over the layout and every chunk's index, disk, offset, length, kind and digest.
+      description: SHA-256 (hex) over the layout (less its origin) and every chunk's index, disk, offset, length, kind and digest.
       type: str
     chunk_size:
       description: Largest chunk in bytes.

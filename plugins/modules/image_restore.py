@@ -193,8 +193,9 @@ def main():
     try:
         check = None
         if params["public_key"]:
-            def check(image_id):
-                return signing.verify(params["image"], image_id, params["public_key"], params["signature"])
+            def check(manifest):
+                return signing.verify(params["image"], manifest.image_id, manifest.layout.get("origin"),
+                                      params["public_key"], params["signature"])
         report = restore.restore_image(params["image"], params["targets"], params["grow_last_partition"],
                                        module.check_mode, params["threads"], check)
     except FleetcastError as err:

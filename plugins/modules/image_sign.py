@@ -11,13 +11,14 @@ module: image_sign
 short_description: Sign a fleetcast image with an Ed25519 key, for verification before restores
 version_added: 0.1.0
 description:
-  - Makes a detached signature of an image's id - a SHA-256 over its layout (where and when it
-    was captured included) and every chunk's place and digest, so the signature vouches for every
-    byte a restore writes. M(fleetcast.imaging.image_restore) and M(fleetcast.imaging.multicast_send)
+  - Makes a detached signature of an image's id - a SHA-256 over its layout and every chunk's
+    place and digest, so the signature vouches for every byte a restore writes - and of its capture
+    record (when, where, from which disks, description). M(fleetcast.imaging.image_restore) and M(fleetcast.imaging.multicast_send)
     check it when given the public key, and refuse an image whose signature is missing or bad.
   - Meant to run on the controller (C(delegate_to) V(localhost)), where the private key stays. The
-    image itself need not be there - O(image_id) (from M(fleetcast.imaging.image_info)) is all
-    that is signed; copy RV(signature) next to the image as C(<image>.sig).
+    image itself need not be there - its id and capture record (O(image_id) and O(origin), from
+    M(fleetcast.imaging.image_info)) are all that is signed; copy RV(signature) next to the image
+    as C(<image>.sig).
   - Idempotent - an existing O(dest) that already holds a valid signature of this image id by
     this key is left alone.
 author: fleetcast.imaging developers (@fleetcast)
@@ -31,6 +32,12 @@ options:
   image_id:
     description: The image id to sign (64 hexadecimal digits), for an image held elsewhere.
     type: str
+  origin:
+    description:
+      - With O(image_id), the image's capture record (RV(fleetcast.imaging.image_info#module:image.origin)),
+        which the signature covers too. Leave it out for an image that has none (captured before it
+        was recorded).
+    type: dict
   private_key:
     description:
       - The Ed25519 private key, as a path or inline - PEM (PKCS#8, as C(openssl genpkey -algorithm
@@ -74,6 +81,7 @@ EXAMPLES = r"""
 - name: Sign an image held on the image server, by its id
   fleetcast.imaging.image_sign:
     image_id: "{{ lab_image.image.image_id }}"
+    origin: "{{ lab_image.image.origin }}"
     private_key: ~/.config/fleetcast/images.key
   delegate_to: localhost
   register: signed
@@ -105,6 +113,7 @@ signature:
     version: 1
     algorithm: ed25519
     image_id: 99c4d9939c84d443c790bbfcabc184b90f253acd7fccb9b36343bfb080d74d6c
+    origin_sha256: 5f0e4a1c86d2a1b6f8c1f0a4e0a2f0c3d3b0b5e2a7c1d9e8f6a5b4c3d2e1f0a9
     key: SHA256:8C9kx2Y0uQ0m7Y0t2m7cZ2rS0Gv3yO5lHnJmL0X1a2Q
     signature: 3q2+7w...
 """
@@ -123,8 +132,9 @@ def main():
             private_key=dict(type="str", required=True, no_log=True),
             private_key_passphrase=dict(type="str", no_log=True),
             dest=dict(type="path"),
+            origin=dict(type="dict"),
         ),
-        mutually_exclusive=[("image", "image_id")],
+        mutually_exclusive=[("image", "image_id"), ("image", "origin")],
         required_one_of=[("image", "image_id")],
         supports_check_mode=True,
     )
@@ -135,7 +145,8 @@ def main():
     error = None
     try:
         result = signing.sign_image(params["image"], params["image_id"], params["private_key"],
-                                    params["private_key_passphrase"], params["dest"], module.check_mode)
+                                    params["private_key_passphrase"], params["dest"], module.check_mode,
+                                    params["origin"])
     except FleetcastError as err:
         error = str(err)
     if error:

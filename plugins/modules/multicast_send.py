@@ -257,7 +257,7 @@ def image_source(path, public_key=None, signature=None):
     manifest = reader.manifest
     if public_key:
         try:
-            signing.verify(path, manifest.image_id, public_key, signature)
+            signing.verify(path, manifest.image_id, manifest.layout.get("origin"), public_key, signature)
         except FleetcastError:
             reader.close()
             raise

@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Where an image came from, and a directory of images as a catalogue. Private to the collection.
 
-`origin` is what capture records in the layout (so the image id, and a signature over it, cover it):
+`origin` is what capture records in the layout (a signature covers it; the image id leaves it out):
 when, on which host, from which disks (model, serial, size), by which collection version, and the
 user's description. `catalogue` lists every image file of a directory with those fields.
 """

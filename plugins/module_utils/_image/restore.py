@@ -375,14 +375,14 @@ def _first_false(check: Callable[[Any], bool], items: Iterable[Any], threads: in
 
 
 def restore_image(path: str, targets: List[str], grow_last: bool = False, check_mode: bool = False,
-                  threads: int = 0, check_signature: Optional[Callable[[str], Any]] = None) -> Dict[str, Any]:
-    """Restore an image file: check its signature (`check_signature(image_id)` raises to refuse),
+                  threads: int = 0, check_signature: Optional[Callable[[Manifest], Any]] = None) -> Dict[str, Any]:
+    """Restore an image file: check its signature (`check_signature(manifest)` raises to refuse),
     validate the targets, verify the image whole, then (unless the targets already hold it, or in
     check mode) wipe, partition, write and finish. Returns what the module reports."""
     with ImageReader(path) as reader:
         manifest = reader.manifest
         if check_signature is not None:
-            check_signature(manifest.image_id)
+            check_signature(manifest)
         session = RestoreSession(manifest.layout, targets, grow_last, check_mode)
         plan = session.validate()     # the cheap checks first: a wrong target fails at once
         reader.verify(threads)

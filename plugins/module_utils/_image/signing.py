@@ -1,15 +1,18 @@
 # -*- coding: utf-8 -*-
 # Copyright: fleetcast.imaging developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Detached Ed25519 signatures over an image's id. Private to the collection: not a public API.
+"""Detached Ed25519 signatures over an image's id and capture record. Private to the collection.
 
-The image id is a SHA-256 over the layout (provenance included) and every chunk's place and digest,
-and every chunk is checked against its digest before it is written; so a signature over the id
-vouches for every byte a restore writes, and the controller can sign an image it never holds: it
-needs only the id (from image_info) and its private key, which never leaves it.
+The image id is a SHA-256 over the layout and every chunk's place and digest, and every chunk is
+checked against its digest before it is written; so a signature over the id vouches for every byte
+a restore writes, and the controller can sign an image it never holds: it needs only the id and the
+capture record (both from image_info) and its private key, which never leaves it.
 
-The signature file (`<image>.sig`, JSON) names the image id, the algorithm and the key's fingerprint;
-the signed message is ``b"fleetcast-image-signature-v1\\0" + bytes.fromhex(image_id)``. Keys are
+The image id leaves out the layout's `origin` (capture time, host, source disks, description), so
+that it names the content alone; the signature covers `origin` too, through its SHA-256. The
+signature file (`<image>.sig`, JSON) names the image id, the origin digest, the algorithm and the
+key's fingerprint; the signed message is ``b"fleetcast-image-signature-v1\\0"`` + the 32 bytes of the
+image id + the 32 bytes of SHA-256(canonical JSON of `origin`, ``null`` when absent). Keys are
 Ed25519, as PEM (PKCS#8 / SubjectPublicKeyInfo) or OpenSSH files (``ssh-keygen -t ed25519``).
 """
 
@@ -95,21 +98,29 @@ def fingerprint(public_key: "Ed25519PublicKey") -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(raw).digest()).decode("ascii").rstrip("=")
 
 
-def _message(image_id: str) -> bytes:
+def origin_digest(origin: Optional[Dict[str, Any]]) -> str:
+    """SHA-256 (hex) of the canonical JSON of an image's `origin` (None when it has none)."""
+    from .format import canonical_json
+
+    return hashlib.sha256(canonical_json(origin)).hexdigest()
+
+
+def _message(image_id: str, origin_sha256: str) -> bytes:
     try:
-        raw = bytes.fromhex(image_id)
+        raw, extra = bytes.fromhex(image_id), bytes.fromhex(origin_sha256)
     except ValueError:
-        raw = b""
-    if len(raw) != 32:
+        raw, extra = b"", b""
+    if len(raw) != 32 or len(extra) != 32:
         raise ValidationError(f"{image_id!r} is not an image id (64 hexadecimal digits).")
-    return CONTEXT + raw
+    return CONTEXT + raw + extra
 
 
-def sign(image_id: str, private_key: "Ed25519PrivateKey") -> Dict[str, Any]:
-    """The signature document for an image id."""
-    signature = private_key.sign(_message(image_id))
+def sign(image_id: str, origin: Optional[Dict[str, Any]], private_key: "Ed25519PrivateKey") -> Dict[str, Any]:
+    """The signature document for an image id and its origin."""
+    covered = origin_digest(origin)
+    signature = private_key.sign(_message(image_id, covered))
     return {"format": SIGNATURE_FORMAT, "version": SIGNATURE_VERSION, "algorithm": "ed25519",
-            "image_id": image_id, "key": fingerprint(private_key.public_key()),
+            "image_id": image_id, "origin_sha256": covered, "key": fingerprint(private_key.public_key()),
             "signature": base64.b64encode(signature).decode("ascii")}
 
 
@@ -121,9 +132,11 @@ def write(document: Dict[str, Any], dest: str) -> None:
     os.replace(partial, dest)
 
 
-def verify(image: str, image_id: str, public_key: str, signature_path: Optional[str] = None) -> Dict[str, Any]:
+def verify(image: str, image_id: str, origin: Optional[Dict[str, Any]], public_key: str,
+           signature_path: Optional[str] = None) -> Dict[str, Any]:
     """Raise ValidationError, in one sentence naming the image, unless `signature_path` (default
-    `<image>.sig`) holds a valid signature of `image_id` by `public_key`; return the document."""
+    `<image>.sig`) holds a valid signature of `image_id` and `origin` by `public_key`; return the
+    document."""
     key = load_public_key(public_key)
     path = signature_path or image + SUFFIX
     try:
@@ -138,46 +151,53 @@ def verify(image: str, image_id: str, public_key: str, signature_path: Optional[
         if document.get("format") != SIGNATURE_FORMAT or document.get("algorithm") != "ed25519":
             raise ValueError("not a fleetcast Ed25519 signature")
         signature = base64.b64decode(document["signature"], validate=True)
-        signed_id = document["image_id"]
+        signed_id, signed_origin = document["image_id"], document["origin_sha256"]
     except (AttributeError, KeyError, TypeError, ValueError) as err:
         raise ValidationError(f"Image {image} is refused: {path} is not a fleetcast image signature ({err}).") from None
     if signed_id != image_id:
         raise ValidationError(f"Image {image} is refused: its signature {path} is for image {signed_id}, not for "
                               f"this image's id {image_id}.")
+    if signed_origin != origin_digest(origin):
+        raise ValidationError(f"Image {image} is refused: its signature {path} covers another capture record "
+                              f"(time, host, source disks or description) than the one in the image.")
     try:
-        key.verify(signature, _message(image_id))
+        key.verify(signature, _message(image_id, signed_origin))
     except InvalidSignature:
         raise ValidationError(f"Image {image} is refused: its signature {path} was not made with the given public "
                               f"key ({fingerprint(key)}) or was altered.") from None
     return document
 
 
-def _valid(dest: str, image_id: str, public_key: "Ed25519PublicKey") -> bool:
-    """Whether `dest` already holds a valid signature of `image_id` by this key."""
+def _valid(dest: str, wanted: Dict[str, Any], public_key: "Ed25519PublicKey") -> bool:
+    """Whether `dest` already holds a valid signature of the same image id and origin by this key."""
     try:
         with open(dest, encoding="ascii") as handle:
             document = json.load(handle)
-        if document.get("image_id") != image_id:
+        if (document.get("image_id"), document.get("origin_sha256")) != (wanted["image_id"],
+                                                                         wanted["origin_sha256"]):
             return False
-        public_key.verify(base64.b64decode(document["signature"], validate=True), _message(image_id))
+        public_key.verify(base64.b64decode(document["signature"], validate=True),
+                          _message(wanted["image_id"], wanted["origin_sha256"]))
         return True
     except (OSError, ValueError, KeyError, TypeError, AttributeError, InvalidSignature):
         return False
 
 
 def sign_image(image: Optional[str], image_id: Optional[str], private_key: str, passphrase: Optional[str] = None,
-               dest: Optional[str] = None, check_mode: bool = False) -> Dict[str, Any]:
-    """What image_sign does: sign an image file's id (or a given id), write `dest` (default
-    `<image>.sig`) unless it already holds a valid signature by this key; report the document."""
+               dest: Optional[str] = None, check_mode: bool = False,
+               origin: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """What image_sign does: sign an image file's id and origin (or a given id and origin, as
+    image_info reports them), write `dest` (default `<image>.sig`) unless it already holds a valid
+    signature of them by this key; report the document."""
     key = load_private_key(private_key, passphrase)
     if image:
         from .format import ImageReader
 
         with ImageReader(image) as reader:
-            image_id = reader.manifest.image_id
+            image_id, origin = reader.manifest.image_id, reader.manifest.layout.get("origin")
         dest = dest or image + SUFFIX
-    document = sign(str(image_id), key)
-    changed = bool(dest) and not _valid(dest, document["image_id"], key.public_key())
+    document = sign(str(image_id), origin, key)
+    changed = bool(dest) and not _valid(dest, document, key.public_key())
     if changed and not check_mode:
         try:
             write(document, dest)

@@ -83,6 +83,9 @@ def test_a_directory_is_listed_as_a_catalogue_old_images_included(tmp_path):
     assert old["filesystems"] == row["filesystems"] and old["signature"] is None
     assert list(listed["unreadable"]) == [str(store / "broken.fcimg")]
     assert info.image_info(str(store / "a.fcimg"))["origin"]["description"] == "first"
+    # the image id names the content: the same disk captured again, described otherwise, has the same id
+    again = capture.capture_to_file([str(tmp_path / "a.raw")], str(tmp_path / "again.fcimg"), description="later")
+    assert again.image_id == first.image_id and again.layout["origin"] != first.layout["origin"]
 
 
 def _keys(tmp_path):
@@ -105,8 +108,8 @@ def test_signed_image_restores_and_bad_or_missing_signatures_are_refused_untouch
     before = target.read_bytes()
 
     def restore_with(key, signature=None):
-        return restore.restore_image(image, [str(target)], check_signature=lambda image_id: signing.verify(
-            image, image_id, key, signature))
+        return restore.restore_image(image, [str(target)], check_signature=lambda manifest: signing.verify(
+            image, manifest.image_id, manifest.layout.get("origin"), key, signature))
 
     with pytest.raises(ValidationError) as missing:
         restore_with(public)
@@ -122,12 +125,24 @@ def test_signed_image_restores_and_bad_or_missing_signatures_are_refused_untouch
     (tmp_path / "forged.sig").write_text(json.dumps(forged))
     with pytest.raises(ValidationError, match=f"is for image {'0' * 64}, not for this image's id"):
         restore_with(public, str(tmp_path / "forged.sig"))
+    # the same content with another capture record: the same image id, but the signature does not fit
+    relabelled = str(tmp_path / "relabelled.fcimg")
+    layout = dict(manifest.layout, origin=dict(manifest.layout["origin"], description="not what was signed"))
+    with fmt.ImageReader(image) as reader, open(relabelled, "wb") as out:
+        writer = fmt.ImageWriter(out, layout)
+        for index in range(reader.chunk_count):
+            writer.add(reader.record(index))
+        assert writer.close().image_id == manifest.image_id
+    with pytest.raises(ValidationError, match=r"^Image .*relabelled.fcimg is refused: its signature .*disk.fcimg.sig "
+                                              r"covers another capture record \(time, host, source disks or "):
+        signing.verify(relabelled, manifest.image_id, layout["origin"], public, image + ".sig")
     assert target.read_bytes() == before
 
     done = restore_with(public)
     assert done["changed"] and done["image_id"] == manifest.image_id
-    by_id = signing.sign_image(None, manifest.image_id, private, dest=str(tmp_path / "by-id.sig"))
-    assert by_id["signature"] == signed["signature"]  # the controller needs only the id
+    by_id = signing.sign_image(None, manifest.image_id, private, dest=str(tmp_path / "by-id.sig"),
+                               origin=info.image_info(image)["origin"])
+    assert by_id["signature"] == signed["signature"]  # the controller needs only the id and the origin
     assert info.image_info(str(tmp_path))["images"][0]["signature"] == image + ".sig"
 
 
@@ -160,7 +175,9 @@ def test_modules_list_sign_and_refuse_an_unsigned_restore(tmp_path):
     assert target.read_bytes() == b"\xa5" * (8 * MiB)
     head, signed = _ansible("image_sign", {"image": image, "private_key": private})
     assert "CHANGED" in head and signed["dest"] == image + ".sig" and os.path.exists(image + ".sig")
-    assert signing.verify(image, signed["image_id"], public)["key"] == signed["signature"]["key"]
+    with fmt.ImageReader(image) as reader:
+        origin = reader.manifest.layout["origin"]
+    assert signing.verify(image, signed["image_id"], origin, public)["key"] == signed["signature"]["key"]
     (tmp_path / "other").mkdir()
     dummy, stranger = _keys(tmp_path / "other")
     head, refused = _ansible("multicast_send", {"image": image, "interface": "lo", "session_key": "k" * 32,
