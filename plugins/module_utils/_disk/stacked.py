@@ -20,7 +20,7 @@ import os
 import struct
 import uuid
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 MD_MAGIC = 0xA92B4EFC
 MD_SUPERBLOCK_BYTES = 4096  # 0.90 superblocks are 4 KiB; 1.x use 1 KiB plus the bad-block log after it
@@ -49,6 +49,7 @@ class Header:
     uuid: Optional[str] = None
     locked: bool = False  # encrypted and not readable without a key (LUKS; BitLocker not suspended)
     members: int = 0  # md: the array's raid_disks
+    level: Optional[int] = None  # md: RAID level (-1 linear, 0, 1, 4, 5, 6, 10)
 
     @property
     def description(self) -> str:
@@ -81,14 +82,15 @@ def _md_headers(fd: int, base: int, size: int) -> List[Header]:
                 continue
             words = struct.unpack_from("<16I", raw, 0)
             ident = struct.pack("<I", words[5]) + raw[52:64]
-            members = words[10]  # raid_disks
+            members, level = words[10], struct.unpack_from("<i", raw, 28)[0]  # raid_disks, level
         else:
             if major != 1 or struct.unpack_from("<Q", raw, 144)[0] * 512 != where:  # super_offset
                 continue
             ident = raw[16:32]
-            members = struct.unpack_from("<I", raw, 92)[0]
+            members, level = struct.unpack_from("<I", raw, 92)[0], struct.unpack_from("<i", raw, 72)[0]
         found.append(Header("linux_raid_member", f"md {version} superblock", base + where,
-                            min(MD_SUPERBLOCK_BYTES, size - where), str(uuid.UUID(bytes=ident)), members=members))
+                            min(MD_SUPERBLOCK_BYTES, size - where), str(uuid.UUID(bytes=ident)), members=members,
+                            level=level))
     return found
 
 
@@ -204,6 +206,27 @@ def capture_refusal(headers: List[Header], what: str) -> Optional[str]:
         if header.kind == "BitLocker" and header.locked:
             return (f"{what} is BitLocker-encrypted and its protectors are active: suspend BitLocker on the master "
                     f"(manage-bde -protectors -disable C:) or turn it off (manage-bde -off C:) before capturing.")
+    return None
+
+
+def md_array(headers: List[Header]) -> Optional[dict]:
+    """The md array a member belongs to (uuid, level, members), for `check_arrays`."""
+    md = next((header for header in headers if header.kind == "linux_raid_member"), None)
+    return {"uuid": md.uuid, "level": md.level, "members": md.members} if md else None
+
+
+def check_arrays(regions: List[Tuple[str, dict]]) -> Optional[str]:
+    """Why a capture holding only some members of an md array cannot restore it, or None.
+    `regions` is (where, md_array) per captured member. RAID1 members are each a full copy (a
+    missing one leaves a degraded mirror that works); every other level needs all of them."""
+    arrays: dict = {}
+    for where, array in regions:
+        arrays.setdefault(array["uuid"], (array, []))[1].append(where)
+    for uid, (array, wheres) in arrays.items():
+        if array["level"] != 1 and array["members"] and len(wheres) < array["members"]:
+            return (f"{', '.join(wheres)} {'is' if len(wheres) == 1 else 'are'} {len(wheres)} of the "
+                    f"{array['members']} members of md array {uid} (level {array['level']}), which cannot be "
+                    f"restored from part of its members: capture every member disk of the array in one image.")
     return None
 
 

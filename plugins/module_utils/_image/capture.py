@@ -79,6 +79,9 @@ def _stacked_region(name: str, offset: int, length: int, fd: int, extents: Exten
         return None
     region = _raw_region(name, offset, length, extents)
     region.update(filesystem=headers[0].kind, note=note)
+    array = stacked.md_array(headers)
+    if array:
+        region["md_array"] = array  # checked across all sources by describe()
     return region
 
 
@@ -133,6 +136,17 @@ def _disk_regions(path: str, fd: int, size: int, extents: Extents) -> Tuple[Dict
     return layout.to_dict(), regions
 
 
+def _check_arrays(disks: List[Dict[str, Any]]) -> None:
+    """Refuse a capture that holds only some members of a RAID 0/4/5/6/10 or linear md array."""
+    from .._disk import stacked
+
+    members = [(f"{region['name']} of {disk['source']}", region["md_array"])
+               for disk in disks for region in disk["regions"] if region.get("md_array")]
+    refusal = stacked.check_arrays(members)
+    if refusal:
+        raise ValidationError(refusal[0].upper() + refusal[1:])
+
+
 def describe(sources: Sequence[Union[str, CaptureSource]], chunk_size: int = DEFAULT_CHUNK_SIZE,
              description: Optional[str] = None) -> Tuple[Dict[str, Any], List[Extents]]:
     """The layout dict of an image of `sources` (disks, tables, regions, and where and when it was
@@ -160,6 +174,7 @@ def describe(sources: Sequence[Union[str, CaptureSource]], chunk_size: int = DEF
             os.close(fd)
         disks.append(entry)
         plan.append(sorted(extents))
+    _check_arrays(disks)
     return {"format": LAYOUT_FORMAT, "chunk_size": chunk_size, "disks": disks,
             "origin": origin([disk["source"] for disk in disks], description)}, plan
 

@@ -11,14 +11,14 @@ MD_MAGIC = 0xA92B4EFC
 BDE_GUID = bytes.fromhex("3bd66749292ed84a8399f6a339e3d001")
 
 
-def md_superblock(version, member_size, raid_disks=2):
+def md_superblock(version, member_size, raid_disks=2, level=1, set_uuid=None):
     """(offset, bytes) of a valid md superblock of `version` (0.90, 1.0, 1.1, 1.2) on a member."""
     if version == "0.90":
         offset = (member_size & ~0xFFFF) - 0x10000
         words = [0] * 1024
         words[0:4] = [MD_MAGIC, 0, 90, 0]
         words[5] = 0x12345678
-        words[7], words[8], words[9], words[10] = 1, (offset // 1024), raid_disks, raid_disks
+        words[7], words[8], words[9], words[10] = level, (offset // 1024), raid_disks, raid_disks
         words[13:16] = [0x9ABCDEF0, 0x0FEDCBA9, 0x87654321]
         total = sum(words)
         words[38] = ((total & 0xFFFFFFFF) + (total >> 32)) & 0xFFFFFFFF  # sb_csum
@@ -29,9 +29,9 @@ def md_superblock(version, member_size, raid_disks=2):
     data_size = (super_sector if version == "1.0" else sectors - data_offset)
     sb = bytearray(256 + 2 * raid_disks)
     struct.pack_into("<II", sb, 0, MD_MAGIC, 1)
-    sb[16:32] = uuid.uuid4().bytes
+    sb[16:32] = (set_uuid or uuid.uuid4()).bytes
     sb[32:40] = b"fleetmd\0"
-    struct.pack_into("<II", sb, 72, 1, 0)  # level 1
+    struct.pack_into("<iI", sb, 72, level, 0)
     struct.pack_into("<Q", sb, 80, data_size)
     struct.pack_into("<I", sb, 92, raid_disks)
     struct.pack_into("<QQQ", sb, 128, data_offset, data_size, super_sector)

@@ -1,6 +1,8 @@
 # Capture of stacked storage: LUKS and active BitLocker are refused in one sentence saying what to
 # do; an md member (ext4 inside, superblock at the end) and an LVM physical volume are stored whole,
 # so their own metadata survives a round trip; a suspended BitLocker volume is stored whole too.
+import uuid
+
 import pytest
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import ValidationError
@@ -74,3 +76,20 @@ def test_capture_stores_raid_lvm_and_suspended_bitlocker_members_whole(loop_disk
         master.seek(START * 512)
         clone.seek(START * 512)
         assert master.read(SECTORS * 512) == clone.read(SECTORS * 512)
+
+
+def test_capture_refuses_part_of_a_raid5_array(loop_disk, tmp_path):
+    array = uuid.uuid4()
+
+    def member(disk, base, size):
+        offset, sb = md_superblock("1.2", size, raid_disks=3, level=5, set_uuid=array)
+        write_at(disk.device, base + offset, sb)
+
+    first, second = _disk_with(loop_disk, member), _disk_with(loop_disk, member)
+    dest = tmp_path / "partial.fcimg"
+    with pytest.raises(ValidationError) as refused:
+        capture.capture_to_file([first.device, second.device], str(dest))
+    assert str(refused.value) == (f"Partition 1 of {first.device}, partition 1 of {second.device} are 2 of the 3 "
+                                  f"members of md array {array} (level 5), which cannot be restored from part of "
+                                  "its members: capture every member disk of the array in one image.")
+    assert not dest.exists()
