@@ -137,7 +137,8 @@ plan:
         One entry per target with C(target), C(disk) (image disk index), C(kind), C(target_size),
         C(image_size), C(label), C(partitions) (number, start, end, name as they will be written),
         C(current) (the partitions the target has now), C(wipe) (what wiping removes, one line
-        each), C(grow_partition), C(grow_filesystem),
+        each), C(grow_partition), C(grow_filesystem), C(sector_conversion) (V(512 -> 4096) when the
+        table is rewritten for the target's sector size, else null),
         C(state) (V(restore) or V(unchanged)) and C(reason).
       type: list
       elements: dict

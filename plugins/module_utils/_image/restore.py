@@ -42,6 +42,7 @@ class TargetPlan:
     grow_partition: Optional[int] = None
     grow_filesystem: Optional[str] = None
     wipe: List[str] = field(default_factory=list)
+    sector_conversion: Optional[str] = None  # "512 -> 4096": the table is rewritten in the target's sectors
     state: str = "restore"      # restore | unchanged
     reason: str = ""
 
@@ -157,6 +158,7 @@ class RestoreSession:
                 self._tables[disk["index"]] = written.to_dict()
                 if written.sector_size != disk["table"]["sector_size"]:
                     self._guard[disk["index"]] = sectors.table_areas(written.to_dict(), size)
+                    plan.sector_conversion = f"{disk['table']['sector_size']} -> {written.sector_size}"
             if size < disk["size"]:
                 raise ValidationError(f"Target {target} is too small: {size} bytes, the image's disk "
                                       f"{disk['index']} needs {disk['size']} bytes.")

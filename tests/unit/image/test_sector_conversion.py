@@ -83,6 +83,8 @@ def test_512_gpt_image_onto_a_4k_disk(tmp_path, sector_disk):
     assert (fat["fs_sector_of"], fat["fs_sector_size"]) == ("vfat", 4096)
 
     target, backing = sector_disk(48 * MiB, 4096, "t4k.img")
+    planned = restore.restore_image(image, [target], check_mode=True)["plan"]["targets"][0]
+    assert planned["sector_conversion"] == "512 -> 4096" and planned["partitions"][0]["start"] == 256
     done = restore.restore_image(image, [target])
     assert done["changed"]
     got = table.read_layout(target)
