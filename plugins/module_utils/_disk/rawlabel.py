@@ -206,3 +206,18 @@ def gpt_entry(slot: int, entry: GptEntry, type_guid: Optional[str], part_guid: O
     return replace(entry, slot=slot, type_guid=type_guid or entry.type_guid,
                    part_guid=part_guid or entry.part_guid,
                    attributes=entry.attributes if attributes is None else attributes)
+
+
+def partition_bounds(fd: int, sector_size: int, disk_size: int, number: int) -> Optional[Tuple[int, int]]:
+    """(first, last) sector of partition `number` in the GPT (behind a protective MBR) or the MBR,
+    or None. The lookup `blockdev.partition_path` needs, without the whole `table` reader."""
+    mbr = read_mbr(fd, sector_size)
+    protective = mbr is not None and any(entry.type_id == 0xEE for entry in mbr[1] if entry.number <= 4)
+    if mbr is None or protective:
+        gpt = read_gpt(fd, sector_size, disk_size)
+        if gpt is not None:
+            return next(((entry.first, entry.last) for entry in gpt[1] if entry.slot + 1 == number), None)
+    if mbr is not None and not protective:
+        return next(((entry.start, entry.start + entry.sectors - 1) for entry in mbr[1]
+                     if entry.number == number and entry.type_id not in EXTENDED_TYPES), None)
+    return None
