@@ -149,6 +149,25 @@ def footprint(path: str, sysfs: str = "/sys") -> Footprint:
     return Footprint(path, "file", None, [Extent(("file", info.st_dev, info.st_ino), 0, EVERYTHING)])
 
 
+def file_name(base: Tuple, sysfs: str = "/sys") -> Optional[str]:
+    """A path to the file ("file", st_dev, st_ino) as some loop device over it names it, when that
+    path still leads to the same inode here (another mount namespace's path may not)."""
+    root = os.path.join(sysfs, "block")
+    try:
+        names = sorted(name for name in os.listdir(root) if name.startswith("loop"))
+    except OSError:
+        return None
+    for name in names:
+        backing = _read(os.path.join(root, name, "loop", "backing_file"))
+        try:
+            info = os.stat(backing)
+        except OSError:
+            continue
+        if ("file", info.st_dev, info.st_ino) == base:
+            return backing
+    return None
+
+
 def all_block_devices(sysfs: str = "/sys") -> List[Tuple[str, int]]:
     """(kernel name, device number) of every block device and partition the kernel knows."""
     found = []

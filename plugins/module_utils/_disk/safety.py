@@ -130,7 +130,7 @@ def _where(extent: aliases.Extent, targets: Sequence[Target]) -> str:
     for target in targets:
         if not target.is_block and target.footprint.extents[0].base == extent.base:
             return target.path
-    return f"the file with inode {extent.base[2]}"
+    return aliases.file_name(extent.base) or f"the file with inode {extent.base[2]}"
 
 
 def _check_aliases(targets: List[Target]) -> None:
