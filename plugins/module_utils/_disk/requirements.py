@@ -35,6 +35,10 @@ PACKAGES = {
 }
 # The tools every wipe needs: probing (blkid, wipefs) and partition windows (losetup).
 WIPE_TOOLS = ("wipefs", "blkid", "losetup")
+# What a restore onto partitioned disks can call, receiving included (the deploy's preflight asks
+# before its wipe): chunks (zstandard), the receiver (numpy), tables (parted), growing ext2/3/4.
+RESTORE_LIBRARIES = ("zstandard", "numpy", "parted")
+RESTORE_TOOLS = WIPE_TOOLS + ("e2fsck", "resize2fs")
 
 
 def missing_library(name: str, package: str, purpose: str) -> str:
