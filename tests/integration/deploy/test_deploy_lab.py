@@ -23,6 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 PLAYBOOKS = os.path.join(ROOT, "playbooks")
 INVENTORY = os.path.join(PLAYBOOKS, "lab", "inventory.yml")
 PARTICIPANTS = ("p1", "p2", "p3")
+SESSION_KEY = os.urandom(32).hex()
+VAULT_PASSWORD = "fleetcast-" + os.urandom(12).hex()
 CUT_HOST = "p2"
 
 
@@ -179,11 +181,15 @@ def test_deploy_with_one_receive_path_cut_half_way(lab):
     cutter = ReceivePathCutter(cut_netns, os.path.getsize(lab["image"]))
     cutter.start()
     try:
-        run = _playbook(lab, "deploy.yml")
+        # As verbose as a user debugging it would run it, with a vault password for the store and a
+        # known session key, so that test_no_secret_in_verbose_output can look for both.
+        run = _playbook(lab, "deploy.yml", "-vvvv", "--diff", "-e", f"multicast_image_session_key={SESSION_KEY}",
+                        "-e", f"imaging_identity_vault_password={VAULT_PASSWORD}")
     finally:
         cutter.stop.set()
         cutter.join()
     out = run.stdout
+    lab["verbose_output"] = run.stdout + run.stderr
     assert cutter.cut_at is not None, "the transfer never reached half-way on " + CUT_HOST + out[-3000:]
     assert run.returncode != 0, "a failed host must fail the run"
 
@@ -224,3 +230,30 @@ def test_deploy_with_one_receive_path_cut_half_way(lab):
     assert f"{CUT_HOST}: {lab['machines'][CUT_HOST]['disk_device']} holds its own identity" not in flat
     # The cut host's disk is not claimed to be anything: it must not hold its identity re-applied.
     assert "yes" not in rows[CUT_HOST].split("FAILED", 1)[0]
+
+
+def _private_key_lines(pem):
+    """The base64 body lines of a PEM private key (any of them appearing would be a leak)."""
+    return [line for line in pem.decode().splitlines() if line and not line.startswith("-----") and len(line) > 40]
+
+
+@pytest.mark.timeout(30)
+def test_no_secret_in_verbose_output(lab):
+    out = lab.get("verbose_output")
+    if out is None:
+        pytest.skip("the deploy run did not happen")
+    assert SESSION_KEY not in out, "the multicast session key is printed"
+    assert VAULT_PASSWORD not in out, "the identity store's vault password is printed"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.xfail(reason="identity modules still return secrets: t11-identity's branch (identity_snapshot returns "
+                          "secrets only when asked, no_log/diff redaction) is not merged here", strict=False)
+def test_no_identity_secret_in_verbose_output(lab):
+    out = lab.get("verbose_output")
+    if out is None:
+        pytest.skip("the deploy run did not happen")
+    for name in PARTICIPANTS:
+        for key in ("/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ecdsa_key"):
+            for line in _private_key_lines(lab["before"][name][key]):
+                assert line not in out, f"a line of {name}'s {key} is printed"
