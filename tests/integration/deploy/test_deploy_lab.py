@@ -183,8 +183,12 @@ def test_deploy_with_one_receive_path_cut_half_way(lab):
     try:
         # As verbose as a user debugging it would run it, with a vault password for the store and a
         # known session key, so that test_no_secret_in_verbose_output can look for both.
-        run = _playbook(lab, "deploy.yml", "-vvvv", "--diff", "-e", f"multicast_image_session_key={SESSION_KEY}",
-                        "-e", f"imaging_identity_vault_password={VAULT_PASSWORD}")
+        secrets = os.path.join(lab["directory"], "secrets.yml")   # a file: -vvvv prints the command line
+        with open(secrets, "w", encoding="utf-8") as handle:
+            json.dump({"multicast_image_session_key": SESSION_KEY, "imaging_identity_vault_password": VAULT_PASSWORD},
+                      handle)
+        lab["secrets"] = secrets
+        run = _playbook(lab, "deploy.yml", "-vvvv", "--diff", "-e", "@" + secrets)
     finally:
         cutter.stop.set()
         cutter.join()
@@ -257,3 +261,39 @@ def test_no_identity_secret_in_verbose_output(lab):
         for key in ("/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ecdsa_key"):
             for line in _private_key_lines(lab["before"][name][key]):
                 assert line not in out, f"a line of {name}'s {key} is printed"
+
+
+def _disk_hashes(lab):
+    return {name: _sha256(lab["machines"][name]["disk_file"]) for name in PARTICIPANTS}
+
+
+@pytest.mark.timeout(200)
+def test_rerun_deploys_only_the_failed_host(lab):
+    """The hosts the first run deployed are unchanged (not one byte written); the cut one is deployed."""
+    if "secrets" not in lab:
+        pytest.skip("the first deploy did not run")
+    before = _disk_hashes(lab)
+    run = _playbook(lab, "deploy.yml", "-e", "@" + lab["secrets"])
+    assert run.returncode == 0, run.stdout[-4000:]
+    rows = _summary(run.stdout)
+    for name in ("p1", "p3"):
+        assert re.match(rf"{name}\s+unchanged\s+.*still hold image [0-9a-f]{{16}} with its identity, as deployed$",
+                        rows[name]), rows
+        assert _disk_hashes(lab)[name] == before[name], f"{name}'s disk was written"
+    assert re.match(rf"{CUT_HOST}\s+ok\s+[1-9]\d*\s+[\d.]+\s+yes\s+yes\s+clean$", rows[CUT_HOST]), rows
+    lab["redeployed"] = True
+
+
+@pytest.mark.timeout(150)
+def test_second_run_changes_no_byte_and_reports_every_host_unchanged(lab):
+    if not lab.get("redeployed"):
+        pytest.skip("the re-run did not complete")
+    before = _disk_hashes(lab)
+    run = _playbook(lab, "deploy.yml", "-e", "@" + lab["secrets"])
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert _disk_hashes(lab) == before
+    rows = _summary(run.stdout)
+    for name in PARTICIPANTS:
+        assert re.match(rf"{name}\s+unchanged\s+", rows[name]), rows
+    # Nothing was wiped or sent: the wipe and transfer stages ran for no host.
+    assert "Wipe the listed disks" not in run.stdout and "One session, every participant receiving" not in run.stdout
