@@ -390,14 +390,28 @@ def _first_false(check: Callable[[Any], bool], items: Iterable[Any], threads: in
 
 
 def restore_image(path: str, targets: List[str], grow_last: bool = False, check_mode: bool = False,
-                  threads: int = 0) -> Dict[str, Any]:
+                  threads: int = 0, recorded: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Restore an image file: validate the targets, verify the image whole, then (unless the
     targets already hold it, or in check mode) wipe, partition, write and finish. Returns what the
-    module reports."""
+    module reports.
+
+    A grown target no longer reads back as the image's chunks, so with `grow_last` the report
+    carries a `stamp` (fingerprint.stamp of the targets as restored and grown); given back as
+    `recorded` on a later run, targets that still match it are unchanged and not written."""
+    from . import fingerprint
+
     with ImageReader(path) as reader:
         manifest = reader.manifest
         session = RestoreSession(manifest.layout, targets, grow_last, check_mode, protect=[path])
         plan = session.validate()     # the cheap checks first: a wrong target fails at once
+        if recorded:
+            state = fingerprint.deployed_state(recorded, targets, manifest.image_id, None, threads)
+            if state["unchanged"]:
+                for target_plan in plan.targets:
+                    target_plan.state, target_plan.reason = "unchanged", state["reason"]
+                return {"image_id": manifest.image_id, "chunk_count": manifest.chunk_count, "changed": False,
+                        "chunks_written": 0, "data_bytes_written": 0, "zero_bytes_written": 0,
+                        "plan": plan.to_dict(), "stamp": recorded}
         reader.verify(threads)
         unchanged = session.already_holds(manifest, threads)
         report: Dict[str, Any] = {"image_id": manifest.image_id, "chunk_count": manifest.chunk_count}
@@ -415,6 +429,8 @@ def restore_image(path: str, targets: List[str], grow_last: bool = False, check_
             session.abort()
         report.update(result.to_dict())
         report["plan"] = plan.to_dict()
+        if grow_last:
+            report["stamp"] = fingerprint.stamp(targets, manifest.image_id, None, threads)
         return report
 
 
