@@ -35,7 +35,7 @@ options:
   identity:
     description:
       - The identity summary (no secrets) the participant has or was given, from
-        M(fleetcast.imaging.identity_snapshot)'s RV(fleetcast.imaging.identity_snapshot#module:record.summary).
+        the C(record.summary) that M(fleetcast.imaging.identity_snapshot) returns.
     type: dict
     default: {}
   recorded:
