@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 module: deploy_state
 short_description: Tell whether a participant still holds what its last deploy left, or record it
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Makes a re-run of a deployment idempotent. A successful deploy records a stamp for each
     participant (the image id, the devices, a fingerprint of the disks and the identity summary it
