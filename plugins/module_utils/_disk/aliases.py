@@ -84,24 +84,21 @@ def node_name(rdev: int, sysfs: str = "/sys") -> str:
 
 def _loop_info(rdev: int, sysfs: str) -> Optional[tuple]:
     """(backing block device number or 0, backing file (st_dev, st_ino), offset, sizelimit) of a
-    bound loop device, asked of the kernel; None when it is not bound."""
-    name = node_name(rdev, sysfs)
-    for candidate in (os.path.join("/dev", name),):
-        try:
-            fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            if not stat.S_ISBLK(os.fstat(fd).st_mode) or os.fstat(fd).st_rdev != rdev:
-                continue
-            raw = fcntl.ioctl(fd, LOOP_GET_STATUS64, bytes(_LOOP_INFO.size))
-        except OSError:
-            return None  # ENXIO: not bound
-        finally:
-            os.close(fd)
-        info = _LOOP_INFO.unpack(raw)
-        return info[2], (_decode_huge(info[0]), info[1]), info[3], info[4]
-    return None
+    bound loop device, asked of the kernel; None when it is not bound or cannot be opened."""
+    try:
+        fd = os.open(os.path.join("/dev", node_name(rdev, sysfs)), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISBLK(os.fstat(fd).st_mode) or os.fstat(fd).st_rdev != rdev:
+            return None
+        raw = fcntl.ioctl(fd, LOOP_GET_STATUS64, bytes(_LOOP_INFO.size))
+    except OSError:
+        return None  # ENXIO: not bound
+    finally:
+        os.close(fd)
+    info = _LOOP_INFO.unpack(raw)
+    return info[2], (_decode_huge(info[0]), info[1]), info[3], info[4]
 
 
 def block_extents(rdev: int, offset: int = 0, length: int = EVERYTHING, sysfs: str = "/sys",
