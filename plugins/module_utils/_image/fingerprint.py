@@ -25,7 +25,7 @@ import os
 import struct
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from .._errors import ValidationError
 from .capture import DEFAULT_CHUNK_SIZE, describe, plan_pieces
