@@ -171,9 +171,20 @@ def _probe_exclusive(node: str) -> bool:
     return False
 
 
+def _relation(user: aliases.Footprint, target: Target, targets: Sequence[Target]) -> Optional[str]:
+    """How a device in use touches a target: "over its bytes", "beside it on /dev/sda" (the same
+    disk or file, other bytes: a disk is judged as a whole, as `discover` does), or None."""
+    if user.overlaps(target.footprint):
+        return "over its bytes"
+    bases = {extent.base for extent in target.footprint.extents}
+    shared = next((extent for extent in user.extents if extent.base in bases), None)
+    return f"beside it on {_where(shared, targets)}" if shared is not None else None
+
+
 def _check_users(targets: List[Target], swaps: str, probe: bool) -> None:
-    """No device over or under a target's bytes may be in use: mounted (any mount namespace), swap,
-    held by RAID/LVM/device-mapper, or (with `probe`) opened exclusively by another program."""
+    """No device on the same disk or file as a target may be in use: mounted (any mount namespace),
+    swap, held by RAID/LVM/device-mapper; nor (with `probe`) any device over a target's bytes be
+    opened exclusively by another program."""
     own = {target.footprint.rdev for target in targets if target.is_block}
     cache: Dict[int, aliases.Footprint] = {}
 
@@ -184,29 +195,31 @@ def _check_users(targets: List[Target], swaps: str, probe: bool) -> None:
 
     for mount in aliases.mounts():
         for target in targets:
-            if extents_of(mount.rdev).overlaps(target.footprint):
+            how = _relation(extents_of(mount.rdev), target, targets)
+            if how:
                 where = f" in {mount.namespace}" if mount.namespace else ""
-                raise UnsafeTargetError(
-                    f"Target {target.path} is in use: /dev/{aliases.node_name(mount.rdev)} over its bytes is mounted "
-                    f"at {mount.mountpoint}{where}.")
+                raise UnsafeTargetError(f"Target {target.path} is in use: /dev/{aliases.node_name(mount.rdev)} {how} "
+                                        f"is mounted at {mount.mountpoint}{where}.")
     for swap in aliases.swap_footprints(swaps):
         for target in targets:
-            if swap.overlaps(target.footprint):
-                raise UnsafeTargetError(f"Target {target.path} is in use as swap ({swap.path}).")
+            how = _relation(swap, target, targets)
+            if how:
+                raise UnsafeTargetError(f"Target {target.path} is in use: the swap area {swap.path} {how} is active.")
     for name, rdev in aliases.all_block_devices():
         if rdev in own:
             continue
         other = extents_of(rdev)
         for target in targets:
-            if not other.overlaps(target.footprint):
+            how = _relation(other, target, targets)
+            if not how:
                 continue
             base = aliases.sys_dir(rdev)
             holders = sorted(os.listdir(os.path.join(base, "holders"))) if base and os.path.isdir(
                 os.path.join(base, "holders")) else []
             if holders:
-                raise UnsafeTargetError(f"Target {target.path} is in use: /dev/{name} over its bytes is held by "
+                raise UnsafeTargetError(f"Target {target.path} is in use: /dev/{name} {how} is held by "
                                         f"{', '.join(holders)} (RAID, LVM or device-mapper).")
-            if probe and _probe_exclusive(os.path.join("/dev", name)):
+            if probe and how == "over its bytes" and _probe_exclusive(os.path.join("/dev", name)):
                 raise UnsafeTargetError(f"Target {target.path} is in use: /dev/{name} over its bytes is claimed by "
                                         f"another program.")
 

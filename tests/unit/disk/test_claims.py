@@ -3,10 +3,8 @@
 # Real loop devices, files and mount namespaces made here; all removed in finally/fixtures.
 import hashlib
 import os
-import signal
 import struct
 import subprocess
-import time
 import uuid
 
 import pytest
@@ -52,25 +50,6 @@ def loop(tmp_path):
     yield make
     for device in reversed(made):
         detach(device)
-
-
-@pytest.fixture
-def other_namespace():
-    """Factory: run(script) -> pid of a shell in a new private mount namespace (killed afterwards)."""
-    started = []
-
-    def run(script, ready):
-        proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script + "; exec sleep 60"])
-        started.append(proc)
-        deadline = time.monotonic() + 10
-        while not os.path.exists(ready):
-            assert proc.poll() is None and time.monotonic() < deadline, "the namespace did not come up"
-            time.sleep(0.05)
-        return proc.pid
-    yield run
-    for proc in started:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
 
 
 def test_loop_device_beside_its_backing_file_is_refused_either_way(loop_disk):

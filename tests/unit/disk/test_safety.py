@@ -2,10 +2,11 @@
 # sysfs trees for the boot medium and holders (a real loop device plays the named disk there).
 import os
 import subprocess
+import time
 
 import pytest
 
-from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import blockdev, safety
+from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import aliases, blockdev, safety
 from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import UnsafeTargetError, ValidationError
 
 from disk_helpers import sh
@@ -58,25 +59,30 @@ def test_held_disk_is_refused(loop_disk, fake_host):
         open_target(disk.device, **fake_host.views)
 
 
-def test_disk_with_mounted_partition_window_is_refused(loop_disk, tmp_path):
+def test_disk_with_mounted_partition_window_is_refused(loop_disk, tmp_path, other_namespace):
+    """Mounted in a private mount namespace (as a live system or another tool would): the disk, the
+    window and a sibling window of the same disk are refused, each naming the mount."""
     disk = loop_disk(32 * MiB)
     sh("sgdisk", "-n1:2048:+16M", "-n2:0:0", disk.device)
-    mountpoint = tmp_path / "mnt"
+    mountpoint, ready = tmp_path / "mnt", tmp_path / "ready"
     mountpoint.mkdir()
     with blockdev.partition_path(disk.device, 1) as window:
         sh("mkfs.ext4", "-q", window)
-        sh("mount", window, mountpoint)
-        try:
-            with pytest.raises(UnsafeTargetError, match=f"^{disk.device} is in use: mounted at {mountpoint}.$"):
-                open_target(disk.device)
-            with pytest.raises(UnsafeTargetError, match=f"^{window} is in use: mounted at {mountpoint}.$"):
-                open_target(window)
-            with blockdev.partition_path(disk.device, 2) as sibling:  # another partition of that disk
-                with pytest.raises(UnsafeTargetError, match=f"^Target {sibling} lies on {disk.device}, and "
-                                                            f"{disk.device} is in use: mounted at {mountpoint}.$"):
-                    open_target(sibling)
-        finally:
-            subprocess.run(["umount", str(mountpoint)], check=True)
+        pid = other_namespace(f"mount {window} {mountpoint} && touch {ready}", str(ready))
+        where = f"is mounted at {mountpoint} in the mount namespace of process {pid}.$"
+        with pytest.raises(UnsafeTargetError, match=f"^Target {disk.device} is in use: {window} over its bytes {where}"):
+            open_target(disk.device)
+        with pytest.raises(UnsafeTargetError, match=f"^Target {window} is in use: {window} over its bytes {where}"):
+            open_target(window)
+        with blockdev.partition_path(disk.device, 2) as sibling:  # another partition of that disk
+            with pytest.raises(UnsafeTargetError, match=f"^Target {sibling} is in use: {window} beside it on "
+                                                        f"{disk.path} {where}"):
+                open_target(sibling)
+        subprocess.run(["kill", "-9", str(pid)], check=True)   # its namespace, and the mount, go with it
+        deadline = time.monotonic() + 10
+        while any(mount.mountpoint == str(mountpoint) for mount in aliases.mounts()):
+            assert time.monotonic() < deadline, "the private namespace kept its mount"
+            time.sleep(0.1)
     fd = open_target(disk.device)  # unmounted and detached: writable again
     os.close(fd)
 
