@@ -68,6 +68,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+missing_for_restore:
+  description:
+    - What this host lacks to restore an image onto its disks (Python libraries and tools, with their
+      Debian package), checked before anything is wiped; empty when nothing is missing.
+  returned: always
+  type: list
+  elements: str
+  sample: ["the Python library parted (python3-parted)"]
 disks:
   description: Every block device of the host.
   returned: always
@@ -223,7 +231,7 @@ refused:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import FleetcastError
-from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import discover, inventory
+from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import discover, inventory, requirements, safety
 
 
 def main():
@@ -244,10 +252,16 @@ def main():
             selection = discover.select_disks(devices, explicit=params["devices"],
                                               all_fixed=params["all_fixed_disks"], exclude=params["exclude"])
             selected, refused = [dev.path for dev in selection.selected], selection.refused
+            if params["devices"] and selected and not refused:
+                try:  # together: two names for one disk, busy devices over or under them
+                    safety.check_targets(selected)
+                except FleetcastError as err:
+                    refused[", ".join(selected)] = str(err)
         disks = inventory.describe_all(devices)
     except FleetcastError as err:
         module.fail_json(msg=str(err))
-    module.exit_json(changed=False, disks=disks, selected=selected, refused=refused)
+    missing = requirements.missing(requirements.RESTORE_LIBRARIES, requirements.RESTORE_TOOLS)
+    module.exit_json(changed=False, disks=disks, selected=selected, refused=refused, missing_for_restore=missing)
 
 
 if __name__ == "__main__":

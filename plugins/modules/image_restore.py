@@ -47,10 +47,17 @@ options:
     description:
       - Let the partition that ends last fill a larger target, and grow its ext2/3/4 filesystem
         with C(resize2fs). Other filesystems keep their size inside the grown partition.
-      - A target that was grown differs from the image afterwards, so it is written again on
-        the next run.
+      - A target that was grown no longer reads back as the image's chunks. The result then carries
+        RV(stamp), which records that the grow was applied; give it back as O(recorded) on a later
+        run and targets that still match it are reported unchanged and not written.
     type: bool
     default: false
+  recorded:
+    description:
+      - The RV(stamp) of an earlier run with O(grow_last_partition). When the targets still hold
+        exactly what that run left (same image, same targets, same fingerprint of the disks), the
+        restore is unchanged and nothing is read from the image or written.
+    type: dict
   threads:
     description: Threads verifying and writing chunks; V(0) means one per CPU.
     type: int
@@ -83,6 +90,14 @@ EXAMPLES = r"""
     image: /srv/images/workstation.fcimg
     targets: [/dev/sda]
     grow_last_partition: true
+  register: restored
+
+- name: Again later; unchanged when the grown disk still holds what the restore left
+  fleetcast.imaging.image_restore:
+    image: /srv/images/workstation.fcimg
+    targets: [/dev/nvme0n1]
+    grow_last_partition: true
+    recorded: "{{ restored.stamp }}"
 
 - name: Restore only an image signed by the controller's key
   fleetcast.imaging.image_restore:
@@ -99,6 +114,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+stamp:
+  description:
+    - With O(grow_last_partition), what the targets hold after the restore and the grow (image id,
+      targets, a SHA-256 fingerprint of their layout and used bytes); pass it as O(recorded) next time.
+  returned: when grow_last_partition is set and the restore ran or was found unchanged by O(recorded)
+  type: dict
 image_id:
   description: The image id (SHA-256 over the layout and the chunk table).
   returned: always
@@ -181,6 +202,7 @@ def main():
             threads=dict(type="int", default=0),
             public_key=dict(type="str"),
             signature=dict(type="path"),
+            recorded=dict(type="dict"),
         ),
         supports_check_mode=True,
     )
@@ -198,7 +220,7 @@ def main():
                 return signing.verify(params["image"], manifest.image_id, manifest.layout.get("origin"),
                                       params["public_key"], params["signature"])
         report = restore.restore_image(params["image"], params["targets"], params["grow_last_partition"],
-                                       module.check_mode, params["threads"], check)
+                                       module.check_mode, params["threads"], params["recorded"], check)
     except FleetcastError as err:
         error = str(err)
     if error:

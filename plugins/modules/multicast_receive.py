@@ -177,6 +177,7 @@ from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import F
 from ansible_collections.fleetcast.imaging.plugins.module_utils._image.format import ChunkRecord, ImageWriter, Manifest
 from ansible_collections.fleetcast.imaging.plugins.module_utils._image.restore import RestoreSession
 from ansible_collections.fleetcast.imaging.plugins.module_utils._image import format as image_format
+from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import requirements
 from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.netio import NUMPY_IMPORT_ERROR, interface_address
 from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.receiver import Receiver, ReceiverConfig
 
@@ -305,6 +306,12 @@ def main():
     started = time.monotonic()
     sink = None
     try:
+        # Every library and tool the whole receive needs, in check mode and for real, before the
+        # session starts (the layout's own needs are checked again at object 0, before the wipe).
+        requirements.require(
+            ("numpy", "zstandard") + (("parted",) if params["devices"] else ()),
+            requirements.RESTORE_TOOLS if params["devices"] else (),
+            "receive onto %s" % ", ".join(params["devices"] or [params["dest"]]))
         address = interface_address(params["interface"])
         if module.check_mode:
             module.exit_json(changed=True, plan=check_plan(module, address))

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Iterator, Optional, Union
 
 from .._errors import FleetcastError
+from . import rawlabel
 from .command import run
 
 BLKRRPART = 0x125F
@@ -199,25 +200,32 @@ def _sysfs_sector_size(disk_path: str, sysfs: str) -> Optional[int]:
 
 
 @contextmanager
-def partition_path(disk_path: str, number_or_layout, read_only: bool = False, sysfs: str = "/sys",
+def partition_path(disk, number_or_layout, read_only: bool = False, sysfs: str = "/sys",
                    dev: str = "/dev") -> Iterator[str]:
     """A path to one partition of a disk or disk image: the kernel's partition node where it exists,
     else a loop device over the partition's byte range, detached on exit.
 
+    `disk` is a path, or a held `safety.Claim`: under a claim (the whole disk opened O_EXCL) the
+    partition is always reached through a loop window, because the kernel refuses exclusive opens
+    of a partition node (e2fsck, resize2fs, wipefs) while its disk is claimed.
     `number_or_layout` is a partition number (looked up in the disk's table) or a PartitionLayout.
     """
+    claimed = hasattr(disk, "footprint")
+    disk_path = disk.path if claimed else disk
     if isinstance(number_or_layout, int):
-        from .table import read_layout  # table uses this module; import late to avoid a cycle
-        layout = read_layout(disk_path)
-        matches = [part for part in layout.partitions if part.number == number_or_layout]
-        if not matches:
+        sector = sector_size(disk_path)
+        with _opened(disk_path) as fd:
+            bounds = rawlabel.partition_bounds(fd, sector, device_size(fd), number_or_layout)
+        if bounds is None:
             raise FleetcastError(f"{disk_path} has no partition {number_or_layout}.")
-        part, sector = matches[0], layout.sector_size
+        number, (first, last) = number_or_layout, bounds
     else:
-        part, sector = number_or_layout, _sysfs_sector_size(disk_path, sysfs) or sector_size(disk_path)
-    offset, size = part.start * sector, (part.end - part.start + 1) * sector
-    if not os.path.isfile(disk_path):
-        node = partition_node(disk_path, part.number, offset, size, sysfs, dev)
+        part = number_or_layout
+        sector = _sysfs_sector_size(disk_path, sysfs) or sector_size(disk_path)
+        number, first, last = part.number, part.start, part.end
+    offset, size = first * sector, (last - first + 1) * sector
+    if not claimed and not os.path.isfile(disk_path):
+        node = partition_node(disk_path, number, offset, size, sysfs, dev)
         if node:
             yield node
             return
@@ -226,7 +234,7 @@ def partition_path(disk_path: str, number_or_layout, read_only: bool = False, sy
         argv += ["--sector-size", sector]
     if read_only:
         argv.append("--read-only")
-    loop = run(argv + [disk_path], device=f"partition {part.number} of {disk_path}").stdout.strip()
+    loop = run(argv + [disk_path], device=f"partition {number} of {disk_path}").stdout.strip()
     try:
         yield loop
     finally:

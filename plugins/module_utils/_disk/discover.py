@@ -356,7 +356,7 @@ def select_disks(devices: List[BlockDevice], explicit: Optional[List[str]] = Non
         candidates = [(dev.path, dev) for dev in devices]
     else:
         candidates = [(path, find_device(devices, path)) for path in explicit or []]
-    seen: Set[str] = set()
+    seen: Dict[str, str] = {}
     for given, device in candidates:
         if device is None:
             if find_partition(devices, given):
@@ -365,8 +365,11 @@ def select_disks(devices: List[BlockDevice], explicit: Optional[List[str]] = Non
                 selection.refused[given] = f"{given} is not a block device on this host."
             continue
         if device.path in seen:
+            if not all_fixed:
+                selection.refused[given] = (f"{seen[device.path]} and {given} both name {device.path}; "
+                                            f"give each disk once.")
             continue
-        seen.add(device.path)
+        seen[device.path] = given
         if device.path in excluded:
             reason = f"{device.path} {EXCLUDED}"
         else:

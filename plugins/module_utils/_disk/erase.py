@@ -183,9 +183,10 @@ def _overwrite(fd: int, size: int) -> str:
     return f"zeros written over {size} bytes"
 
 
-def secure_erase(path: str, choice: EraseChoice, open_fd: Callable[[str], int]) -> EraseResult:
-    """Erase the whole device at `path` with the chosen method; `open_fd` opens it for writing (the
-    caller's safety door, `safety.open_target`). Returns the method, the time taken and what ran."""
+def secure_erase(path: str, choice: EraseChoice, fd: int) -> EraseResult:
+    """Erase the whole device at `path` with the chosen method; `fd` is the caller's held claim on it
+    (`safety.Claim.fd`), which discard and overwrite write through and leave open. Returns the
+    method, the time taken and what ran."""
     started = time.monotonic()
     size = device_size(path)
     if choice.method == "nvme":
@@ -199,7 +200,6 @@ def secure_erase(path: str, choice: EraseChoice, open_fd: Callable[[str], int]) 
         run(["hdparm", "--user-master", "u", flag, ATA_PASSWORD, path], device=path)
         detail = f"hdparm {flag}"
     elif choice.method in ("discard", "overwrite"):
-        fd = open_fd(path)
         try:
             detail = _discard(fd, size) if choice.method == "discard" else _overwrite(fd, size)
             os.fsync(fd)
@@ -207,8 +207,6 @@ def secure_erase(path: str, choice: EraseChoice, open_fd: Callable[[str], int]) 
             raise FleetcastError(f"Secure erase of {path} failed: {err.strerror}.") from err
         except FleetcastError as err:
             raise FleetcastError(f"Secure erase of {path} failed: {err}.") from err
-        finally:
-            os.close(fd)
     else:
         return EraseResult(path, "none", 0.0, 0, "no secure erase requested")
     return EraseResult(path, choice.method, round(time.monotonic() - started, 3), size, detail)

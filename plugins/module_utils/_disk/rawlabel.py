@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Tuple
 GPT_SIGNATURE = b"EFI PART"
 GPT_HEADER = struct.Struct("<8sIIIIQQQQ16sQIII")  # 92 bytes, up to the entries CRC
 GPT_ENTRY = struct.Struct("<16s16sQQQ72s")
+GPT_ENTRY_SIZE = 128
 MBR_ENTRY = struct.Struct("<B3xB3xII")  # status, type id, first sector, sector count (CHS skipped)
 MBR_TABLE = 446
 MBR_DISK_ID = 440
@@ -38,6 +39,7 @@ class GptHeader:
     entry_count: int
     entry_size: int
     raw: bytes
+    entries_crc: int = 0
 
 
 @dataclass
@@ -87,17 +89,50 @@ def _parse_gpt_header(sector: bytes) -> Optional[GptHeader]:
         return None
     return GptHeader(current_lba=fields[5], backup_lba=fields[6], first_usable=fields[7], last_usable=fields[8],
                      disk_guid=_guid(fields[9]), entries_lba=fields[10], entry_count=fields[11],
-                     entry_size=fields[12], raw=sector[:header_size])
+                     entry_size=fields[12], raw=sector[:header_size], entries_crc=fields[13])
+
+
+MAX_ENTRIES_BYTES = 1 << 20  # far above any real table (128 x 128 bytes), below a hostile one
+
+
+def _valid_gpt(fd: int, sector_size: int, disk_size: int, lba: int) -> Optional[Tuple[GptHeader, bytes]]:
+    """The header at `lba` and its entry array, when both are valid the way the kernel checks them
+    (block/partitions/efi.c is_gpt_valid): signature, header size and CRC, the header's own LBA,
+    usable range inside the disk, 128-byte entries, and the entry array's CRC."""
+    last_lba = disk_size // sector_size - 1
+    if not 1 <= lba <= last_lba:
+        return None
+    header = _parse_gpt_header(_pread(fd, sector_size, lba * sector_size))
+    if header is None or header.current_lba != lba:
+        return None
+    if not header.first_usable <= header.last_usable <= last_lba or header.entry_size != GPT_ENTRY_SIZE:
+        return None
+    length = header.entry_count * header.entry_size
+    if not 0 < length <= MAX_ENTRIES_BYTES or header.entries_lba > last_lba:
+        return None
+    table = _pread(fd, length, header.entries_lba * sector_size)
+    if zlib.crc32(table) != header.entries_crc:
+        return None
+    return header, table
 
 
 def read_gpt(fd: int, sector_size: int, disk_size: int) -> Optional[Tuple[GptHeader, List[GptEntry]]]:
-    """The primary GPT header (the backup if the primary is damaged) and its used entries."""
-    header = _parse_gpt_header(_pread(fd, sector_size, sector_size))
-    if header is None:
-        header = _parse_gpt_header(_pread(fd, sector_size, disk_size - sector_size))
-    if header is None:
+    """The GPT header and its used entries: the primary when it and its entry array are valid, else
+    the backup (at the primary's alternate LBA, else the last sector), like the kernel; None when
+    neither copy is valid. An md 1.2 superblock written over the primary entry array (at 4 KiB)
+    thus reads as the backup table, not as garbage entries."""
+    found = _valid_gpt(fd, sector_size, disk_size, 1)
+    if found is None:
+        last_lba = disk_size // sector_size - 1
+        primary = _parse_gpt_header(_pread(fd, sector_size, sector_size))
+        candidates = ([primary.backup_lba] if primary is not None and primary.backup_lba != last_lba else [])
+        for lba in candidates + [last_lba]:
+            found = _valid_gpt(fd, sector_size, disk_size, lba)
+            if found is not None:
+                break
+    if found is None:
         return None
-    table = _pread(fd, header.entry_count * header.entry_size, header.entries_lba * sector_size)
+    header, table = found
     entries = []
     for slot in range(header.entry_count):
         raw = table[slot * header.entry_size: slot * header.entry_size + GPT_ENTRY.size]
@@ -206,3 +241,18 @@ def gpt_entry(slot: int, entry: GptEntry, type_guid: Optional[str], part_guid: O
     return replace(entry, slot=slot, type_guid=type_guid or entry.type_guid,
                    part_guid=part_guid or entry.part_guid,
                    attributes=entry.attributes if attributes is None else attributes)
+
+
+def partition_bounds(fd: int, sector_size: int, disk_size: int, number: int) -> Optional[Tuple[int, int]]:
+    """(first, last) sector of partition `number` in the GPT (behind a protective MBR) or the MBR,
+    or None. The lookup `blockdev.partition_path` needs, without the whole `table` reader."""
+    mbr = read_mbr(fd, sector_size)
+    protective = mbr is not None and any(entry.type_id == 0xEE for entry in mbr[1] if entry.number <= 4)
+    if mbr is None or protective:
+        gpt = read_gpt(fd, sector_size, disk_size)
+        if gpt is not None:
+            return next(((entry.first, entry.last) for entry in gpt[1] if entry.slot + 1 == number), None)
+    if mbr is not None and not protective:
+        return next(((entry.start, entry.start + entry.sectors - 1) for entry in mbr[1]
+                     if entry.number == number and entry.type_id not in EXTENDED_TYPES), None)
+    return None

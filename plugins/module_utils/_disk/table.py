@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 
 from .._errors import FleetcastError, ValidationError
 from . import rawlabel
+from .requirements import missing_library, parted
 from .blockdev import device_size, reread_partitions, sector_size, zero_range
 from .command import run
 
@@ -276,29 +277,24 @@ def clear_labels(fd: int, size: int, sector: int) -> None:
     os.fsync(fd)
 
 
-def write_layout(path: str, layout: DiskLayout, grow_last: bool = False) -> DiskLayout:
-    """Recreate `layout` on the disk at `path` (same label, numbers, sectors, types, names, flags and
+def write_layout(claim, layout: DiskLayout, grow_last: bool = False) -> DiskLayout:
+    """Recreate `layout` on the claimed disk (same label, numbers, sectors, types, names, flags and
     GUIDs; with `grow_last` the last partition ends at the disk's last usable sector). Returns the
-    layout read back from the disk."""
-    from .safety import check_target  # safety uses discover only; imported here to keep table light
+    layout read back from the disk.
 
+    `claim` is a held `safety.Claim`: the raw fields are written through its descriptor and the
+    kernel is told through it. libparted opens the device by its name to lay out the partitions,
+    without O_EXCL, inside the claim (nothing else can mount or claim the disk meanwhile)."""
+    path = claim.path
+    fd = claim.fd  # raises when the claim was released
     plan = plan_layout(path, layout, grow_last)
-    check_target(path)
     if plan.label == "none":
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            clear_labels(fd, plan.size, plan.sector_size)
-        finally:
-            os.close(fd)
-        reread_partitions(path)
+        clear_labels(fd, plan.size, plan.sector_size)
+        reread_partitions(fd)
         return read_layout(path)
     created = _create_with_parted(path, plan)
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        _patch_raw_fields(fd, plan, created)
-    finally:
-        os.close(fd)
-    reread_partitions(path)
+    _patch_raw_fields(fd, plan, created)
+    reread_partitions(fd)
     return read_layout(path)
 
 
@@ -308,9 +304,8 @@ def _creation_order(plan: DiskLayout) -> List[PartitionLayout]:
 
 def _create_with_parted(path: str, plan: DiskLayout) -> Dict[int, int]:
     """Lay out the partitions with libparted; return {number parted gave: number wanted}."""
-    # Imported here: only writing needs libparted (python3-parted), reading and disk_info do not.
-    import parted
-
+    if parted is None:
+        raise ValidationError(missing_library("parted", "python3-parted", f"write the partition table of {path}"))
     flag_numbers = {name: number for number, name in parted.partitionFlag.items()}
     device = parted.getDevice(path)
     try:

@@ -21,7 +21,8 @@ from . import erase, rawlabel, stacked
 from .blockdev import partition_path, reread_partitions, zero_range
 from .command import run
 from .discover import EXCLUDED, BlockDevice, select_disks
-from .safety import check_target, open_target
+from .requirements import WIPE_TOOLS, require
+from .safety import Claim, check_targets, claim
 from .table import PartitionLayout, read_layout, usable_range
 
 
@@ -143,17 +144,21 @@ def plan_wipe(path: str) -> WipePlan:
     return plan
 
 
-def _wipe_partition(path: str, part: PartitionLayout) -> None:
-    with partition_path(path, part) as node:
-        run(["wipefs", "--all", node], device=f"partition {part.number} of {path}")
+def _wipe_partition(held: Claim, part: PartitionLayout) -> None:
+    with partition_path(held, part) as node:
+        run(["wipefs", "--all", node], device=f"partition {part.number} of {held.path}")
 
 
-def wipe(path: str) -> WipePlan:
-    """Remove every partition and signature from the disk at `path`; return what was removed.
+def wipe(held: Claim) -> WipePlan:
+    """Remove every partition and signature from the claimed disk; return what was removed.
 
-    The target is checked (boot medium, mounted, held) before the first byte is written.
+    `held` is a `safety.Claim` (the disk held with O_EXCL, or an flock'ed image file): the checks
+    ran when it was taken, and nothing can mount or claim the disk while it is held. wipefs runs
+    with --force because its own exclusive open would collide with our claim; the table sectors are
+    zeroed and the kernel told through the claim's descriptor.
     """
-    check_target(path)
+    fd = held.fd  # raises when the claim was released
+    path = held.path
     plan = plan_wipe(path)
     if plan.empty:
         return plan
@@ -161,22 +166,18 @@ def wipe(path: str) -> WipePlan:
     for entry in plan.partitions:
         part = layout_parts[entry["number"]]
         if part.kind != "extended":
-            _wipe_partition(path, part)
-    run(["wipefs", "--all", path], device=path)
-    fd = open_target(path)
-    try:
-        for region in plan.regions:
-            zero_range(fd, region.offset, region.length)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            _wipe_partition(held, part)
+    run(["wipefs", "--all", "--force", path], device=path)
+    for region in plan.regions:
+        zero_range(fd, region.offset, region.length)
+    os.fsync(fd)
     # With the table gone, libblkid no longer hides signatures that lay inside former partitions
     # but belong to the whole disk (an old whole-disk filesystem): one more pass removes those too.
     late = _signatures(path, "disk", 0, path)
     if late:
-        run(["wipefs", "--all", path], device=path)
+        run(["wipefs", "--all", "--force", path], device=path)
         plan.signatures += late
-    reread_partitions(path)
+    reread_partitions(fd)
     return plan
 
 
@@ -241,30 +242,35 @@ def wipe_disks(devices: List[BlockDevice], explicit: Optional[List[str]] = None,
         if unsafe:
             raise UnsafeTargetError(" ".join(unsafe) + " Nothing was wiped.")
     run_ = WipeRun(refused=selection.refused, check_mode=check_mode)
+    require((), WIPE_TOOLS, f"wipe {', '.join(device.path for device in selection.selected) or 'the disks'}")
     run_.plans = [plan_wipe(device.path) for device in selection.selected]
     if secure_erase != "none":
         run_.erasing = {device.path: erase.choose(device.path, secure_erase, sysfs, device)
                         for device in selection.selected}
     dirty = [plan.path for plan in run_.plans if not plan.empty or run_.erases(plan.path)]
-    unsafe = []
-    for path in dirty:  # every disk that will be written, before the first one is (also busy ones)
-        try:
-            check_target(path)
-        except FleetcastError as err:
-            unsafe.append(str(err))
-    if unsafe:
-        raise UnsafeTargetError(" ".join(unsafe) + " Nothing was wiped.")
+    # Every disk that will be written, together and before the first one is: busy ones, and two
+    # names for one disk (a loop device beside its backing file, a symlink) are refused here.
+    try:
+        check_targets(dirty)
+    except FleetcastError as err:
+        raise type(err)(f"{err} Nothing was wiped.") from None
     if check_mode:
         return run_
     if all_fixed and dirty and not force:
         raise ValidationError(f"Refusing to wipe {', '.join(dirty)}, selected as all fixed disks and not blank, "
                               f"without force; check mode shows what would go. Nothing was wiped.")
-    for plan in run_.plans:
-        try:
-            run_.removed.append(wipe(plan.path) if not plan.empty else plan)
-            if run_.erases(plan.path):
-                run_.erased[plan.path] = erase.secure_erase(plan.path, run_.erasing[plan.path], open_target)
-        except FleetcastError as err:
-            done = [p.path for p in run_.removed if not p.empty]
-            raise FleetcastError(f"{str(err).rstrip('.')} (already wiped: {', '.join(done) or 'none'}).") from err
+    with claim(dirty) as claims:
+        held = {one.path: one for one in claims}
+        for plan in run_.plans:
+            try:
+                if plan.path not in held:  # blank and not to be erased: nothing to write
+                    run_.removed.append(plan)
+                    continue
+                disk = held[plan.path]
+                run_.removed.append(wipe(disk) if not plan.empty else plan)
+                if run_.erases(plan.path):
+                    run_.erased[plan.path] = erase.secure_erase(plan.path, run_.erasing[plan.path], disk.fd)
+            except FleetcastError as err:
+                done = [p.path for p in run_.removed if not p.empty]
+                raise FleetcastError(f"{str(err).rstrip('.')} (already wiped: {', '.join(done) or 'none'}).") from err
     return run_

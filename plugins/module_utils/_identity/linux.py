@@ -108,7 +108,7 @@ def gather(root: Root, record: IdentityRecord) -> None:
     for path, kind, secret in WHOLE_FILES:
         state = root.read(path)
         if state is None:
-            record.notes.append(f"{path} is absent below {root.path}.")
+            record.notes.append(f"{path} is absent from this system.")  # no mount path: records stay stable
             continue
         record.add_file(_item(path, kind, state, secret), state.data)
     summary["hostname"] = _text(record.file_data("/etc/hostname")).strip() or None

@@ -285,7 +285,7 @@ def gather(root: Root, record: IdentityRecord, hardware_macs: List[str]) -> None
     security_path = find_hive(root, "SECURITY")
     info["workgroup"] = info["machine_sid"] = info["domain_sid"] = None
     if security_path is None:
-        record.notes.append(f"No SECURITY hive below {root.path}: workgroup and machine SID not read.")
+        record.notes.append("No SECURITY hive on this system: workgroup and machine SID not read.")
     else:
         security = Hive(security_path)
         name = security.raw("Policy\\PolPrDmN", "")

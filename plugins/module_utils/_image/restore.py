@@ -17,7 +17,7 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .._errors import FleetcastError, ImageError, ValidationError
 from .capture import LAYOUT_FORMAT
@@ -25,6 +25,8 @@ from . import sectors
 from .format import ChunkEntry, ChunkRecord, ImageReader, Manifest, image_id
 
 GROWABLE = ("ext2", "ext3", "ext4")
+# The tools finish() calls to grow a filesystem of each kind (checked in validate, before any wipe).
+GROW_TOOLS = {"ext2": ("e2fsck", "resize2fs"), "ext3": ("e2fsck", "resize2fs"), "ext4": ("e2fsck", "resize2fs")}
 
 
 @dataclass
@@ -102,11 +104,17 @@ class RestoreSession:
     """Lay one image (its layout dict) onto `targets` (one per image disk, in order)."""
 
     def __init__(self, layout: Dict[str, Any], targets: List[str], grow_last: bool = False,
-                 check_mode: bool = False):
+                 check_mode: bool = False, protect: Iterable[str] = (), libraries: Iterable[str] = ()):
+        """`protect`: files no target may reach (the image being read); `libraries`: Python
+        libraries the caller needs besides the restore's own (the receiver's numpy, cryptography),
+        checked in validate() with the rest."""
         self.layout = layout
         self.targets = list(targets)
         self.grow_last = grow_last
         self.check_mode = check_mode
+        self.protect = list(protect)
+        self.libraries = list(libraries)
+        self._claims: List[Any] = []
         self.plan: Optional[RestorePlan] = None
         self._fds: Dict[int, int] = {}
         self._sizes: Dict[int, int] = {}
@@ -133,11 +141,12 @@ class RestoreSession:
         if len(self.targets) != len(disks):
             raise ValidationError(f"The image holds {len(disks)} disk(s) but {len(self.targets)} target(s) were "
                                   f"given ({', '.join(self.targets) or 'none'}): give one target per image disk.")
-        if len(set(map(os.path.realpath, self.targets))) != len(self.targets):
-            raise ValidationError(f"The targets {', '.join(self.targets)} name one device twice.")
+        self.check_requirements()
+        # Every target together: one claim per physical device, whatever the names (symlinks, loop
+        # devices and their files, partitions of a listed disk), and none reaching the image itself.
+        safety.check_targets(self.targets, self.protect)
         plans = []
         for disk, target in zip(disks, self.targets):
-            safety.check_target(target)
             size = blockdev.device_size(target)
             target_sector = blockdev.sector_size(target)
             image_sector = (disk.get("table") or {}).get("sector_size")
@@ -165,6 +174,27 @@ class RestoreSession:
             plans.append(plan)
         self.plan = RestorePlan(plans)
         return self.plan
+
+    def requirements(self) -> Tuple[List[str], List[str]]:
+        """(Python libraries, tools) this restore calls, up to growing the last filesystem."""
+        from .._disk import requirements
+
+        libraries = ["zstandard"] + self.libraries
+        tools = list(requirements.WIPE_TOOLS)
+        for disk in self.layout.get("disks") or []:
+            if disk.get("kind") == "disk" and disk.get("table") and disk["table"].get("label") != "none":
+                libraries.append("parted")
+                if self.grow_last and disk["table"].get("partitions"):
+                    last = max(disk["table"]["partitions"], key=lambda part: (part["end"], part.get("kind") != "extended"))
+                    tools += GROW_TOOLS.get(self._region_fs(disk, last["number"]) or "", ())
+        return libraries, tools
+
+    def check_requirements(self) -> None:
+        """Raise (one sentence) when this host lacks a library or tool the restore will need."""
+        from .._disk import requirements
+
+        libraries, tools = self.requirements()
+        requirements.require(libraries, tools, f"restore onto {', '.join(self.targets)}")
 
     @staticmethod
     def _region_fs(disk: Dict[str, Any], number: int) -> Optional[str]:
@@ -216,18 +246,20 @@ class RestoreSession:
         if self.check_mode:
             raise ValidationError("A check-mode restore session cannot write.")
         plan = self.plan or self.validate()
-        for target_plan in plan.targets:  # again: the image check since validate() can take minutes
-            safety.check_target(target_plan.target)
+        # Claimed again (the image check since validate() can take minutes) and held until finish():
+        # every write below goes through these descriptors.
+        writing = [(target_plan, disk) for target_plan, disk in zip(plan.targets, self.layout["disks"])
+                   if target_plan.state != "unchanged"]
         for target_plan, disk in zip(plan.targets, self.layout["disks"]):
             if target_plan.state == "unchanged":   # found by already_holds(): leave it alone
                 self._kept.add(disk["index"])
-                continue
-            target = target_plan.target
-            target_plan.wipe = wipe.wipe(target).describe()
+        self._claims = safety.claim([target_plan.target for target_plan, disk in writing], self.protect)
+        for (target_plan, disk), held in zip(writing, self._claims):
+            target_plan.wipe = wipe.wipe(held).describe()
             if disk["index"] in self._tables:
-                written = table.write_layout(target, table.DiskLayout.from_dict(disk["table"]), self.grow_last)
+                written = table.write_layout(held, table.DiskLayout.from_dict(disk["table"]), self.grow_last)
                 self._tables[disk["index"]] = written.to_dict()
-            self._fds[disk["index"]] = safety.open_target(target)
+            self._fds[disk["index"]] = held.fd
             self._sizes[disk["index"]] = target_plan.target_size
 
     def write(self, record: ChunkRecord) -> bool:
@@ -305,32 +337,34 @@ class RestoreSession:
             raise ImageError(f"What was written has image id {got}, not the image's {manifest.image_id}.")
         for fd in self._fds.values():
             os.fsync(fd)
-        self._close()
         plan = self.plan
+        held = {one.path: one for one in self._claims}
         for target_plan in plan.targets:
             if target_plan.disk in self._kept:
                 continue
             if target_plan.grow_filesystem:
-                self._grow(target_plan)
-            blockdev.reread_partitions(target_plan.target)
+                self._grow(target_plan, held[target_plan.target])
+            blockdev.reread_partitions(held[target_plan.target].fd)
+        self._close()
         return RestoreResult(got, True, len(self._written) - self._kept_chunks, self._data_bytes, self._zero_bytes,
                              [asdict(target) for target in plan.targets])
 
-    def _grow(self, target_plan: TargetPlan) -> None:
+    def _grow(self, target_plan: TargetPlan, held: Any) -> None:
         from .._disk import blockdev, table
         from .._disk.command import run
 
         layout = table.DiskLayout.from_dict(self._tables[target_plan.disk])
         part = layout.partition(target_plan.grow_partition)
-        with blockdev.partition_path(target_plan.target, part) as node:
+        with blockdev.partition_path(held, part) as node:
             # resize2fs insists on a freshly checked filesystem; exit codes 1 and 2 mean "fixed".
             run(["e2fsck", "-f", "-p", node], node, ok_codes=(0, 1, 2))
             run(["resize2fs", node], node)
 
     def _close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
         self._fds.clear()
+        for held in self._claims:
+            held.release()
+        self._claims = []
 
     def abort(self) -> None:
         self._close()
@@ -377,16 +411,31 @@ def _first_false(check: Callable[[Any], bool], items: Iterable[Any], threads: in
 
 
 def restore_image(path: str, targets: List[str], grow_last: bool = False, check_mode: bool = False,
-                  threads: int = 0, check_signature: Optional[Callable[[Manifest], Any]] = None) -> Dict[str, Any]:
+                  threads: int = 0, recorded: Optional[Dict[str, Any]] = None,
+                  check_signature: Optional[Callable[[Manifest], Any]] = None) -> Dict[str, Any]:
     """Restore an image file: check its signature (`check_signature(manifest)` raises to refuse),
     validate the targets, verify the image whole, then (unless the targets already hold it, or in
-    check mode) wipe, partition, write and finish. Returns what the module reports."""
+    check mode) wipe, partition, write and finish. Returns what the module reports.
+
+    A grown target no longer reads back as the image's chunks, so with `grow_last` the report
+    carries a `stamp` (fingerprint.stamp of the targets as restored and grown); given back as
+    `recorded` on a later run, targets that still match it are unchanged and not written."""
+    from . import fingerprint
+
     with ImageReader(path) as reader:
         manifest = reader.manifest
         if check_signature is not None:
             check_signature(manifest)
-        session = RestoreSession(manifest.layout, targets, grow_last, check_mode)
+        session = RestoreSession(manifest.layout, targets, grow_last, check_mode, protect=[path])
         plan = session.validate()     # the cheap checks first: a wrong target fails at once
+        if recorded:
+            state = fingerprint.deployed_state(recorded, targets, manifest.image_id, None, threads)
+            if state["unchanged"]:
+                for target_plan in plan.targets:
+                    target_plan.state, target_plan.reason = "unchanged", state["reason"]
+                return {"image_id": manifest.image_id, "chunk_count": manifest.chunk_count, "changed": False,
+                        "chunks_written": 0, "data_bytes_written": 0, "zero_bytes_written": 0,
+                        "plan": plan.to_dict(), "stamp": recorded}
         reader.verify(threads)
         unchanged = session.already_holds(manifest, threads)
         report: Dict[str, Any] = {"image_id": manifest.image_id, "chunk_count": manifest.chunk_count}
@@ -404,6 +453,8 @@ def restore_image(path: str, targets: List[str], grow_last: bool = False, check_
             session.abort()
         report.update(result.to_dict())
         report["plan"] = plan.to_dict()
+        if grow_last:
+            report["stamp"] = fingerprint.stamp(targets, manifest.image_id, None, threads)
         return report
 
 

@@ -23,6 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 PLAYBOOKS = os.path.join(ROOT, "playbooks")
 INVENTORY = os.path.join(PLAYBOOKS, "lab", "inventory.yml")
 PARTICIPANTS = ("p1", "p2", "p3")
+SESSION_KEY = os.urandom(32).hex()
+VAULT_PASSWORD = "fleetcast-" + os.urandom(12).hex()
 CUT_HOST = "p2"
 
 
@@ -179,11 +181,19 @@ def test_deploy_with_one_receive_path_cut_half_way(lab):
     cutter = ReceivePathCutter(cut_netns, os.path.getsize(lab["image"]))
     cutter.start()
     try:
-        run = _playbook(lab, "deploy.yml")
+        # As verbose as a user debugging it would run it, with a vault password for the store and a
+        # known session key, so that test_no_secret_in_verbose_output can look for both.
+        secrets = os.path.join(os.path.dirname(lab["directory"]), "secrets.json")   # -vvvv prints the command line
+        with open(secrets, "w", encoding="utf-8") as handle:
+            json.dump({"multicast_image_session_key": SESSION_KEY, "imaging_identity_vault_password": VAULT_PASSWORD},
+                      handle)
+        lab["secrets"] = secrets
+        run = _playbook(lab, "deploy.yml", "-vvvv", "--diff", "-e", "@" + secrets)
     finally:
         cutter.stop.set()
         cutter.join()
     out = run.stdout
+    lab["verbose_output"] = run.stdout + run.stderr
     assert cutter.cut_at is not None, "the transfer never reached half-way on " + CUT_HOST + out[-3000:]
     assert run.returncode != 0, "a failed host must fail the run"
 
@@ -224,3 +234,78 @@ def test_deploy_with_one_receive_path_cut_half_way(lab):
     assert f"{CUT_HOST}: {lab['machines'][CUT_HOST]['disk_device']} holds its own identity" not in flat
     # The cut host's disk is not claimed to be anything: it must not hold its identity re-applied.
     assert "yes" not in rows[CUT_HOST].split("FAILED", 1)[0]
+
+
+def _private_key_lines(pem, tmp_dir):
+    """The base64 body lines of an OpenSSH private key that are not also part of its public key
+    (the file embeds the public key, and the public key file may be shown; any other line appearing
+    would be a leak)."""
+    path = os.path.join(tmp_dir, "key")
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
+        handle.write(pem)
+    public = subprocess.run(["ssh-keygen", "-y", "-f", path], capture_output=True, text=True, check=True).stdout
+    os.unlink(path)
+    return [line for line in pem.decode().splitlines()
+            if line and not line.startswith("-----") and len(line) > 40 and line not in public]
+
+
+@pytest.mark.timeout(30)
+def test_no_secret_in_verbose_output(lab):
+    out = lab.get("verbose_output")
+    if out is None:
+        pytest.skip("the deploy run did not happen")
+    assert SESSION_KEY not in out, "the multicast session key is printed"
+    assert VAULT_PASSWORD not in out, "the identity store's vault password is printed"
+
+
+@pytest.mark.timeout(30)
+def test_no_identity_secret_in_verbose_output(lab, tmp_path):
+    """The SSH host private keys the deploy carried (snapshot, store, re-apply) never show. The lab
+    has no Wi-Fi psk or keytab; those are covered by the identity modules' own tests."""
+    out = lab.get("verbose_output")
+    if out is None:
+        pytest.skip("the deploy run did not happen")
+    for name in PARTICIPANTS:
+        for key in ("/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ecdsa_key"):
+            lines = _private_key_lines(lab["before"][name][key], str(tmp_path))
+            assert lines, f"{name}'s {key} was not read"
+            for line in lines:
+                assert line not in out, f"a line of {name}'s {key} is printed"
+
+
+def _disk_hashes(lab):
+    return {name: _sha256(lab["machines"][name]["disk_file"]) for name in PARTICIPANTS}
+
+
+@pytest.mark.timeout(200)
+def test_rerun_deploys_only_the_failed_host(lab):
+    """The hosts the first run deployed are unchanged (not one byte written); the cut one is deployed."""
+    if "secrets" not in lab:
+        pytest.skip("the first deploy did not run")
+    LabHost(name=CUT_HOST, netns=lab["machines"][CUT_HOST]["netns"], address="").clear_rules()  # mend the cut
+    before = _disk_hashes(lab)
+    # No rate cap this time (the first run's cap only made the cut land half-way).
+    run = _playbook(lab, "deploy.yml", "-e", "@" + lab["secrets"], "-e", "multicast_image_rate_mbit=0")
+    assert run.returncode == 0, run.stdout[-4000:]
+    rows = _summary(run.stdout)
+    for name in ("p1", "p3"):
+        assert re.match(rf"{name}\s+unchanged\s+.*still hold image [0-9a-f]{{16}} with its identity, as deployed$",
+                        rows[name]), rows
+        assert _disk_hashes(lab)[name] == before[name], f"{name}'s disk was written"
+    assert re.match(rf"{CUT_HOST}\s+ok\s+[1-9]\d*\s+[\d.]+\s+yes\s+yes\s+clean$", rows[CUT_HOST]), rows
+    lab["redeployed"] = True
+
+
+@pytest.mark.timeout(150)
+def test_second_run_changes_no_byte_and_reports_every_host_unchanged(lab):
+    if not lab.get("redeployed"):
+        pytest.skip("the re-run did not complete")
+    before = _disk_hashes(lab)
+    run = _playbook(lab, "deploy.yml", "-e", "@" + lab["secrets"])
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert _disk_hashes(lab) == before
+    rows = _summary(run.stdout)
+    for name in PARTICIPANTS:
+        assert re.match(rf"{name}\s+unchanged\s+", rows[name]), rows
+    # Nothing was wiped or sent: the wipe and transfer stages ran for no host.
+    assert "Wipe the listed disks" not in run.stdout and "One session, every participant receiving" not in run.stdout

@@ -8,7 +8,7 @@ import pytest
 from ansible_collections.fleetcast.imaging.plugins.module_utils._image import capture, restore
 from ansible_collections.fleetcast.imaging.plugins.module_utils._image.format import ImageReader, iter_stream
 
-from image_helpers import MASTER_SIZE, extract_ext, fat_path, MiB, SECTOR, part_range, run
+from image_helpers import MASTER_SIZE, extract_ext, fat_path, MiB, SECTOR, part_range, run, sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_restore_onto_a_larger_disk_grows_the_last_partition_and_its_ext4(image,
     check = restore.restore_image(path, [target.device], grow_last=True, check_mode=True)
     planned = check["plan"]["targets"][0]
     assert check["changed"] and planned["grow_partition"] == 3 and planned["grow_filesystem"] == "ext4"
-    restore.restore_image(path, [target.device], grow_last=True)
+    done = restore.restore_image(path, [target.device], grow_last=True)
     last = size // SECTOR - 34
     assert re.search(rf"^\s+3\s+69632\s+{last}\s", run("sgdisk", "-p", target.device).stdout, re.M)
     offset, part_size = part_range(3, size)
@@ -125,3 +125,9 @@ def test_restore_onto_a_larger_disk_grows_the_last_partition_and_its_ext4(image,
     # resize2fs leaves off a last block group too small to hold its own metadata: under 1 MiB here.
     assert part_size - MiB < blocks * block_size <= part_size
     assert blocks * block_size > part_range(3)[1] + 90 * MiB
+    # The grow is recorded: a re-run given the stamp is unchanged and writes nothing.
+    before = sha256_file(target.path)
+    again = restore.restore_image(path, [target.device], grow_last=True, recorded=done["stamp"])
+    assert not again["changed"] and again["chunks_written"] == 0
+    assert again["plan"]["targets"][0]["state"] == "unchanged"
+    assert sha256_file(target.path) == before

@@ -1,6 +1,9 @@
 # Fake /sys, /proc/self/mountinfo and /proc/swaps trees, so that disk discovery and "all disks"
 # selection are tested without ever looking at (or touching) the machine's own disks.
 import os
+import signal
+import subprocess
+import time
 
 import pytest
 
@@ -98,3 +101,24 @@ class FakeHost:
 @pytest.fixture
 def fake_host(tmp_path):
     return FakeHost(tmp_path / "host")
+
+
+@pytest.fixture
+def other_namespace():
+    """Factory: run(script, ready) -> pid of a shell in a new private mount namespace, once `ready`
+    exists (killed afterwards, which unmounts what it mounted). Mounts made there are never copied
+    into namespaces other engineers create meanwhile, as mounts in the test's own namespace are."""
+    started = []
+
+    def run(script, ready):
+        proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script + "; exec sleep 60"])
+        started.append(proc)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(ready):
+            assert proc.poll() is None and time.monotonic() < deadline, "the namespace did not come up"
+            time.sleep(0.05)
+        return proc.pid
+    yield run
+    for proc in started:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()

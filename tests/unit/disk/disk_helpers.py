@@ -25,3 +25,17 @@ def sfdisk_dump(path):
             continue
         lines.append(line.replace(path, "DISK"))
     return lines
+
+
+def write_layout(path, layout, grow_last=False):
+    """table.write_layout under a claim taken and released here (what restore does)."""
+    from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import safety, table
+    with safety.claim([path]) as claims:
+        return table.write_layout(claims[0], layout, grow_last)
+
+
+def wipe_path(path):
+    """wipe.wipe under a claim taken and released here."""
+    from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import safety, wipe
+    with safety.claim([path]) as claims:
+        return wipe.wipe(claims[0])

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import blockdev, table
-from ansible_collections.fleetcast.imaging.plugins.module_utils._disk.safety import open_target
+from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import safety
 
 from disk_helpers import sh
 
@@ -19,11 +19,8 @@ def _fill(path, size):
 def test_zero_range_on_block_device_with_unaligned_edges(loop_disk):
     disk = loop_disk(8 * MiB)
     _fill(disk.device, 8 * MiB)
-    fd = open_target(disk.device)
-    try:
-        blockdev.zero_range(fd, 1000, 3 * MiB + 77)
-    finally:
-        os.close(fd)
+    with safety.claim([disk.device]) as claims:
+        blockdev.zero_range(claims[0].fd, 1000, 3 * MiB + 77)
     with open(disk.path, "rb") as handle:
         data = handle.read()
     assert data[:1000] == b"\xa5" * 1000

@@ -147,7 +147,11 @@ def test_overwrite_erase_of_a_regular_file(tmp_path):
     assert (choice.method, choice.reason) == ("overwrite", "a regular file: zeros written over every byte")
     with pytest.raises(ValidationError, match="it is a regular file, which can only be overwritten"):
         erase.choose(path, "discard")
-    result = erase.secure_erase(path, choice, lambda p: os.open(p, os.O_RDWR))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        result = erase.secure_erase(path, choice, fd)
+    finally:
+        os.close(fd)
     assert (result.method, result.bytes) == ("overwrite", 6 * MiB)
     with open(path, "rb") as handle:
         assert handle.read() == bytes(6 * MiB)
@@ -179,9 +183,7 @@ def test_drive_erase_commands(tmp_path, monkeypatch, method, reason, fna, expect
     disk = tmp_path / "disk.raw"
     disk.write_bytes(bytes(4096))
 
-    def never(path):
-        raise AssertionError("drive erases do not write through the file descriptor")
-
-    result = erase.secure_erase(str(disk), erase.EraseChoice(str(disk), method, reason), never)
+    # Drive erases run the drive's own command and never write through the claim's descriptor.
+    result = erase.secure_erase(str(disk), erase.EraseChoice(str(disk), method, reason), -1)
     assert log.read_text().splitlines() == [line.format(dev=disk) for line in expected]
     assert (result.method, result.bytes) == (method, 4096) and result.seconds >= 0

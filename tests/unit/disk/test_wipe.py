@@ -11,7 +11,7 @@ import pytest
 from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import discover, wipe
 from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import UnsafeTargetError, ValidationError
 
-from disk_helpers import blkid, sh
+from disk_helpers import blkid, sh, wipe_path
 
 MiB = 1 << 20
 P1, P2, P3 = (2048, 20480), (22528, 20480), (43008, 16384)  # (start, sectors)
@@ -71,7 +71,7 @@ def test_plan_lists_everything_and_writes_nothing(loop_disk):
 
 def test_wipe_leaves_nothing_for_blkid_wipefs_or_sgdisk(loop_disk):
     disk, md_offset = _dirty_gpt_disk(loop_disk)
-    plan = wipe.wipe(disk.device)
+    plan = wipe_path(disk.device)
     assert len(plan.partitions) == 3 and len(plan.signatures) >= 6
     assert blkid(disk.device) == {}
     assert sh("wipefs", disk.device).strip() == ""
@@ -85,7 +85,7 @@ def test_wipe_leaves_nothing_for_blkid_wipefs_or_sgdisk(loop_disk):
     assert data[:34 * 512] == bytes(34 * 512) and data[-33 * 512:] == bytes(33 * 512)
     assert data[md_offset:md_offset + 4] == bytes(4)
     # the second run finds nothing: idempotent
-    again = wipe.wipe(disk.device)
+    again = wipe_path(disk.device)
     assert again.empty and again.label == "none"
 
 
@@ -96,7 +96,7 @@ def test_wipe_msdos_zeroes_extended_boot_records(loop_disk):
     with open(disk.device, "rb") as handle:
         handle.seek(10240 * 512 + 510)
         assert handle.read(2) == b"\x55\xaa"
-    plan = wipe.wipe(disk.device)
+    plan = wipe_path(disk.device)
     assert [p["number"] for p in plan.partitions] == [1, 2, 5, 6]
     ebrs = [r.offset // 512 for r in plan.regions if r.what == "extended boot record"]
     assert 10240 in ebrs and len(ebrs) == 2
@@ -116,7 +116,7 @@ def test_wipe_refuses_a_disk_with_a_mounted_partition(loop_disk, tmp_path):
     sh("mount", "-o", "ro", window, mountpoint)
     try:
         with pytest.raises(UnsafeTargetError, match="is in use: mounted at"):
-            wipe.wipe(disk.device)
+            wipe_path(disk.device)
     finally:
         subprocess.run(["umount", str(mountpoint)], check=True)
     assert _digest(disk.path) == before

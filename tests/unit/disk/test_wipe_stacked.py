@@ -9,7 +9,7 @@ import pytest
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import wipe
 
-from disk_helpers import sh
+from disk_helpers import sh, wipe_path
 from stacked_builders import bitlocker_volume, luks_format, md_superblock, pvcreate, write_at
 
 MiB = 1 << 20
@@ -74,7 +74,7 @@ def test_wipe_removes_raid_lvm_luks_and_bitlocker_everywhere(loop_disk):
     assert f"signature crypto_LUKS on partition 6 at byte {_span(6)[0] + 16384} (LUKS2 secondary header)" in lines
     assert f"at byte {expected[('disk', 'linux_raid_member', 'md 0.90 superblock')]} (md 0.90 superblock)" in lines
 
-    removed = wipe.wipe(disk.device)
+    removed = wipe_path(disk.device)
     assert set(expected) <= {(s.where, s.type, s.detail) for s in removed.signatures}
     assert sh("wipefs", "--no-act", disk.device).strip() == ""
     for number in PARTS:
@@ -88,4 +88,4 @@ def test_wipe_removes_raid_lvm_luks_and_bitlocker_everywhere(loop_disk):
         assert data[region.offset:region.offset + region.length] == bytes(region.length), region
     luks2 = _span(6)[0]
     assert data[luks2:luks2 + 16 * MiB] == bytes(16 * MiB)  # every LUKS2 key slot, up to the data
-    assert wipe.wipe(disk.device).empty  # idempotent
+    assert wipe_path(disk.device).empty  # idempotent
