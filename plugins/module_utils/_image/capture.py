@@ -31,6 +31,10 @@ LIVE_LEVEL = 3
 MAX_CHUNK_SIZE = 32 << 20
 LAYOUT_FORMAT = "fleetcast-image"
 BOOT_CODE_BYTES = 440   # the MBR's boot code; the disk identifier and table after it are rebuilt
+# Bytes outside partitions are stored up to this much per gap (boot loaders keep data at a gap's
+# start: GRUB's core image after the MBR, vendor tools after the last partition); the rest of a
+# larger gap is recorded in the layout as skipped rather than read.
+GAP_LIMIT = 64 << 20
 
 
 @dataclass
@@ -78,9 +82,24 @@ def _raw_region(name: str, offset: int, length: int, extents: Extents) -> Dict[s
             "used_bytes": length}
 
 
+def _gap_regions(name: str, start: int, end: int, extents: Extents) -> List[Dict[str, Any]]:
+    """A gap outside every partition: its first GAP_LIMIT bytes are stored (zero runs as zero chunks;
+    boot loaders keep their data at a gap's start), the rest of a larger gap is recorded as skipped
+    so that an image of a disk with a large unpartitioned tail does not read it all."""
+    if end <= start:
+        return []
+    kept = min(end - start, GAP_LIMIT)
+    regions = [_raw_region(name, start, kept, extents)]
+    if end - start > kept:
+        regions.append({"name": f"{name} (rest)", "offset": start + kept, "length": end - start - kept,
+                        "filesystem": None, "map": "skipped", "used_bytes": 0,
+                        "note": f"not read: only the first {GAP_LIMIT} bytes of a gap are stored"})
+    return regions
+
+
 def _disk_regions(path: str, fd: int, size: int, extents: Extents) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
-    """The partition table (from _disk) and the regions: boot code, the gap before the first
-    partition (where GRUB's core image lives), then every partition."""
+    """The partition table (from _disk) and the regions: boot code, the gaps outside partitions
+    (before the first, where GRUB's core image lives; between; after the last), every partition."""
     from .._disk import table
 
     layout = table.read_layout(path)
@@ -89,12 +108,18 @@ def _disk_regions(path: str, fd: int, size: int, extents: Extents) -> Tuple[Dict
     if layout.label not in ("gpt", "msdos"):
         return layout.to_dict(), [_region("whole disk", 0, size, fd, extents)]
     regions.append(_raw_region("boot code", 0, BOOT_CODE_BYTES, extents))
-    starts = [part.start * sector for part in layout.partitions]
-    # GPT: the gap starts after the entry array (first usable LBA); MBR: right after sector 0.
-    gap_start = (layout.first_usable if layout.label == "gpt" else 1) * sector
-    gap_end = min(starts) if starts else gap_start
-    if gap_end > gap_start:
-        regions.append(_raw_region("gap before the first partition", gap_start, gap_end - gap_start, extents))
+    # Gaps are counted between the outer partitions (an extended partition covers its logical ones
+    # and the EBRs, which the table writer rebuilds). GPT: from the first usable LBA (after the entry
+    # array) to the last usable one (the backup table is rebuilt); MBR: from sector 1 to the disk's end.
+    outer = sorted((part for part in layout.partitions if part.kind != "logical"), key=lambda part: part.start)
+    at = (layout.first_usable if layout.label == "gpt" else 1) * sector
+    limit = min((layout.last_usable + 1) * sector, size) if layout.label == "gpt" else size
+    for number, part in enumerate(outer):
+        name = "gap before the first partition" if not number else f"gap before partition {part.number}"
+        regions += _gap_regions(name, at, min(part.start * sector, limit), extents)
+        at = max(at, (part.end + 1) * sector)
+    if outer:
+        regions += _gap_regions(f"gap after partition {outer[-1].number}", at, limit, extents)
     for part in layout.partitions:
         if part.kind == "extended" or part.mbr_type in (0x05, 0x0F, 0x85):   # logical partitions follow
             continue

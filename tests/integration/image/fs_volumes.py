@@ -38,6 +38,21 @@ def run(*argv, check=True, **kwargs):
     return proc
 
 
+def mtools_image(device):
+    """mtools' name for a FAT on `device`: a loop device's backing file at its offset (mtools cannot
+    ask a loop device for its geometry), else the file itself."""
+    name = os.path.basename(device)
+    backing = f"/sys/block/{name}/loop/backing_file"
+    if not os.path.exists(backing):
+        return device
+    run("blockdev", "--flushbufs", device)
+    with open(backing, encoding="utf-8") as handle:
+        path = handle.read().strip()
+    with open(f"/sys/block/{name}/loop/offset", encoding="utf-8") as handle:
+        offset = int(handle.read())
+    return f"{path}@@{offset}" if offset else path
+
+
 def marker_for(fs):
     return f"FLEETCAST-DELETED-{fs}-9f1c27ab".encode()
 
@@ -81,7 +96,7 @@ def fill(fs, device, tree, scratch):
         with open(os.path.join(deleted, f"gone{number}.bin"), "wb") as handle:
             handle.write(body)
     if fs == "vfat":
-        image = f"{device}"
+        image = mtools_image(device)
         run("mcopy", "-s", "-i", image, *[os.path.join(tree, name) for name in sorted(os.listdir(tree))], "::/")
         run("mcopy", "-i", image, *[os.path.join(deleted, name) for name in sorted(os.listdir(deleted))], "::/")
         for name in sorted(os.listdir(deleted)):
@@ -140,10 +155,7 @@ def dump(fs, device, out, scratch):
     """Copy the whole tree of the filesystem on `device` into `out` (mounted read-only; FAT by mtools)."""
     os.makedirs(out)
     if fs == "vfat":
-        names = [line.split()[0] for line in run("mdir", "-b", "-i", device, "::/").stdout.decode().split("\n")
-                 if line.strip()]
-        run("mcopy", "-s", "-n", "-i", device, *[f"::{name[2:] if name.startswith('::') else name}" for name in names],
-            out)
+        run("mcopy", "-s", "-n", "-i", mtools_image(device), "::/*", out)
         return out
     mnt = os.path.join(scratch, f"ro-{fs}-{os.path.basename(out)}")
     os.makedirs(mnt, exist_ok=True)
