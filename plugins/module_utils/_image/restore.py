@@ -430,7 +430,9 @@ class _Shrink:
             # resize2fs insists on a freshly checked filesystem; exit codes 1 and 2 mean "fixed".
             run(["e2fsck", "-f", "-p", path], where, ok_codes=(0, 1, 2))
             run(["resize2fs", path, f"{plan.shrink_bytes // 1024}K"], where)
-        found = used_map(fd, plan.shrink_bytes)
+        # ntfsresize leaves the volume marked for a chkdsk at Windows' next boot (as GParted and
+        # Clonezilla do): its bitmap is current all the same, it wrote it and closed the volume.
+        found = used_map(fd, plan.shrink_bytes, trust_dirty=True)
         if found.method == "all" or found.filesystem != plan.shrink_filesystem:
             raise FleetcastError(f"The shrunk {plan.shrink_filesystem} for {where} cannot be mapped: "
                                  f"{found.note or 'no filesystem found'}.")

@@ -86,8 +86,9 @@ def _runs(bits: "numpy.ndarray") -> List[Tuple[int, int]]:
 class _Volume:
     """A byte range of an open disk or file (a partition read through its disk)."""
 
-    def __init__(self, fd: int, size: int, base: int = 0):
+    def __init__(self, fd: int, size: int, base: int = 0, trust_dirty: bool = False):
         self.fd, self.size, self.base = fd, size, base
+        self.trust_dirty = trust_dirty     # a dirty mark we set ourselves (ntfsresize's chkdsk request)
 
     def read(self, offset: int, length: int) -> bytes:
         if offset + length > self.size:
@@ -287,7 +288,7 @@ def ntfs_map(volume: _Volume) -> Optional[UsedMap]:
     for kind, at, dummy in _ntfs_attributes(volume_record):
         if kind == 0x70 and not volume_record[at + 8]:      # $VOLUME_INFORMATION, resident
             value = at + struct.unpack_from("<H", volume_record, at + 20)[0]
-            if struct.unpack_from("<H", volume_record, value + 10)[0] & NTFS_VOLUME_DIRTY:
+            if struct.unpack_from("<H", volume_record, value + 10)[0] & NTFS_VOLUME_DIRTY and not volume.trust_dirty:
                 return UsedMap(volume.size, "ntfs", "all", note="volume marked dirty: every cluster is stored")
     record = _ntfs_record(volume, mft + NTFS_RECORD_BITMAP * record_size, record_size)
     data = [(at, length) for kind, at, length in _ntfs_attributes(record)
@@ -495,10 +496,11 @@ def btrfs_map(volume: _Volume) -> Optional[UsedMap]:
 PARSERS: List[Callable[[_Volume], Optional[UsedMap]]] = [ext_map, fat_map, ntfs_map, xfs_map, btrfs_map]
 
 
-def used_map(fd: int, size: int, base: int = 0) -> UsedMap:
+def used_map(fd: int, size: int, base: int = 0, trust_dirty: bool = False) -> UsedMap:
     """The used extents of the volume of `size` bytes at byte `base` of the open `fd`; when no
-    filesystem we understand is found, the whole volume (zero runs are dropped later, by content)."""
-    volume = _Volume(fd, size, base)
+    filesystem we understand is found, the whole volume (zero runs are dropped later, by content).
+    `trust_dirty`: map an NTFS marked dirty from its bitmap anyway (only for one we just resized)."""
+    volume = _Volume(fd, size, base, trust_dirty)
     for parser in PARSERS:
         try:
             found = parser(volume)
