@@ -46,6 +46,21 @@ options:
         the next run.
     type: bool
     default: false
+  shrink_last_partition:
+    description:
+      - Restore onto a target smaller than the image's disk by cutting back the partition that ends
+        last to the target's end, when its filesystem is ext2/3/4 or NTFS and its used data fits.
+      - That filesystem is laid down in a sparse file in O(scratch_dir), shrunk there (C(resize2fs),
+        C(ntfsresize); data past the new end is moved) and its used blocks written to the target. A
+        shrunk NTFS is left marked for a C(chkdsk) at Windows' next boot, as C(ntfsresize) leaves it.
+      - Refused before anything is written, with the sizes, when the filesystem cannot be shrunk,
+        its used bytes (plus 32 MiB) do not fit, or O(scratch_dir) lacks the room.
+      - Bytes stored from the gap after a resized (grown or shrunk) last partition are not written.
+    type: bool
+    default: false
+  scratch_dir:
+    description: Directory for the shrink's sparse scratch file; the system's temporary directory by default.
+    type: path
   threads:
     description: Threads verifying and writing chunks; V(0) means one per CPU.
     type: int
@@ -54,7 +69,8 @@ extends_documentation_fragment:
   - fleetcast.imaging.attributes
   - fleetcast.imaging.attributes.check_full
 notes:
-  - Needs C(wipefs), C(losetup), and for O(grow_last_partition) C(e2fsck) and C(resize2fs).
+  - Needs C(wipefs), C(losetup), and for O(grow_last_partition) C(e2fsck) and C(resize2fs); for
+    O(shrink_last_partition) also C(ntfsresize) (ntfs-3g) for NTFS.
   - Restoring through a multicast session is M(fleetcast.imaging.multicast_receive); it uses the
     same engine.
 seealso:
@@ -116,7 +132,8 @@ plan:
         One entry per target with C(target), C(disk) (image disk index), C(kind), C(target_size),
         C(image_size), C(label), C(partitions) (number, start, end, name as they will be written),
         C(current) (the partitions the target has now), C(wipe) (what wiping removes, one line
-        each), C(grow_partition), C(grow_filesystem),
+        each), C(grow_partition), C(grow_filesystem), C(shrink_partition), C(shrink_filesystem),
+        C(shrink_bytes) (the shrunk partition's size), C(skipped) (image regions not written, and why),
         C(state) (V(restore) or V(unchanged)) and C(reason).
       type: list
       elements: dict
@@ -156,6 +173,8 @@ def main():
             image=dict(type="path", required=True),
             targets=dict(type="list", elements="path", required=True),
             grow_last_partition=dict(type="bool", default=False),
+            shrink_last_partition=dict(type="bool", default=False),
+            scratch_dir=dict(type="path"),
             threads=dict(type="int", default=0),
         ),
         supports_check_mode=True,
@@ -169,7 +188,8 @@ def main():
     error = None
     try:
         report = restore.restore_image(params["image"], params["targets"], params["grow_last_partition"],
-                                       module.check_mode, params["threads"])
+                                       module.check_mode, params["threads"], params["shrink_last_partition"],
+                                       params["scratch_dir"])
     except FleetcastError as err:
         error = str(err)
     if error:

@@ -11,6 +11,7 @@ as they come and memory stays at about (threads * 2 + 1) chunks whatever the dis
 
 from __future__ import annotations
 
+import bisect
 import os
 import stat
 from collections import deque
@@ -63,10 +64,22 @@ def _open_source(path: str) -> Tuple[int, int]:
 Extents = List[Tuple[int, int]]
 
 
+class DiskPlan(list):
+    """The sorted used extents of one disk to read, and `holes`: free ranges inside them (joined
+    over to make fewer chunks) whose bytes are replaced by zeros before compression."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.holes: Extents = []
+
+
 def _region(name: str, offset: int, length: int, fd: int, extents: Extents, **extra: Any) -> Dict[str, Any]:
-    """A region of the disk; its used extents (absolute) are appended to `extents`."""
+    """A region of the disk; its used extents (absolute) are appended to `extents`, its holes
+    to `extents.holes` where that is a DiskPlan."""
     found = used_map(fd, length, base=offset)
     extents.extend((offset + start, size) for start, size in found.extents)
+    if isinstance(extents, DiskPlan):
+        extents.holes.extend((offset + start, size) for start, size in found.holes)
     region = {"name": name, "offset": offset, "length": length, "filesystem": found.filesystem,
               "map": found.method, "used_bytes": found.used_bytes}
     if found.note:
@@ -142,7 +155,7 @@ def describe(sources: Sequence[Union[str, CaptureSource]],
         if source.kind not in ("disk", "partition"):
             raise ValidationError(f"Source {source.path} has unknown kind {source.kind!r} (disk or partition).")
         fd, size = _open_source(source.path)
-        extents: Extents = []
+        extents = DiskPlan()
         try:
             entry: Dict[str, Any] = {"index": number, "source": source.path, "kind": source.kind, "size": size}
             if source.kind == "disk":
@@ -152,7 +165,9 @@ def describe(sources: Sequence[Union[str, CaptureSource]],
         finally:
             os.close(fd)
         disks.append(entry)
-        plan.append(sorted(extents))
+        ordered = DiskPlan(sorted(extents))
+        ordered.holes = sorted(extents.holes)
+        plan.append(ordered)
     return {"format": LAYOUT_FORMAT, "chunk_size": chunk_size, "disks": disks}, plan
 
 
@@ -184,6 +199,7 @@ def iter_chunks(layout: Dict[str, Any], plan: List[Extents], level: int = DEFAUL
                 if len(raw) != length:
                     raise ValidationError(f"Source {layout['disks'][disk]['source']} ended early: {length} bytes "
                                           f"wanted at offset {offset}, {len(raw)} read.")
+                raw = _blank_holes(raw, offset, getattr(plan[disk], "holes", ()))
                 pending.append(pool.submit(ChunkRecord.from_raw, index, disk, offset, raw, level))
                 if len(pending) > 2 * threads:
                     yield pending.popleft().result()
@@ -194,6 +210,22 @@ def iter_chunks(layout: Dict[str, Any], plan: List[Extents], level: int = DEFAUL
             future.cancel()
         for fd in fds.values():
             os.close(fd)
+
+
+def _blank_holes(raw: bytes, offset: int, holes: Extents) -> bytes:
+    """`raw` (read at `offset`) with every byte of `holes` inside it set to zero: free space joined
+    into a chunk carries no deleted data."""
+    end = offset + len(raw)
+    first = bisect.bisect_right(holes, (offset, -1)) - 1
+    inside = [hole for hole in holes[max(first, 0):bisect.bisect_left(holes, (end, -1))]
+              if hole[0] < end and hole[0] + hole[1] > offset]
+    if not inside:
+        return raw
+    out = bytearray(raw)
+    for start, length in inside:
+        lo, hi = max(start, offset) - offset, min(start + length, end) - offset
+        out[lo:hi] = bytes(hi - lo)
+    return bytes(out)
 
 
 def capture(sources: Sequence[Union[str, CaptureSource]], chunk_size: int = DEFAULT_CHUNK_SIZE,

@@ -29,7 +29,8 @@ else:
     NUMPY_IMPORT_ERROR = None
 
 Extent = Tuple[int, int]
-# Free gaps shorter than this are stored anyway: fewer, larger chunks cost less than the gap.
+# Free gaps shorter than this are stored inside a larger extent, but as zeros (the capture blanks
+# them: deleted data is never carried): fewer, larger chunks cost less than the gap.
 MERGE_GAP = 128 << 10
 
 EXT_MAGIC = 0xEF53
@@ -55,14 +56,17 @@ class UsedMap:
     method: str
     extents: List[Extent] = field(default_factory=list)
     note: str = ""
+    holes: List[Extent] = field(default_factory=list)   # free gaps merged into extents: stored as zeros
 
     @property
     def used_bytes(self) -> int:
         return sum(length for dummy, length in self.extents)
 
 
-def merge_extents(extents: List[Extent], size: int, gap: int = MERGE_GAP) -> List[Extent]:
-    """Sort, clip to the volume, and join extents closer than `gap` bytes."""
+def merge_extents(extents: List[Extent], size: int, gap: int = MERGE_GAP,
+                  holes: Optional[List[Extent]] = None) -> List[Extent]:
+    """Sort, clip to the volume, and join extents closer than `gap` bytes (the free bytes joined
+    over are appended to `holes`)."""
     merged: List[Extent] = []
     for offset, length in sorted(extents):
         end = min(offset + length, size)
@@ -70,6 +74,8 @@ def merge_extents(extents: List[Extent], size: int, gap: int = MERGE_GAP) -> Lis
             continue
         if merged and offset <= merged[-1][0] + merged[-1][1] + gap:
             last_offset, last_length = merged[-1]
+            if holes is not None and offset > last_offset + last_length:
+                holes.append((last_offset + last_length, offset - last_offset - last_length))
             merged[-1] = (last_offset, max(last_offset + last_length, end) - last_offset)
         else:
             merged.append((offset, end - offset))
@@ -173,7 +179,7 @@ def ext_map(volume: _Volume) -> Optional[UsedMap]:
         for first, count in _runs(bits):
             extents.append((base + first * unit, count * unit))
     end = blocks * block_size
-    return UsedMap(volume.size, fs_name, "ext", merge_extents(extents, end))
+    return UsedMap(volume.size, fs_name, "ext", merge_extents(extents, end, 0))
 
 
 def _fat_entries(fat: bytes, bits: int, count: int) -> "numpy.ndarray":
@@ -216,7 +222,7 @@ def fat_map(volume: _Volume) -> Optional[UsedMap]:
     extents: List[Extent] = [(0, data_start * sector)]
     for first, count in _runs(entries != 0):
         extents.append((data_start * sector + first * cluster_size, count * cluster_size))
-    return UsedMap(volume.size, "vfat", "fat", merge_extents(extents, total * sector), note=name)
+    return UsedMap(volume.size, "vfat", "fat", merge_extents(extents, total * sector, 0), note=name)
 
 
 NTFS_VOLUME_DIRTY = 0x0001
@@ -304,7 +310,7 @@ def ntfs_map(volume: _Volume) -> Optional[UsedMap]:
     extents += [(first * cluster, count * cluster) for first, count in _runs(bits)]
     tail = clusters * cluster          # the backup boot sector sits in the volume's last sector
     extents.append((tail, volume.size - tail) if volume.size > tail else (volume.size - sector, sector))
-    return UsedMap(volume.size, "ntfs", "ntfs", merge_extents(extents, volume.size))
+    return UsedMap(volume.size, "ntfs", "ntfs", merge_extents(extents, volume.size, 0))
 
 
 XFS_BNO_MAGICS = (b"ABTB", b"AB3B")
@@ -360,7 +366,7 @@ def xfs_map(volume: _Volume) -> Optional[UsedMap]:
             return UsedMap(volume.size, "xfs", "all", note=f"AG {ag} free-space tree out of range: every block is stored")
         free += [(ag_offset + start * block, length * block)
                  for start, length in _xfs_free_extents(volume, ag_offset, root, levels, block, header)]
-    return UsedMap(volume.size, "xfs", "xfs", merge_extents(_complement(free, dblocks * block), dblocks * block))
+    return UsedMap(volume.size, "xfs", "xfs", merge_extents(_complement(free, dblocks * block), dblocks * block, 0))
 
 
 def _complement(free: List[Extent], size: int) -> List[Extent]:
@@ -490,7 +496,7 @@ def btrfs_map(volume: _Volume) -> Optional[UsedMap]:
             for logical, length in zip(chosen["objectid"].tolist(), lengths.tolist()):
                 extents += fs.to_physical(logical, length)
     extents += fs.read_blocks
-    return UsedMap(volume.size, "btrfs", "btrfs", merge_extents(extents, volume.size))
+    return UsedMap(volume.size, "btrfs", "btrfs", merge_extents(extents, volume.size, 0))
 
 
 PARSERS: List[Callable[[_Volume], Optional[UsedMap]]] = [ext_map, fat_map, ntfs_map, xfs_map, btrfs_map]
@@ -509,5 +515,7 @@ def used_map(fd: int, size: int, base: int = 0, trust_dirty: bool = False) -> Us
         if found is not None:
             if found.method == "all":
                 found.extents = [(0, size)] if size else []
+            else:
+                found.extents = merge_extents(found.extents, size, MERGE_GAP, found.holes)
             return found
     return UsedMap(size, None, "all", [(0, size)] if size else [])

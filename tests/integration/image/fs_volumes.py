@@ -73,16 +73,17 @@ def make_tree(root, files=2000, zeros_mib=16, seed=b""):
     return root
 
 
-def deleted_payload(fs, count=6, size=256 << 10):
-    """Bodies of the files written then deleted: the marker all through random bytes (not inline or
-    resident anywhere: 256 KiB each)."""
+def deleted_payload(fs, count=6, size=256 << 10, small=8):
+    """Bodies of the files written then deleted, named: the marker all through random bytes. Large
+    ones (256 KiB), written last, and small ones (12 KiB: not inline or resident anywhere) written
+    between the kept files, so that their free blocks end up in small gaps between used ones."""
     marker = marker_for(fs)
-    bodies = []
-    for dummy in range(count):
-        body = bytearray(os.urandom(size))
+    bodies = {}
+    for number in range(count + small):
+        body = bytearray(os.urandom(size if number < count else 12 << 10))
         for at in range(0, size - len(marker), 4096):
             body[at:at + len(marker)] = marker
-        bodies.append(bytes(body))
+        bodies[f"gone{number}.bin" if number < count else f"small{number}.bin"] = bytes(body)
     return bodies
 
 
@@ -92,13 +93,13 @@ def fill(fs, device, tree, scratch):
     run(*MKFS[fs], device)
     deleted = os.path.join(scratch, f"deleted-{fs}")
     os.makedirs(deleted, exist_ok=True)
-    for number, body in enumerate(deleted_payload(fs)):
-        with open(os.path.join(deleted, f"gone{number}.bin"), "wb") as handle:
+    for name, body in deleted_payload(fs).items():
+        with open(os.path.join(deleted, name), "wb") as handle:
             handle.write(body)
     if fs == "vfat":
         image = mtools_image(device)
-        run("mcopy", "-s", "-i", image, *[os.path.join(tree, name) for name in sorted(os.listdir(tree))], "::/")
-        run("mcopy", "-i", image, *[os.path.join(deleted, name) for name in sorted(os.listdir(deleted))], "::/")
+        for group in _order(tree, deleted):
+            run("mcopy", "-s", "-i", image, *group, "::/")
         for name in sorted(os.listdir(deleted)):
             run("mdel", "-i", image, f"::/{name}")
         return
@@ -132,18 +133,28 @@ def _umount(mnt, proc):
         proc.wait(timeout=120)
 
 
+def _order(tree, deleted):
+    """What to copy, in order: half the tree, the small files to delete, the rest, the large ones."""
+    names = sorted(os.listdir(tree))
+    half = len(names) // 2
+    doomed = sorted(os.listdir(deleted))
+    return [[os.path.join(tree, name) for name in names[:half]],
+            [os.path.join(deleted, name) for name in doomed if name.startswith("small")],
+            [os.path.join(tree, name) for name in names[half:]],
+            [os.path.join(deleted, name) for name in doomed if name.startswith("gone")]]
+
+
 def populate(fs, device, mnt, tree, deleted):
     proc = _mount(fs, device, mnt)
     try:
-        for name in sorted(os.listdir(tree)):
-            source = os.path.join(tree, name)
-            if os.path.isdir(source):
-                shutil.copytree(source, os.path.join(mnt, name))
-            else:
-                shutil.copyfile(source, os.path.join(mnt, name))
-        for name in sorted(os.listdir(deleted)):
-            shutil.copyfile(os.path.join(deleted, name), os.path.join(mnt, name))
-        os.sync()
+        for group in _order(tree, deleted):
+            for source in group:
+                name = os.path.basename(source)
+                if os.path.isdir(source):
+                    shutil.copytree(source, os.path.join(mnt, name))
+                else:
+                    shutil.copyfile(source, os.path.join(mnt, name))
+            os.sync()
         for name in sorted(os.listdir(deleted)):
             os.unlink(os.path.join(mnt, name))
         os.sync()
