@@ -162,8 +162,10 @@ class RestoreSession:
                     elif last.end < source["end"]:
                         self._plan_shrink(plan, disk, last, written.sector_size)
                     if last.end != source["end"]:
+                        # the gap is named after the last outer partition (a logical one's extended)
+                        outer = max((p for p in written.partitions if p.kind != "logical"), key=lambda p: p.end)
                         plan.skipped += [f"{region['name']}: the partition before it was resized" for region
-                                         in disk["regions"] if region["name"] == f"gap after partition {last.number}"]
+                                         in disk["regions"] if region["name"] == f"gap after partition {outer.number}"]
                 self._tables[disk["index"]] = written.to_dict()
             if size < disk["size"] and plan.shrink_partition is None:
                 raise ValidationError(f"Target {target} is too small: {size} bytes, the image's disk "

@@ -363,7 +363,8 @@ def xfs_map(volume: _Volume) -> Optional[UsedMap]:
             return UsedMap(volume.size, "xfs", "all", note=f"AG {ag} header unreadable: every block is stored")
         root, levels = struct.unpack_from(">I", agf, 16)[0], struct.unpack_from(">I", agf, 28)[0]
         if not 1 <= levels <= 9:
-            return UsedMap(volume.size, "xfs", "all", note=f"AG {ag} free-space tree out of range: every block is stored")
+            return UsedMap(volume.size, "xfs", "all",
+                           note=f"AG {ag} free-space tree out of range: every block is stored")
         free += [(ag_offset + start * block, length * block)
                  for start, length in _xfs_free_extents(volume, ag_offset, root, levels, block, header)]
     return UsedMap(volume.size, "xfs", "xfs", merge_extents(_complement(free, dblocks * block), dblocks * block, 0))

@@ -2,7 +2,8 @@
 # two thirds its size (the partition and its filesystem are cut back, data past the new end moved),
 # and onto a disk a sixth its size it is refused before anything is written, with the sizes said.
 # The proportions are those of the 3 GiB master with 700 MB used onto 2 GiB and 500 MB
-# targets, at a tenth of the size (the exact figures were run once: see docs/disks.md).
+# targets, at a tenth of the size. The exact figures, once: FLEETCAST_SHRINK_MASTER_MIB=3072
+# FLEETCAST_SHRINK_ZEROS_MIB=16 FLEETCAST_SHRINK_RANDOM_MIB=640 (2000 files, 640 MiB of random data).
 import copy
 import hashlib
 import os
@@ -18,6 +19,7 @@ from fs_volumes import FSCK, MiB, run
 SECTOR = 512
 MASTER = int(os.environ.get("FLEETCAST_SHRINK_MASTER_MIB", "320")) * MiB
 USED_ZEROS_MIB = int(os.environ.get("FLEETCAST_SHRINK_ZEROS_MIB", "56"))
+USED_RANDOM_MIB = int(os.environ.get("FLEETCAST_SHRINK_RANDOM_MIB", "0"))
 FITS = MASTER * 2 // 3 // MiB * MiB
 TOO_SMALL = MASTER // 6 // MiB * MiB
 FIRST = (MiB, 16 * MiB)          # partition 1: raw bytes, before the one that shrinks
@@ -35,6 +37,9 @@ def master(request, tmp_path_factory):
     fs = request.param
     tmp = tmp_path_factory.mktemp(f"shrink-{fs}")
     tree = fs_volumes.make_tree(str(tmp / "tree"), files=2000, zeros_mib=USED_ZEROS_MIB)
+    for number in range(USED_RANDOM_MIB // 64):
+        with open(os.path.join(tree, f"dir{number % 40}", f"bulk{number}.bin"), "wb") as handle:
+            handle.write(os.urandom(64 * MiB))
     disk = LoopDisk.create(str(tmp / "master.img"), MASTER)
     try:
         start, size = last_range(MASTER)
