@@ -4,7 +4,6 @@
 # filesystem checks clean, every tree reads back identical, the gaps' bytes are back, and no deleted
 # file's marker is anywhere in the image's chunks.
 import filecmp
-import hashlib
 import os
 
 import pytest
@@ -115,18 +114,10 @@ def assert_same_tree(left, right):
     count = 0
     while pending:
         current = pending.pop()
-        assert not current.left_only and not current.right_only, (current.left, current.left_only,
-                                                                   current.right_only)
+        assert not current.left_only and not current.right_only, (current.left, current.left_only, current.right_only)
         dummy, mismatch, errors = filecmp.cmpfiles(current.left, current.right, current.common_files, shallow=False)
         assert not mismatch and not errors, (current.left, mismatch, errors)
         count += len(current.common_files)
         pending.extend(current.subdirs.values())
     assert count > 2000
 
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(4 * MiB), b""):
-            digest.update(block)
-    return digest.hexdigest()
