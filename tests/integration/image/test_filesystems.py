@@ -120,4 +120,3 @@ def assert_same_tree(left, right):
         count += len(current.common_files)
         pending.extend(current.subdirs.values())
     assert count > 2000
-
