@@ -13,12 +13,15 @@ version_added: 0.1.0
 description:
   - Images a master into one file of independent, zstd-compressed, SHA-256-checked chunks plus a
     manifest (see C(docs/image-format.md)).
-  - With O(disks), every partition of every disk (MBR or GPT), the boot code and the gap before
-    the first partition are captured, together with the partition table. With O(partitions),
-    each volume is captured on its own. A raw disk-image file can be given in O(disks).
-  - Only used bytes are stored. ext2/3/4 is read through its block bitmaps and FAT12/16/32
-    through its allocation table; any other content, and the gaps, are stored whole except that
-    runs of zeros become zero chunks (nothing stored, zeroed on restore).
+  - With O(disks), every partition of every disk (MBR or GPT), the boot code and the bytes outside
+    partitions (before the first, between partitions, after the last; up to 64 MiB of each gap,
+    the rest recorded as skipped) are captured, together with the partition table. With
+    O(partitions), each volume is captured on its own. A raw disk-image file can be given in O(disks).
+  - Only used bytes are stored. ext2/3/4 is read through its block bitmaps, FAT12/16/32 through
+    its allocation table, NTFS through C($Bitmap), XFS through its free-space B+trees and btrfs
+    through its extent tree; free space and deleted files' data are never stored. Any other
+    content, and the gaps, are stored whole except that runs of zeros become zero chunks (nothing
+    stored, zeroed on restore).
   - Chunks are compressed by several threads while the source is read; memory stays bounded.
   - The file is written beside O(dest) and renamed into place when complete, so O(dest) is
     never a half-written image.
@@ -49,9 +52,11 @@ options:
     type: int
     default: 4
   level:
-    description: zstd compression level (1 to 19), per chunk.
+    description:
+      - zstd compression level (1 to 19), per chunk. The default 5 keeps images no larger than
+        C(partclone) piped through C(zstd -3) (independent chunks lose a stream's history).
     type: int
-    default: 4
+    default: 5
   threads:
     description: Compression threads; V(0) means one per CPU.
     type: int
@@ -158,7 +163,7 @@ def main():
             dest=dict(type="path", required=True),
             force=dict(type="bool", default=False),
             chunk_size_mib=dict(type="int", default=4),
-            level=dict(type="int", default=4),
+            level=dict(type="int", default=5),
             threads=dict(type="int", default=0),
             mode=dict(type="raw", default="0600"),
             description=dict(type="str"),

@@ -58,6 +58,21 @@ options:
         exactly what that run left (same image, same targets, same fingerprint of the disks), the
         restore is unchanged and nothing is read from the image or written.
     type: dict
+  shrink_last_partition:
+    description:
+      - Restore onto a target smaller than the image's disk by cutting back the partition that ends
+        last to the target's end, when its filesystem is ext2/3/4 or NTFS and its used data fits.
+      - That filesystem is laid down in a sparse file in O(scratch_dir), shrunk there (C(resize2fs),
+        C(ntfsresize); data past the new end is moved) and its used blocks written to the target. A
+        shrunk NTFS is left marked for a C(chkdsk) at Windows' next boot, as C(ntfsresize) leaves it.
+      - Refused before anything is written, with the sizes, when the filesystem cannot be shrunk,
+        its used bytes (plus 32 MiB) do not fit, or O(scratch_dir) lacks the room.
+      - Bytes stored from the gap after a resized (grown or shrunk) last partition are not written.
+    type: bool
+    default: false
+  scratch_dir:
+    description: Directory for the shrink's sparse scratch file; the system's temporary directory by default.
+    type: path
   threads:
     description: Threads verifying and writing chunks; V(0) means one per CPU.
     type: int
@@ -76,7 +91,8 @@ extends_documentation_fragment:
   - fleetcast.imaging.attributes
   - fleetcast.imaging.attributes.check_full
 notes:
-  - Needs C(wipefs), C(losetup), and for O(grow_last_partition) C(e2fsck) and C(resize2fs).
+  - Needs C(wipefs), C(losetup), and for O(grow_last_partition) C(e2fsck) and C(resize2fs); for
+    O(shrink_last_partition) also C(ntfsresize) (ntfs-3g) for NTFS.
   - Restoring through a multicast session is M(fleetcast.imaging.multicast_receive); it uses the
     same engine.
 seealso:
@@ -160,6 +176,8 @@ plan:
         C(current) (the partitions the target has now), C(wipe) (what wiping removes, one line
         each), C(grow_partition), C(grow_filesystem), C(sector_conversion) (V(512 -> 4096) when the
         table is rewritten for the target's sector size, else null),
+        C(shrink_partition), C(shrink_filesystem),
+        C(shrink_bytes) (the shrunk partition's size), C(skipped) (image regions not written, and why),
         C(state) (V(restore) or V(unchanged)) and C(reason).
       type: list
       elements: dict
@@ -199,6 +217,8 @@ def main():
             image=dict(type="path", required=True),
             targets=dict(type="list", elements="path", required=True),
             grow_last_partition=dict(type="bool", default=False),
+            shrink_last_partition=dict(type="bool", default=False),
+            scratch_dir=dict(type="path"),
             threads=dict(type="int", default=0),
             public_key=dict(type="str"),
             signature=dict(type="path"),
@@ -220,7 +240,8 @@ def main():
                 return signing.verify(params["image"], manifest.image_id, manifest.layout.get("origin"),
                                       params["public_key"], params["signature"])
         report = restore.restore_image(params["image"], params["targets"], params["grow_last_partition"],
-                                       module.check_mode, params["threads"], params["recorded"], check)
+                                       module.check_mode, params["threads"], params["recorded"], check,
+                                       params["shrink_last_partition"], params["scratch_dir"])
     except FleetcastError as err:
         error = str(err)
     if error:

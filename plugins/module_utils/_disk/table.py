@@ -181,9 +181,10 @@ def _plausible_mbr(entries: List[rawlabel.MbrEntry], total_sectors: int) -> bool
                for entry in entries)
 
 
-def plan_layout(path: str, layout: DiskLayout, grow_last: bool = False) -> DiskLayout:
+def plan_layout(path: str, layout: DiskLayout, grow_last: bool = False, shrink_last: bool = False) -> DiskLayout:
     """Check that `layout` fits the disk at `path` and return exactly what `write_layout` would write
-    there (grown last partition, the target's size and usable range). Raises ValidationError."""
+    there (last partition grown to, or with `shrink_last` cut back to, the disk's last usable sector;
+    the target's size and usable range). Raises ValidationError."""
     if layout.label not in LABELS:
         raise ValidationError(f"Cannot write a partition table of unknown type {layout.label!r} to {path}.")
     size, sector = device_size(path), sector_size(path)
@@ -196,8 +197,8 @@ def plan_layout(path: str, layout: DiskLayout, grow_last: bool = False) -> DiskL
         raise ValidationError(f"The layout for {path} numbers two partitions alike.")
     if layout.label == "msdos":
         _check_msdos(path, parts)
-    if grow_last and parts:
-        _grow_last(path, parts, last)
+    if (grow_last or shrink_last) and parts:
+        _fit_last(path, parts, last, grow_last, shrink_last)
     for part in parts:
         if part.start < first or part.end > last or part.end < part.start:
             raise ValidationError(
@@ -256,14 +257,20 @@ def last_partition(parts: List[PartitionLayout]) -> PartitionLayout:
     return max(parts, key=lambda part: (part.end, part.kind != "extended"))
 
 
-def _grow_last(path: str, parts: List[PartitionLayout], last_usable: int) -> None:
-    """Let the partition that ends last end at the disk's last usable sector (with its extended)."""
+def _fit_last(path: str, parts: List[PartitionLayout], last_usable: int, grow: bool, shrink: bool) -> None:
+    """Let the partition that ends last end at the disk's last usable sector (with its extended):
+    later when `grow`, earlier when `shrink` (never before its own start, nor into another partition)."""
     tail = last_partition(parts)
-    grown = [tail] + [part for part in parts if part.kind == "extended" and tail.kind == "logical"]
-    if last_usable < tail.end:
+    moved = [tail] + [part for part in parts if part.kind == "extended" and tail.kind == "logical"]
+    if last_usable < tail.end and not shrink:
         raise ValidationError(f"{path} is too small for the layout: partition {tail.number} ends at sector "
                               f"{tail.end} but the last usable sector is {last_usable}.")
-    for part in grown:
+    if last_usable > tail.end and not grow:
+        return
+    if last_usable <= tail.start:    # the tail ends last, so nothing else lies beyond its start
+        raise ValidationError(f"{path} is too small for the layout: partition {tail.number} starts at sector "
+                              f"{tail.start} and the last usable sector is {last_usable}, which leaves it no room.")
+    for part in moved:
         part.end = last_usable
 
 
@@ -277,17 +284,17 @@ def clear_labels(fd: int, size: int, sector: int) -> None:
     os.fsync(fd)
 
 
-def write_layout(claim, layout: DiskLayout, grow_last: bool = False) -> DiskLayout:
+def write_layout(claim, layout: DiskLayout, grow_last: bool = False, shrink_last: bool = False) -> DiskLayout:
     """Recreate `layout` on the claimed disk (same label, numbers, sectors, types, names, flags and
-    GUIDs; with `grow_last` the last partition ends at the disk's last usable sector). Returns the
-    layout read back from the disk.
+    GUIDs; with `grow_last`/`shrink_last` the last partition ends at the disk's last usable sector).
+    Returns the layout read back from the disk.
 
     `claim` is a held `safety.Claim`: the raw fields are written through its descriptor and the
     kernel is told through it. libparted opens the device by its name to lay out the partitions,
     without O_EXCL, inside the claim (nothing else can mount or claim the disk meanwhile)."""
     path = claim.path
     fd = claim.fd  # raises when the claim was released
-    plan = plan_layout(path, layout, grow_last)
+    plan = plan_layout(path, layout, grow_last, shrink_last)
     if plan.label == "none":
         clear_labels(fd, plan.size, plan.sector_size)
         reread_partitions(fd)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,9 @@ from .format import ChunkEntry, ChunkRecord, ImageReader, Manifest, image_id
 GROWABLE = ("ext2", "ext3", "ext4")
 # The tools finish() calls to grow a filesystem of each kind (checked in validate, before any wipe).
 GROW_TOOLS = {"ext2": ("e2fsck", "resize2fs"), "ext3": ("e2fsck", "resize2fs"), "ext4": ("e2fsck", "resize2fs")}
+SHRINKABLE = ("ext2", "ext3", "ext4", "ntfs")
+# Room a shrunk filesystem needs beyond its used bytes (ext4's new group tables, NTFS's slack).
+SHRINK_MARGIN = 32 << 20
 
 
 @dataclass
@@ -43,6 +47,11 @@ class TargetPlan:
     current: Optional[Dict[str, Any]] = None
     grow_partition: Optional[int] = None
     grow_filesystem: Optional[str] = None
+    # shrink: the last partition cut back to `shrink_bytes` and its filesystem resized to match
+    shrink_partition: Optional[int] = None
+    shrink_filesystem: Optional[str] = None
+    shrink_bytes: Optional[int] = None
+    skipped: List[str] = field(default_factory=list)    # image regions not written, with why
     wipe: List[str] = field(default_factory=list)
     sector_conversion: Optional[str] = None  # "512 -> 4096": the table is rewritten in the target's sectors
     state: str = "restore"      # restore | unchanged
@@ -104,17 +113,22 @@ class RestoreSession:
     """Lay one image (its layout dict) onto `targets` (one per image disk, in order)."""
 
     def __init__(self, layout: Dict[str, Any], targets: List[str], grow_last: bool = False,
-                 check_mode: bool = False, protect: Iterable[str] = (), libraries: Iterable[str] = ()):
+                 check_mode: bool = False, protect: Iterable[str] = (), libraries: Iterable[str] = (),
+                 shrink_last: bool = False, scratch_dir: Optional[str] = None):
         """`protect`: files no target may reach (the image being read); `libraries`: Python
         libraries the caller needs besides the restore's own (the receiver's numpy, cryptography),
-        checked in validate() with the rest."""
+        checked in validate() with the rest; `shrink_last`: cut the last partition back to a smaller
+        target (its filesystem shrunk in a sparse file in `scratch_dir`)."""
         self.layout = layout
         self.targets = list(targets)
         self.grow_last = grow_last
+        self.shrink_last = shrink_last
+        self.scratch_dir = scratch_dir or tempfile.gettempdir()
         self.check_mode = check_mode
         self.protect = list(protect)
         self.libraries = list(libraries)
         self._claims: List[Any] = []
+        self._shrink = _Shrink()
         self.plan: Optional[RestorePlan] = None
         self._fds: Dict[int, int] = {}
         self._sizes: Dict[int, int] = {}
@@ -154,21 +168,32 @@ class RestoreSession:
                 sectors.check_conversion(disk, target_sector, target, known_only=image_sector is None)
             plan = TargetPlan(target, disk["index"], disk["kind"], size, disk["size"], current=_current(target))
             if disk["kind"] == "disk" and disk.get("table") and disk["table"]["label"] != "none":
-                written = table.plan_layout(target, table.DiskLayout.from_dict(disk["table"]), self.grow_last)
+                written = table.plan_layout(target, table.DiskLayout.from_dict(disk["table"]), self.grow_last,
+                                            self.shrink_last)
                 plan.label = written.label
                 plan.partitions = _summary(written)["partitions"]
-                if self.grow_last and written.partitions:
+                if written.partitions and (self.grow_last or self.shrink_last):
                     last = table.last_partition(written.partitions)
                     source = next(p for p in disk["table"]["partitions"] if p["number"] == last.number)
-                    if last.end > source["end"]:
+                    # compared in bytes: a table converted between sector sizes counts in other units
+                    new_end = (last.end + 1) * written.sector_size
+                    old_end = (source["end"] + 1) * disk["table"]["sector_size"]
+                    if self.grow_last and new_end > old_end:
                         plan.grow_partition = last.number
                         fs = self._region_fs(disk, last.number)
                         plan.grow_filesystem = fs if fs in GROWABLE else None
+                    elif self.shrink_last and new_end < old_end:
+                        self._plan_shrink(plan, disk, last, written.sector_size)
+                    if new_end != old_end:
+                        # the gap is named after the last outer partition (a logical one's extended)
+                        outer = max((p for p in written.partitions if p.kind != "logical"), key=lambda p: p.end)
+                        plan.skipped += [f"{region['name']}: the partition before it was resized" for region
+                                         in disk["regions"] if region["name"] == f"gap after partition {outer.number}"]
                 self._tables[disk["index"]] = written.to_dict()
                 if written.sector_size != disk["table"]["sector_size"]:
                     self._guard[disk["index"]] = sectors.table_areas(written.to_dict(), size)
                     plan.sector_conversion = f"{disk['table']['sector_size']} -> {written.sector_size}"
-            if size < disk["size"]:
+            if size < disk["size"] and plan.shrink_partition is None:
                 raise ValidationError(f"Target {target} is too small: {size} bytes, the image's disk "
                                       f"{disk['index']} needs {disk['size']} bytes.")
             plans.append(plan)
@@ -200,6 +225,35 @@ class RestoreSession:
     def _region_fs(disk: Dict[str, Any], number: int) -> Optional[str]:
         region = next((r for r in disk["regions"] if r.get("partition") == number), None)
         return region.get("filesystem") if region else None
+
+    def _plan_shrink(self, plan: TargetPlan, disk: Dict[str, Any], last: Any, sector: int) -> None:
+        """Refuse, before anything is written, a shrink that cannot work: a filesystem we cannot
+        shrink, used data that does not fit the smaller partition, no scratch room to shrink it in."""
+        region = next(r for r in disk["regions"] if r.get("partition") == last.number)
+        fs, used = region.get("filesystem"), region["used_bytes"]
+        new_bytes, old_bytes = last.sectors * sector, region["length"]
+        where = (f"target {plan.target} ({plan.target_size} bytes) is smaller than the image's disk "
+                 f"{disk['index']} ({disk['size']} bytes)")
+        if fs not in SHRINKABLE:
+            raise ValidationError(f"Cannot restore: {where} and its last partition {last.number} holds "
+                                  f"{fs or 'no filesystem found'}, which cannot be shrunk (ext2/3/4 and NTFS can).")
+        needed = used + SHRINK_MARGIN
+        if new_bytes < needed:
+            raise ValidationError(f"Cannot restore: {where}, so partition {last.number} would have {new_bytes} "
+                                  f"bytes, but its {fs} holds {used} bytes of used data and needs at least {needed}.")
+        # The filesystem is laid down in a sparse scratch file and shrunk there (resize2fs and
+        # ntfsresize move what lies past the new end), then its used blocks are copied.
+        room = used + min(used, old_bytes - new_bytes) + SHRINK_MARGIN
+        try:
+            stats = os.statvfs(self.scratch_dir)
+        except OSError as err:
+            raise ValidationError(f"Scratch directory {self.scratch_dir} for shrinking onto {plan.target} cannot "
+                                  f"be used: {err.strerror}.") from None
+        free = stats.f_bavail * stats.f_frsize
+        if free < room:
+            raise ValidationError(f"Cannot restore: {where} and shrinking partition {last.number} needs {room} "
+                                  f"bytes of scratch space in {self.scratch_dir}, which has {free} free.")
+        plan.shrink_partition, plan.shrink_filesystem, plan.shrink_bytes = last.number, fs, new_bytes
 
     def already_holds(self, manifest: Manifest, threads: int = 0) -> bool:
         """True when every target already holds the image: same partition table and every data and
@@ -257,10 +311,12 @@ class RestoreSession:
         for (target_plan, disk), held in zip(writing, self._claims):
             target_plan.wipe = wipe.wipe(held).describe()
             if disk["index"] in self._tables:
-                written = table.write_layout(held, table.DiskLayout.from_dict(disk["table"]), self.grow_last)
+                written = table.write_layout(held, table.DiskLayout.from_dict(disk["table"]), self.grow_last,
+                                             self.shrink_last)
                 self._tables[disk["index"]] = written.to_dict()
             self._fds[disk["index"]] = held.fd
             self._sizes[disk["index"]] = target_plan.target_size
+            self._shrink.prepare(target_plan, disk, self.scratch_dir)
 
     def write(self, record: ChunkRecord) -> bool:
         """Verify one chunk and write it (data) or zero its range (zero); thread-safe. A chunk
@@ -277,7 +333,17 @@ class RestoreSession:
         fd = self._fds.get(record.disk)
         if fd is None:
             raise ImageError(f"Chunk {record.index} names disk {record.disk}, which this restore has no target for.")
-        if record.offset < 0 or record.offset + record.length > self._sizes[record.disk]:
+        fd, offset, where = self._shrink.route(record, fd)
+        if where == "drop" or (where == "scratch" and record.kind == "zero"):
+            # a gap the resized partition took over, or zeros a sparse scratch file reads already:
+            # verified (it counts towards the image id) but not written
+            record.decompress_verified()
+            with self._lock:
+                if record.index in self._written:
+                    return False
+                self._written[record.index] = record.entry()
+            return True
+        if where == "target" and (record.offset < 0 or record.offset + record.length > self._sizes[record.disk]):
             raise ImageError(f"Chunk {record.index} (disk {record.disk}, offset {record.offset}) lies beyond the "
                              f"end of target {self.targets[record.disk]}.")
         with self._lock:
@@ -286,7 +352,7 @@ class RestoreSession:
                 return False
             self._claimed.add(record.index)
         try:
-            self._write_verified(fd, record)
+            self._write_verified(fd, record, offset, self._guard.get(record.disk, []) if where == "target" else [])
         except BaseException:
             with self._lock:
                 self._claimed.discard(record.index)
@@ -300,21 +366,20 @@ class RestoreSession:
                 self._data_bytes += record.length
         return True
 
-    def _write_verified(self, fd: int, record: ChunkRecord) -> None:
+    def _write_verified(self, fd: int, record: ChunkRecord, offset: int, guard: List[Any]) -> None:
+        """Write `record` at `offset` of `fd`, except bytes inside `guard` (the target's own table
+        areas after a sector conversion, never written by chunks)."""
         from .._disk import blockdev
 
         raw = record.decompress_verified()
         target = self.targets[record.disk]
         try:
-            pieces = sectors.outside(record.offset, record.length, self._guard.get(record.disk, []))
+            pieces = sectors.outside(record.offset, record.length, guard)
             for start, length in pieces:
                 if record.kind == "zero":
-                    blockdev.zero_range(fd, record.offset + start, length)
-                    continue
-                view, offset = memoryview(raw)[start:start + length], record.offset + start
-                while view:
-                    done = os.pwrite(fd, view, offset)
-                    view, offset = view[done:], offset + done
+                    blockdev.zero_range(fd, offset + start, length)
+                else:
+                    _pwrite_all(fd, memoryview(raw)[start:start + length], offset + start)
         except OSError as err:
             raise FleetcastError(f"Writing chunk {record.index} at offset {record.offset} of {target} failed: "
                                  f"{err.strerror}.") from None
@@ -335,7 +400,8 @@ class RestoreSession:
         got = self.written_image_id()
         if got != manifest.image_id:
             raise ImageError(f"What was written has image id {got}, not the image's {manifest.image_id}.")
-        for fd in self._fds.values():
+        for disk, fd in self._fds.items():
+            self._shrink.finish(disk, fd, self.plan.targets)
             os.fsync(fd)
         plan = self.plan
         held = {one.path: one for one in self._claims}
@@ -365,9 +431,89 @@ class RestoreSession:
         for held in self._claims:
             held.release()
         self._claims = []
+        self._shrink.close()
 
     def abort(self) -> None:
         self._close()
+
+
+class _Shrink:
+    """The last partition of a smaller target: its chunks go to a sparse scratch file (offsets
+    relative to the partition), the gap after it is dropped; at the end the filesystem is shrunk
+    there and its used blocks (a fresh used-block map) are copied into the target's partition."""
+
+    def __init__(self) -> None:
+        self.routes: Dict[int, tuple] = {}     # disk -> (start, end, scratch fd, scratch path, plan)
+        self.drops: Dict[int, List[tuple]] = {}
+
+    def prepare(self, plan: TargetPlan, disk: Dict[str, Any], scratch_dir: str) -> None:
+        regions = {region["name"]: region for region in disk["regions"]}
+        for reason in plan.skipped:
+            region = regions[reason.split(":")[0]]
+            self.drops.setdefault(disk["index"], []).append((region["offset"], region["offset"] + region["length"]))
+        if plan.shrink_partition is None:
+            return
+        region = next(r for r in disk["regions"] if r.get("partition") == plan.shrink_partition)
+        fd, path = tempfile.mkstemp(prefix="fleetcast-shrink-", suffix=".img", dir=scratch_dir)
+        os.ftruncate(fd, region["length"])
+        self.routes[disk["index"]] = (region["offset"], region["offset"] + region["length"], fd, path, plan)
+
+    def route(self, record: ChunkRecord, fd: int) -> tuple:
+        """(fd, offset, where) to write `record` at: "target", "scratch" (offset in the scratch
+        file), or "drop" (not written)."""
+        for start, end in self.drops.get(record.disk, ()):
+            if start <= record.offset < end:
+                return None, 0, "drop"
+        route = self.routes.get(record.disk)
+        if route and route[0] <= record.offset < route[1]:
+            if record.offset + record.length > route[1]:
+                raise ImageError(f"Chunk {record.index} (offset {record.offset}) crosses the end of partition "
+                                 f"{route[4].shrink_partition}.")
+            return route[2], record.offset - route[0], "scratch"
+        return fd, record.offset, "target"
+
+    def finish(self, disk: int, target_fd: int, plans: List[TargetPlan]) -> None:
+        """Shrink the filesystem in the scratch file and copy its used blocks onto the target."""
+        from .._disk.command import run
+        from .usedmap import used_map
+
+        if disk not in self.routes:
+            return
+        start, dummy, fd, path, plan = self.routes[disk]
+        os.fsync(fd)
+        where = f"partition {plan.shrink_partition} of {plan.target}"
+        if plan.shrink_filesystem == "ntfs":
+            run(["ntfsresize", "--force", "--force", "--no-progress-bar", "--size", plan.shrink_bytes, path], where)
+        else:
+            # resize2fs insists on a freshly checked filesystem; exit codes 1 and 2 mean "fixed".
+            run(["e2fsck", "-f", "-p", path], where, ok_codes=(0, 1, 2))
+            run(["resize2fs", path, f"{plan.shrink_bytes // 1024}K"], where)
+        # ntfsresize leaves the volume marked for a chkdsk at Windows' next boot (as GParted and
+        # Clonezilla do): its bitmap is current all the same, it wrote it and closed the volume.
+        found = used_map(fd, plan.shrink_bytes, trust_dirty=True)
+        if found.method == "all" or found.filesystem != plan.shrink_filesystem:
+            raise FleetcastError(f"The shrunk {plan.shrink_filesystem} for {where} cannot be mapped: "
+                                 f"{found.note or 'no filesystem found'}.")
+        for offset, length in found.extents:
+            while length:
+                piece = os.pread(fd, min(length, 4 << 20), offset)
+                if not piece:
+                    raise FleetcastError(f"The shrunk filesystem for {where} ended early at {offset}.")
+                _pwrite_all(target_fd, piece, start + offset)
+                offset, length = offset + len(piece), length - len(piece)
+
+    def close(self) -> None:
+        for dummy, dummy2, fd, path, dummy3 in self.routes.values():
+            os.close(fd)
+            os.unlink(path)
+        self.routes.clear()
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done
 
 
 def _first_mismatch(target: str, entries: List[ChunkEntry], threads: int = 0,
@@ -412,7 +558,8 @@ def _first_false(check: Callable[[Any], bool], items: Iterable[Any], threads: in
 
 def restore_image(path: str, targets: List[str], grow_last: bool = False, check_mode: bool = False,
                   threads: int = 0, recorded: Optional[Dict[str, Any]] = None,
-                  check_signature: Optional[Callable[[Manifest], Any]] = None) -> Dict[str, Any]:
+                  check_signature: Optional[Callable[[Manifest], Any]] = None,
+                  shrink_last: bool = False, scratch_dir: Optional[str] = None) -> Dict[str, Any]:
     """Restore an image file: check its signature (`check_signature(manifest)` raises to refuse),
     validate the targets, verify the image whole, then (unless the targets already hold it, or in
     check mode) wipe, partition, write and finish. Returns what the module reports.
@@ -426,7 +573,8 @@ def restore_image(path: str, targets: List[str], grow_last: bool = False, check_
         manifest = reader.manifest
         if check_signature is not None:
             check_signature(manifest)
-        session = RestoreSession(manifest.layout, targets, grow_last, check_mode, protect=[path])
+        session = RestoreSession(manifest.layout, targets, grow_last, check_mode, protect=[path],
+                                 shrink_last=shrink_last, scratch_dir=scratch_dir)
         plan = session.validate()     # the cheap checks first: a wrong target fails at once
         if recorded:
             state = fingerprint.deployed_state(recorded, targets, manifest.image_id, None, threads)

@@ -1,11 +1,15 @@
 # -*- coding: utf-8 -*-
 # Copyright: fleetcast.imaging developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Which byte ranges of a volume hold data: ext2/3/4 block bitmaps, the FAT, else everything.
+"""Which byte ranges of a volume hold data: ext2/3/4 block bitmaps, the FAT, the NTFS `$Bitmap`,
+the XFS free-space B+trees, the btrfs extent tree; else everything.
 Private to the collection: not a public API.
 
 A map is a sorted list of (offset, length) extents relative to the volume start. Bytes outside
-the map are free in the filesystem's own accounting and may keep old contents on a target.
+the map are free in the filesystem's own accounting and may keep old contents on a target. Every
+parser errs on the side of storing more: anything it does not understand (an unclean journal or
+log, a layout it does not know) makes it store the whole volume, which zero-run skipping still
+shrinks.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 import struct
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 try:
     import numpy
@@ -25,7 +29,8 @@ else:
     NUMPY_IMPORT_ERROR = None
 
 Extent = Tuple[int, int]
-# Free gaps shorter than this are stored anyway: fewer, larger chunks cost less than the gap.
+# Free gaps shorter than this are stored inside a larger extent, but as zeros (the capture blanks
+# them: deleted data is never carried): fewer, larger chunks cost less than the gap.
 MERGE_GAP = 128 << 10
 
 EXT_MAGIC = 0xEF53
@@ -51,14 +56,17 @@ class UsedMap:
     method: str
     extents: List[Extent] = field(default_factory=list)
     note: str = ""
+    holes: List[Extent] = field(default_factory=list)   # free gaps merged into extents: stored as zeros
 
     @property
     def used_bytes(self) -> int:
         return sum(length for dummy, length in self.extents)
 
 
-def merge_extents(extents: List[Extent], size: int, gap: int = MERGE_GAP) -> List[Extent]:
-    """Sort, clip to the volume, and join extents closer than `gap` bytes."""
+def merge_extents(extents: List[Extent], size: int, gap: int = MERGE_GAP,
+                  holes: Optional[List[Extent]] = None) -> List[Extent]:
+    """Sort, clip to the volume, and join extents closer than `gap` bytes (the free bytes joined
+    over are appended to `holes`)."""
     merged: List[Extent] = []
     for offset, length in sorted(extents):
         end = min(offset + length, size)
@@ -66,6 +74,8 @@ def merge_extents(extents: List[Extent], size: int, gap: int = MERGE_GAP) -> Lis
             continue
         if merged and offset <= merged[-1][0] + merged[-1][1] + gap:
             last_offset, last_length = merged[-1]
+            if holes is not None and offset > last_offset + last_length:
+                holes.append((last_offset + last_length, offset - last_offset - last_length))
             merged[-1] = (last_offset, max(last_offset + last_length, end) - last_offset)
         else:
             merged.append((offset, end - offset))
@@ -82,8 +92,9 @@ def _runs(bits: "numpy.ndarray") -> List[Tuple[int, int]]:
 class _Volume:
     """A byte range of an open disk or file (a partition read through its disk)."""
 
-    def __init__(self, fd: int, size: int, base: int = 0):
+    def __init__(self, fd: int, size: int, base: int = 0, trust_dirty: bool = False):
         self.fd, self.size, self.base = fd, size, base
+        self.trust_dirty = trust_dirty     # a dirty mark we set ourselves (ntfsresize's chkdsk request)
 
     def read(self, offset: int, length: int) -> bytes:
         if offset + length > self.size:
@@ -168,7 +179,7 @@ def ext_map(volume: _Volume) -> Optional[UsedMap]:
         for first, count in _runs(bits):
             extents.append((base + first * unit, count * unit))
     end = blocks * block_size
-    return UsedMap(volume.size, fs_name, "ext", merge_extents(extents, end))
+    return UsedMap(volume.size, fs_name, "ext", merge_extents(extents, end, 0))
 
 
 def _fat_entries(fat: bytes, bits: int, count: int) -> "numpy.ndarray":
@@ -211,16 +222,292 @@ def fat_map(volume: _Volume) -> Optional[UsedMap]:
     extents: List[Extent] = [(0, data_start * sector)]
     for first, count in _runs(entries != 0):
         extents.append((data_start * sector + first * cluster_size, count * cluster_size))
-    return UsedMap(volume.size, "vfat", "fat", merge_extents(extents, total * sector), note=name)
+    return UsedMap(volume.size, "vfat", "fat", merge_extents(extents, total * sector, 0), note=name)
 
 
-PARSERS: List[Callable[[_Volume], Optional[UsedMap]]] = [ext_map, fat_map]
+NTFS_VOLUME_DIRTY = 0x0001
+NTFS_RECORD_BITMAP = 6
+NTFS_RECORD_VOLUME = 3
 
 
-def used_map(fd: int, size: int, base: int = 0) -> UsedMap:
+def _ntfs_record(volume: _Volume, offset: int, size: int) -> bytes:
+    """One MFT record with its update sequence (the last two bytes of every 512) put back."""
+    record = bytearray(volume.read(offset, size))
+    if record[:4] != b"FILE":
+        raise ValueError(f"no MFT record at {offset}")
+    usa_offset, usa_count = struct.unpack_from("<HH", record, 4)
+    check = record[usa_offset:usa_offset + 2]
+    for number in range(1, usa_count):
+        end = number * 512 - 2
+        if end + 2 > size or record[end:end + 2] != check:
+            raise ValueError(f"torn MFT record at {offset}")
+        record[end:end + 2] = record[usa_offset + 2 * number:usa_offset + 2 * number + 2]
+    return bytes(record)
+
+
+def _ntfs_attributes(record: bytes) -> Iterator[Tuple[int, int, int]]:
+    """(type, offset, length) of every attribute of a fixed-up MFT record."""
+    at = struct.unpack_from("<H", record, 0x14)[0]
+    while at + 8 <= len(record):
+        kind, length = struct.unpack_from("<II", record, at)
+        if kind == 0xFFFFFFFF or length < 16 or at + length > len(record):
+            return
+        yield kind, at, length
+        at += length
+
+
+def _ntfs_runs(record: bytes, at: int, length: int) -> List[Tuple[int, int]]:
+    """The (first cluster, count) runs of a non-resident attribute's mapping pairs; sparse runs left out."""
+    pairs = at + struct.unpack_from("<H", record, at + 32)[0]
+    runs, lcn, end = [], 0, at + length
+    while pairs < end and record[pairs]:
+        header = record[pairs]
+        size_len, size_off = header & 0x0F, header >> 4
+        count = int.from_bytes(record[pairs + 1:pairs + 1 + size_len], "little")
+        if size_off:
+            lcn += int.from_bytes(record[pairs + 1 + size_len:pairs + 1 + size_len + size_off], "little", signed=True)
+            runs.append((lcn, count))
+        pairs += 1 + size_len + size_off
+    return runs
+
+
+def ntfs_map(volume: _Volume) -> Optional[UsedMap]:
+    """Used clusters of an NTFS volume from `$Bitmap` (MFT record 6, one bit per cluster), plus the
+    boot sector's backup at the volume's end. A volume marked dirty (Windows did not shut it down, or
+    fast startup hibernated it) is stored whole: its bitmap may be behind its log."""
+    boot = volume.read(0, 512)
+    if boot[3:11] != b"NTFS    " or boot[510:512] != b"\x55\xaa":
+        return None
+    sector, per_cluster = struct.unpack_from("<HB", boot, 11)
+    total_sectors, mft_lcn = struct.unpack_from("<QQ", boot, 0x28)
+    per_record = struct.unpack_from("<b", boot, 0x40)[0]
+    if per_cluster > 0x80:          # 2^(256-n) sectors: clusters of 128 KiB and more
+        per_cluster = 1 << (256 - per_cluster)
+    cluster = sector * per_cluster
+    record_size = 1 << -per_record if per_record < 0 else per_record * cluster
+    if sector not in (512, 1024, 2048, 4096) or not cluster or not 512 <= record_size <= 65536 \
+            or total_sectors * sector > volume.size:
+        return None
+    clusters = total_sectors * sector // cluster
+    mft = mft_lcn * cluster
+    volume_record = _ntfs_record(volume, mft + NTFS_RECORD_VOLUME * record_size, record_size)
+    for kind, at, dummy in _ntfs_attributes(volume_record):
+        if kind == 0x70 and not volume_record[at + 8]:      # $VOLUME_INFORMATION, resident
+            value = at + struct.unpack_from("<H", volume_record, at + 20)[0]
+            if struct.unpack_from("<H", volume_record, value + 10)[0] & NTFS_VOLUME_DIRTY and not volume.trust_dirty:
+                return UsedMap(volume.size, "ntfs", "all", note="volume marked dirty: every cluster is stored")
+    record = _ntfs_record(volume, mft + NTFS_RECORD_BITMAP * record_size, record_size)
+    data = [(at, length) for kind, at, length in _ntfs_attributes(record)
+            if kind == 0x80 and not record[at + 9]]          # the unnamed $DATA
+    if len(data) != 1 or not record[data[0][0] + 8]:
+        return UsedMap(volume.size, "ntfs", "all", note="$Bitmap not found where expected: every cluster is stored")
+    at, length = data[0]
+    bitmap = b"".join(volume.read(lcn * cluster, count * cluster) for lcn, count in _ntfs_runs(record, at, length))
+    if len(bitmap) * 8 < clusters:
+        return UsedMap(volume.size, "ntfs", "all", note="$Bitmap shorter than the volume: every cluster is stored")
+    bits = numpy.unpackbits(numpy.frombuffer(bitmap, dtype=numpy.uint8), bitorder="little")[:clusters]
+    extents: List[Extent] = [(0, cluster)]
+    extents += [(first * cluster, count * cluster) for first, count in _runs(bits)]
+    tail = clusters * cluster          # the backup boot sector sits in the volume's last sector
+    extents.append((tail, volume.size - tail) if volume.size > tail else (volume.size - sector, sector))
+    return UsedMap(volume.size, "ntfs", "ntfs", merge_extents(extents, volume.size, 0))
+
+
+XFS_BNO_MAGICS = (b"ABTB", b"AB3B")
+
+
+def _xfs_free_extents(volume: _Volume, ag_offset: int, root: int, levels: int, block: int,
+                      header: int) -> Iterator[Tuple[int, int]]:
+    """(AG block, count) of every free extent in one AG's by-block-number free-space B+tree: down
+    the leftmost pointers to the leaves, then along the right-sibling chain."""
+    node, level = root, levels - 1
+    while level > 0:
+        data = volume.read(ag_offset + node * block, block)
+        if data[:4] not in XFS_BNO_MAGICS or struct.unpack_from(">H", data, 4)[0] != level:
+            raise ValueError("bad XFS free-space node")
+        max_records = (block - header) // 12
+        node = struct.unpack_from(">I", data, header + max_records * 8)[0]
+        level -= 1
+    seen = 0
+    while node != 0xFFFFFFFF:
+        data = volume.read(ag_offset + node * block, block)
+        if data[:4] not in XFS_BNO_MAGICS or struct.unpack_from(">H", data, 4)[0] != 0:
+            raise ValueError("bad XFS free-space leaf")
+        count, right = struct.unpack_from(">HxxI", data, 6)[0], struct.unpack_from(">I", data, 12)[0]
+        for start, length in struct.iter_unpack(">II", data[header:header + count * 8]):
+            yield start, length
+        node = right
+        seen += 1
+        if seen > volume.size // block:
+            raise ValueError("looping XFS free-space tree")
+
+
+def xfs_map(volume: _Volume) -> Optional[UsedMap]:
+    """Used blocks of an XFS filesystem: everything but the extents its per-AG by-block free-space
+    B+trees list. Blocks on the AG free lists, the log and every tree count as used."""
+    sb = volume.read(0, 512)
+    if sb[:4] != b"XFSB":
+        return None
+    block, dblocks = struct.unpack_from(">IQ", sb, 4)
+    ag_blocks, ag_count = struct.unpack_from(">II", sb, 84)
+    version, sect = struct.unpack_from(">HH", sb, 100)
+    if not (512 <= block <= 65536) or not ag_blocks or not ag_count or dblocks * block > volume.size \
+            or sect not in (512, 1024, 2048, 4096, 32768):
+        return None
+    header = 56 if version & 0x0F >= 5 else 16     # CRC-enabled (v5) blocks carry a longer header
+    free: List[Extent] = []
+    for ag in range(ag_count):
+        ag_offset = ag * ag_blocks * block
+        agf = volume.read(ag_offset + sect, sect)
+        if agf[:4] != b"XAGF" or struct.unpack_from(">I", agf, 8)[0] != ag:
+            return UsedMap(volume.size, "xfs", "all", note=f"AG {ag} header unreadable: every block is stored")
+        root, levels = struct.unpack_from(">I", agf, 16)[0], struct.unpack_from(">I", agf, 28)[0]
+        if not 1 <= levels <= 9:
+            return UsedMap(volume.size, "xfs", "all",
+                           note=f"AG {ag} free-space tree out of range: every block is stored")
+        free += [(ag_offset + start * block, length * block)
+                 for start, length in _xfs_free_extents(volume, ag_offset, root, levels, block, header)]
+    return UsedMap(volume.size, "xfs", "xfs", merge_extents(_complement(free, dblocks * block), dblocks * block, 0))
+
+
+def _complement(free: List[Extent], size: int) -> List[Extent]:
+    """The ranges of [0, size) that no extent of `free` covers."""
+    used, at = [], 0
+    for offset, length in sorted(free):
+        if offset > at:
+            used.append((at, offset - at))
+        at = max(at, offset + length)
+    if at < size:
+        used.append((at, size - at))
+    return used
+
+
+BTRFS_MAGIC = b"_BHRfS_M"
+BTRFS_SUPER_MIRRORS = (64 << 10, 64 << 20, 256 << 30)
+BTRFS_CHUNK_ITEM, BTRFS_ROOT_ITEM = 228, 132
+BTRFS_EXTENT_ITEM, BTRFS_METADATA_ITEM = 168, 169
+BTRFS_EXTENT_TREE = 2
+BTRFS_INCOMPAT_EXTENT_TREE_V2 = 1 << 13
+BTRFS_HEADER = 101
+BTRFS_STRIPED = (1 << 3) | (1 << 6) | (1 << 7) | (1 << 8)     # RAID0, RAID10, RAID5, RAID6: not offset + delta
+BTRFS_ITEM = numpy.dtype([("objectid", "<u8"), ("type", "u1"), ("offset", "<u8"), ("data", "<u4"),
+                          ("size", "<u4")]) if numpy is not None else None
+
+
+class _Btrfs:
+    """Just enough of one single-device btrfs to walk its trees: logical to physical through the
+    chunk map, tree blocks read and checked (bytenr, fsid)."""
+
+    def __init__(self, volume: _Volume, sb: bytes):
+        self.volume, self.fsid = volume, sb[0x20:0x30]
+        self.nodesize = struct.unpack_from("<I", sb, 0x94)[0]
+        self.chunks: List[Tuple[int, int, List[int]]] = []   # (logical, length, device offsets)
+        self.read_blocks: List[Extent] = []
+        array_size = struct.unpack_from("<I", sb, 0xA0)[0]
+        array, at = sb[0x32B:0x32B + array_size], 0
+        while at + 17 + 48 <= len(array):
+            key_type, logical = array[at + 8], struct.unpack_from("<Q", array, at + 9)[0]
+            if key_type != BTRFS_CHUNK_ITEM:
+                raise ValueError("unexpected item in the btrfs system chunk array")
+            at += 17
+            at += self._add_chunk(logical, array, at)
+
+    def _add_chunk(self, logical: int, data: bytes, at: int) -> int:
+        length, dummy, dummy, profile = struct.unpack_from("<QQQQ", data, at)
+        stripes = struct.unpack_from("<H", data, at + 44)[0]
+        if profile & BTRFS_STRIPED:
+            raise ValueError("striped btrfs chunk")
+        offsets = [struct.unpack_from("<Q", data, at + 48 + 32 * n + 8)[0] for n in range(stripes)]
+        if not any(chunk[0] == logical for chunk in self.chunks):
+            self.chunks.append((logical, length, offsets))
+        return 48 + 32 * stripes
+
+    def physical(self, logical: int) -> int:
+        for start, length, offsets in self.chunks:
+            if start <= logical < start + length and offsets:
+                return offsets[0] + logical - start
+        raise ValueError(f"btrfs logical address {logical} is in no chunk")
+
+    def node(self, logical: int) -> bytes:
+        physical = self.physical(logical)
+        data = self.volume.read(physical, self.nodesize)
+        if data[0x20:0x30] != self.fsid or struct.unpack_from("<Q", data, 0x30)[0] != logical:
+            raise ValueError(f"btrfs tree block {logical} does not check out")
+        self.read_blocks.append((physical, self.nodesize))
+        return data
+
+    def leaves(self, root: int) -> Iterator[Tuple[bytes, "numpy.ndarray"]]:
+        """Every leaf of the tree at logical `root`, left to right, with its item table."""
+        pending = [root]
+        while pending:
+            data = self.node(pending.pop())
+            count, level = struct.unpack_from("<IB", data, 0x60)
+            if level:
+                pointers = [struct.unpack_from("<Q", data, BTRFS_HEADER + 33 * n + 17)[0] for n in range(count)]
+                pending.extend(reversed(pointers))
+            else:
+                yield data, numpy.frombuffer(data, dtype=BTRFS_ITEM, count=count, offset=BTRFS_HEADER)
+
+    def load_chunk_tree(self, root: int) -> None:
+        for data, items in self.leaves(root):
+            for item in items[items["type"] == BTRFS_CHUNK_ITEM]:
+                self._add_chunk(int(item["offset"]), data, BTRFS_HEADER + int(item["data"]))
+
+    def to_physical(self, logical: int, length: int) -> List[Extent]:
+        """Every device range holding [logical, logical+length): each copy (DUP keeps two)."""
+        for start, chunk_length, offsets in self.chunks:
+            if start <= logical < start + chunk_length:
+                return [(offset + logical - start, length) for offset in offsets]
+        raise ValueError(f"btrfs extent {logical} is in no chunk")
+
+
+def btrfs_map(volume: _Volume) -> Optional[UsedMap]:
+    """Used bytes of a single-device btrfs: every extent the extent tree holds (data and tree
+    blocks, all copies), the superblock and its mirrors, and the first MiB (btrfs leaves it to boot
+    loaders). A filesystem with a log tree to replay, or on several devices, is stored whole."""
+    if volume.size < (64 << 10) + 4096:
+        return None
+    sb = volume.read(64 << 10, 4096)
+    if sb[0x40:0x48] != BTRFS_MAGIC:
+        return None
+    root, chunk_root, log_root, total = struct.unpack_from("<QQQQ", sb, 0x50)
+    devices = struct.unpack_from("<Q", sb, 0x88)[0]
+    incompat = struct.unpack_from("<Q", sb, 0xBC)[0]
+    if devices != 1:
+        return UsedMap(volume.size, "btrfs", "all", note=f"{devices} devices: every byte is stored")
+    if log_root:
+        return UsedMap(volume.size, "btrfs", "all", note="log tree to replay: every byte is stored")
+    if incompat & BTRFS_INCOMPAT_EXTENT_TREE_V2 or total > volume.size:
+        return UsedMap(volume.size, "btrfs", "all", note="layout not understood: every byte is stored")
+    fs = _Btrfs(volume, sb)
+    fs.load_chunk_tree(chunk_root)
+    extent_root = None
+    for data, items in fs.leaves(root):
+        found = items[(items["objectid"] == BTRFS_EXTENT_TREE) & (items["type"] == BTRFS_ROOT_ITEM)]
+        if len(found):
+            extent_root = struct.unpack_from("<Q", data, BTRFS_HEADER + int(found[0]["data"]) + 176)[0]
+    if extent_root is None:
+        return UsedMap(volume.size, "btrfs", "all", note="no extent tree found: every byte is stored")
+    extents: List[Extent] = [(0, 1 << 20)]
+    extents += [(mirror, 4096) for mirror in BTRFS_SUPER_MIRRORS if mirror + 4096 <= volume.size]
+    for data, items in fs.leaves(extent_root):
+        for kind, size_of in ((BTRFS_EXTENT_ITEM, None), (BTRFS_METADATA_ITEM, fs.nodesize)):
+            chosen = items[items["type"] == kind]
+            lengths = chosen["offset"] if size_of is None else numpy.full(len(chosen), size_of)
+            for logical, length in zip(chosen["objectid"].tolist(), lengths.tolist()):
+                extents += fs.to_physical(logical, length)
+    extents += fs.read_blocks
+    return UsedMap(volume.size, "btrfs", "btrfs", merge_extents(extents, volume.size, 0))
+
+
+PARSERS: List[Callable[[_Volume], Optional[UsedMap]]] = [ext_map, fat_map, ntfs_map, xfs_map, btrfs_map]
+
+
+def used_map(fd: int, size: int, base: int = 0, trust_dirty: bool = False) -> UsedMap:
     """The used extents of the volume of `size` bytes at byte `base` of the open `fd`; when no
-    filesystem we understand is found, the whole volume (zero runs are dropped later, by content)."""
-    volume = _Volume(fd, size, base)
+    filesystem we understand is found, the whole volume (zero runs are dropped later, by content).
+    `trust_dirty`: map an NTFS marked dirty from its bitmap anyway (only for one we just resized)."""
+    volume = _Volume(fd, size, base, trust_dirty)
     for parser in PARSERS:
         try:
             found = parser(volume)
@@ -229,5 +516,7 @@ def used_map(fd: int, size: int, base: int = 0) -> UsedMap:
         if found is not None:
             if found.method == "all":
                 found.extents = [(0, size)] if size else []
+            else:
+                found.extents = merge_extents(found.extents, size, MERGE_GAP, found.holes)
             return found
     return UsedMap(size, None, "all", [(0, size)] if size else [])

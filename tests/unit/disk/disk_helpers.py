@@ -27,11 +27,11 @@ def sfdisk_dump(path):
     return lines
 
 
-def write_layout(path, layout, grow_last=False):
+def write_layout(path, layout, grow_last=False, shrink_last=False):
     """table.write_layout under a claim taken and released here (what restore does)."""
     from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import safety, table
     with safety.claim([path]) as claims:
-        return table.write_layout(claims[0], layout, grow_last)
+        return table.write_layout(claims[0], layout, grow_last, shrink_last)
 
 
 def wipe_path(path):

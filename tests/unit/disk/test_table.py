@@ -163,3 +163,19 @@ def test_gpt_round_trip_on_4k_sector_disks(tmp_path):
     finally:
         for device in devices:
             loopdisk.detach(device)
+
+
+def test_shrink_last_cuts_the_last_partition_back_to_the_disk_end(loop_disk):
+    source, small, tiny = loop_disk(64 * MiB), loop_disk(32 * MiB), loop_disk(2 * MiB)
+    sh("sgdisk", "-n1:2048:+8M", "-n2:0:0", source.device)
+    layout = table.read_layout(source.device)
+    planned = table.plan_layout(small.device, layout, shrink_last=True)
+    last = 32 * MiB // 512 - 34
+    assert [(p.number, p.start, p.end) for p in planned.partitions] == [(1, 2048, 2048 + 16384 - 1), (2, 18432, last)]
+    # shrinking never grows, and never cuts a partition to nothing
+    assert table.plan_layout(source.device, layout, shrink_last=True).partitions[1].end == layout.partitions[1].end
+    with pytest.raises(ValidationError, match=f"^{tiny.device} is too small for the layout: partition 2 starts at "
+                                              f"sector 18432 and the last usable sector is 4062, which leaves it no room"):
+        table.plan_layout(tiny.device, layout, shrink_last=True)
+    written = write_layout(small.device, layout, shrink_last=True)
+    assert [(p.number, p.start, p.end) for p in written.partitions] == [(1, 2048, 18431), (2, 18432, last)]

@@ -36,6 +36,8 @@ def mbr_disk(tmp_path):
         handle.write(os.urandom(440))
         handle.seek(43008 * 512)
         handle.write(os.urandom(3 * MiB) + bytes(4 * MiB) + b"tail" * 1000)
+        handle.seek(63488 * 512 + 5000)          # a boot loader's bytes after the last partition
+        handle.write(os.urandom(3000))
     return path
 
 
@@ -50,7 +52,9 @@ def test_raw_disk_file_round_trip_onto_a_dirty_file(mbr_disk, tmp_path):
     manifest = capture.capture_to_file([str(mbr_disk)], image, chunk_size=MiB, threads=2)
     disk = manifest.layout["disks"][0]
     assert disk["table"]["label"] == "msdos" and disk["table"]["guid"].lower() == "0x1234abcd"
-    assert [r["map"] for r in disk["regions"]] == ["all", "all", "ext", "all"]
+    assert [(r["name"], r["map"]) for r in disk["regions"]] == [
+        ("boot code", "all"), ("gap before the first partition", "all"), ("gap after partition 2", "all"),
+        ("partition 1", "ext"), ("partition 2", "all")]
     target = tmp_path / "target.raw"
     target.write_bytes(os.urandom(72 * MiB))
     report = restore.restore_image(image, [str(target)])
@@ -59,6 +63,8 @@ def test_raw_disk_file_round_trip_onto_a_dirty_file(mbr_disk, tmp_path):
     assert table == run("sfdisk", "-d", mbr_disk).replace(str(mbr_disk), "X") and "0x1234abcd" in table
     assert read(target, 0, 440) == read(mbr_disk, 0, 440)
     assert read(target, 43008 * 512, 10 * MiB) == read(mbr_disk, 43008 * 512, 10 * MiB)
+    # the gap after the last partition: its random bytes back, the rest of it zero (as on the master)
+    assert read(target, 63488 * 512, 64 * MiB - 63488 * 512) == read(mbr_disk, 63488 * 512, 64 * MiB - 63488 * 512)
     ext = tmp_path / "ext.img"
     ext.write_bytes(read(target, 2048 * 512, 20 * MiB))
     run("e2fsck", "-fn", ext)
@@ -158,6 +164,8 @@ def test_capture_streams_and_a_receiver_restores_in_any_order(mbr_disk, tmp_path
         session.abort()
     assert result.chunks_written == manifest.chunk_count
     assert read(target, 43008 * 512, 10 * MiB) == read(mbr_disk, 43008 * 512, 10 * MiB)
+    # the gap after the last partition: its random bytes back, the rest of it zero (as on the master)
+    assert read(target, 63488 * 512, 64 * MiB - 63488 * 512) == read(mbr_disk, 63488 * 512, 64 * MiB - 63488 * 512)
 
 
 def test_session_refuses_an_incomplete_or_corrupt_stream(mbr_disk, tmp_path):

@@ -109,3 +109,20 @@ def test_unknown_content_is_mapped_whole(tmp_path):
 def test_merge_extents_joins_small_gaps_and_clips():
     got = usedmap.merge_extents([(100, 10), (0, 50), (60, 10), (1 << 30, 5)], size=1 << 20, gap=20)
     assert got == [(0, 70), (100, 10)]
+
+
+def test_merge_extents_reports_the_free_bytes_it_joins_over():
+    holes = []
+    got = usedmap.merge_extents([(100, 10), (0, 50), (60, 10), (1 << 30, 5)], size=1 << 20, gap=20, holes=holes)
+    assert got == [(0, 70), (100, 10)] and holes == [(50, 10)]
+
+
+def test_capture_blanks_the_holes_it_reads_through():
+    from ansible_collections.fleetcast.imaging.plugins.module_utils._image import capture
+
+    raw = bytes(range(256)) * 4
+    got = capture._blank_holes(raw, 1000, [(900, 150), (1500, 10), (1900, 500), (5000, 1)])
+    want = bytearray(raw)
+    want[0:50], want[500:510], want[900:1024] = bytes(50), bytes(10), bytes(124)
+    assert got == bytes(want)
+    assert capture._blank_holes(raw, 1000, [(0, 1000), (2024, 5)]) == raw
