@@ -65,6 +65,13 @@ def _shown(data: Optional[bytes], secret: bool) -> str:
     return data.decode("utf-8", "replace")
 
 
+def _verified(record: IdentityRecord, tree: Root, left: List[str]) -> None:
+    """Fail naming every item that still differs from the record once the changes are written."""
+    if left:
+        raise IdentityError(f"After re-applying {record.inventory_name}'s identity, {tree.path} still differs "
+                            f"from its record in {', '.join(sorted(set(left)))}.")
+
+
 def apply(record: IdentityRecord, root: Optional[str] = None, device: Optional[str] = None,
           partition: Optional[int] = None, force: bool = False, check_mode: bool = False,
           sysfs: str = "/sys") -> ApplyResult:
@@ -91,8 +98,11 @@ def apply(record: IdentityRecord, root: Optional[str] = None, device: Optional[s
                                     "before": change.show(change.before) + "\n", "after": change.show(change.data) + "\n"})
             if plan.changes and not check_mode:
                 plan.commit()
+                left = [change.describe()["path"] for change in
+                        windows.WindowsPlan(tree, record, list(present["macs"])).changes]
+                _verified(record, tree, left)
         else:
-            changes, result.notes = linux.plan(tree, record, present)
+            changes, result.notes = linux.plan(tree, record)
             for change in changes:
                 result.changes.append(change.describe())
                 after = change.data if change.action == "write" else (
@@ -102,5 +112,6 @@ def apply(record: IdentityRecord, root: Optional[str] = None, device: Optional[s
                                     "after": _shown(after, change.secret)})
             if changes and not check_mode:
                 linux.execute(tree, changes)
+                _verified(record, tree, [change.path for change in linux.plan(tree, record)[0]])
         result.changed = bool(result.changes)
     return result
