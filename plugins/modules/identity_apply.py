@@ -181,7 +181,8 @@ def main():
             module.fail_json(msg="unattend applies to Windows records only; the record of %s is for %s."
                              % (record.inventory_name, record.os))
         result = api.apply(record, root=params["root"], device=params["device"], partition=params["partition"],
-                           force=params["force"], check_mode=module.check_mode)
+                           force=params["force"], check_mode=module.check_mode,
+                           unattend=bool(params["unattend"]))
         changed = result.changed
         if params["unattend"]:
             if _write_unattend(module, record, params["unattend"]):

@@ -74,8 +74,13 @@ def _verified(record: IdentityRecord, tree: Root, left: List[str]) -> None:
 
 def apply(record: IdentityRecord, root: Optional[str] = None, device: Optional[str] = None,
           partition: Optional[int] = None, force: bool = False, check_mode: bool = False,
-          sysfs: str = "/sys") -> ApplyResult:
-    """Write ``record``'s identity onto a root; plan everything before the first write."""
+          sysfs: str = "/sys", unattend: bool = False) -> ApplyResult:
+    """Write ``record``'s identity onto a root; plan everything before the first write.
+
+    Once written, the root is planned again: anything still differing from the record fails the
+    apply, naming the items. ``unattend``: an answer file will carry the Windows static interfaces
+    that have no place in the restored registry (see ``windows.WindowsPlan``).
+    """
     present = hardware.read_hardware(sysfs)
     reason = hardware.mismatch(record.hardware, present)
     if reason and not force:
@@ -89,7 +94,7 @@ def apply(record: IdentityRecord, root: Optional[str] = None, device: Optional[s
                                   f"{tree.path} holds {found}.")
         result = ApplyResult(changed=False)
         if record.os == "windows":
-            plan = windows.WindowsPlan(tree, record, list(present["macs"]))
+            plan = windows.WindowsPlan(tree, record, list(present["macs"]), unattend)
             result.notes = plan.notes
             for change in plan.changes:
                 result.changes.append(change.describe())
@@ -99,7 +104,7 @@ def apply(record: IdentityRecord, root: Optional[str] = None, device: Optional[s
             if plan.changes and not check_mode:
                 plan.commit()
                 left = [change.describe()["path"] for change in
-                        windows.WindowsPlan(tree, record, list(present["macs"])).changes]
+                        windows.WindowsPlan(tree, record, list(present["macs"]), unattend).changes]
                 _verified(record, tree, left)
         else:
             changes, result.notes = linux.plan(tree, record)
