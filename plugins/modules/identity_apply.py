@@ -38,14 +38,18 @@ options:
     default: {}
   record_path:
     description:
-      - A record file on the host (JSON), instead of O(record); either a record with its C(secrets)
-        or the roles' store layout (an object with the keys C(record) and C(secrets)). O(secrets)
-        adds to its secrets.
+      - A record file on the host, instead of O(record), in the store format the roles write (see
+        C(docs/identity.md)), that is the JSON object with the keys C(record) and C(secrets), as a
+        whole ansible-vault file or in clear; a bare record with its C(secrets) is read too.
+        O(secrets) adds to its secrets.
     type: path
   vault_password:
     description:
-      - Password of secret values encrypted with ansible-vault (each value on its own, as
-        C(ansible-vault encrypt_string) makes them), in the O(record_path) file or in O(secrets).
+      - Password of a vault-encrypted O(record_path) file, or of secret values encrypted one by
+        one (the older store format) there or in O(secrets).
+      - Decrypting needs ansible-core's vault library on the host the module runs on (the
+        controller has it, an imaging environment usually not): the roles decrypt the store on
+        the controller and pass O(record) and O(secrets) instead.
       - Never logged.
     type: str
   root:
@@ -79,6 +83,10 @@ extends_documentation_fragment:
 notes:
   - On a running system (O(root=/)) the files change at once; services read them when restarted
     or at the next boot.
+  - Once written, the root is read again and compared with the record, item by item; anything that
+    still differs fails the task, naming the items.
+  - With O(diff), the content of secret files (keys, keyfiles holding a psk or password) is shown
+    as its size only, whether written or removed.
 requirements:
   - python3-hivex (Windows roots only)
 seealso:

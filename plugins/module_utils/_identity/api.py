@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from .._errors import IdentityError, ValidationError
-from . import hardware, linux, windows
+from . import assigned, hardware, linux, windows
 from .offline import offline_root
 from .record import IdentityRecord
 from .rootfs import Root
@@ -47,6 +47,11 @@ def snapshot(inventory_name: str, root: Optional[str] = None, device: Optional[s
         else:
             linux.gather(tree, record)
     return record
+
+
+def assign(inventory_name: str, spec: Dict[str, Any], sysfs: str = "/sys") -> IdentityRecord:
+    """The record of an identity the inventory gives (fresh machine-id and SSH host keys); reads no disk."""
+    return assigned.new_record(inventory_name, spec, hardware.read_hardware(sysfs))
 
 
 @dataclass

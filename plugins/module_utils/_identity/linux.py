@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from .._errors import IdentityError
-from . import netconf
+from . import assigned, netconf
 from .record import FileItem, IdentityRecord
 from .rootfs import FileState, Root
 
@@ -236,6 +237,9 @@ def plan(root: Root, record: IdentityRecord) -> Tuple[List[Change], List[str]]:
     notes: List[str] = []
     current = IdentityRecord(inventory_name="", os="linux")
     gather(root, current)
+    record = assigned.with_network_files(
+        record, lambda inner: os.path.lexists(root.real(inner, follow=False)),
+        lambda inner: bool(root.glob(inner)), root.path)
 
     for item in record.files:
         if item.kind in ("hostname", "machine-id", "keytab", "nm-secret-key", "ssh-host-key", "ssh-host-key-public"):
