@@ -48,7 +48,7 @@ options:
       - Password of a vault-encrypted O(record_path) file, or of secret values encrypted one by
         one (the older store format) there or in O(secrets).
       - Decrypting needs ansible-core's vault library on the host the module runs on (the
-        controller has it, an imaging environment usually not): the roles decrypt the store on
+        controller has it, an imaging environment usually not); the roles decrypt the store on
         the controller and pass O(record) and O(secrets) instead.
       - Never logged.
     type: str
