@@ -180,6 +180,13 @@ secrets:
   returned: when O(return_secrets=true)
   type: dict
   sample: {"/etc/ssh/ssh_host_ed25519_key": "LS0tLS1CRUdJTi..."}
+blank:
+  description:
+    - On failure, V(true) when the device holds no Linux or Windows system at all (a new or wiped
+      disk), rather than one that could not be read.
+  returned: failure, when the device holds no system
+  type: bool
+  sample: true
 summary:
   description: Same as RV(record.summary), for logs that hide the record.
   returned: success
@@ -191,6 +198,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import FleetcastError
 from ansible_collections.fleetcast.imaging.plugins.module_utils._identity import api, store, windows
+from ansible_collections.fleetcast.imaging.plugins.module_utils._identity.offline import NoSystemError
 
 
 def main():
@@ -225,6 +233,9 @@ def main():
     except windows.HivexMissingError:
         module.fail_json(msg=missing_required_lib("hivex (Debian package python3-hivex)"),
                          exception=windows.HIVEX_IMPORT_ERROR)
+    except NoSystemError as err:
+        # a new or wiped disk: the roles then take the identity the inventory gives (option assign)
+        module.fail_json(msg=str(err), blank=True)
     except FleetcastError as err:
         module.fail_json(msg=str(err))
     if params["return_secrets"]:

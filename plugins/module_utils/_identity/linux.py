@@ -177,15 +177,21 @@ def gather(root: Root, record: IdentityRecord) -> None:
 
 
 def _substitute_tokens(text: str, mapping: Dict[str, str], hostnames: Tuple[Optional[str], Optional[str]]) -> str:
-    """Replace whole whitespace-separated tokens: addresses, and the host name (also as an FQDN)."""
+    """Replace whole whitespace-separated tokens: addresses, and the host name (as an FQDN and short)."""
     old_host, new_host = hostnames
+    names = []
+    if old_host and new_host:
+        names.append((old_host, new_host))
+        if old_host.split(".")[0] != old_host:
+            names.append((old_host.split(".")[0], new_host.split(".")[0]))
 
     def replace(match: "re.Match[str]") -> str:
         token = match.group()
         if token in mapping:
             return mapping[token]
-        if old_host and new_host and (token == old_host or token.startswith(old_host + ".")):
-            return new_host + token[len(old_host):]
+        for old, new in names:
+            if token == old or token.startswith(old + "."):
+                return new + token[len(old):]
         return token
 
     return "\n".join(line if line.lstrip().startswith("#") else re.sub(r"\S+", replace, line)
