@@ -118,3 +118,61 @@ def test_windows_host_with_two_static_nics_gets_its_own_addresses_in_both_contro
         interfaces = control_set + "\\Services\\Tcpip\\Parameters\\Interfaces\\"
         assert hive.strings(interfaces + master_spec["nics"][0]["guid"], "IPAddress") == ["10.20.0.5"]
         assert hive.strings(interfaces + master_spec["nics"][1]["guid"], "IPAddress") == ["10.20.1.5"]
+
+
+FORMAT_TREES = {
+    "netplan": {"/etc/netplan/01-netcfg.yaml": MASTER_STATIC},
+    "networkmanager": {"/etc/NetworkManager/system-connections/wired.nmconnection":
+                       "[connection]\nid=wired\nuuid=99999999-9999-4999-8999-999999999999\n\n[ipv4]\n"
+                       "address1=10.99.0.9/24,10.99.0.1\nmethod=manual\n"},
+    "networkd": {"/etc/systemd/network/10-lan.network": "[Network]\nAddress=10.99.0.9/24\n"},
+    "ifupdown": {"/etc/network/interfaces": "auto eth0\niface eth0 inet static\n    address 10.99.0.9/24\n"},
+    "ifcfg": {"/etc/sysconfig/network-scripts/ifcfg-eth0": "DEVICE=eth0\nIPADDR=10.99.0.9\nPREFIX=24\n"},
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMAT_TREES))
+def test_assigned_identity_is_written_in_the_images_format_and_no_master_value_stays(tmp_path, fmt):
+    sysfs = fake_sysfs(str(tmp_path / "sys"), A)
+    spec = {"hostname": "new1", "interfaces": [
+        {"mac": "52:54:00:00:00:07", "name": "eth0", "addresses": ["10.20.0.50/24", "fd00::50/64"],
+         "gateway": "10.20.0.1", "gateway6": "fd00::1", "dns": ["10.20.0.53"]},
+        {"mac": "52:54:00:00:00:08", "name": "eth1"}]}
+    record = api.assign("new1", spec, sysfs=sysfs)
+    clone = _tree(str(tmp_path / "clone"), dict({"/etc/hostname": "master\n", "/etc/machine-id": "9" * 32 + "\n",
+                                                 "/etc/hosts": "127.0.1.1 master\n10.99.0.9 master\n"},
+                                                **FORMAT_TREES[fmt]))
+    api.apply(record, root=clone, sysfs=sysfs)
+    tree = {}
+    for directory, dummy, names in os.walk(clone):
+        for name in names:
+            with open(os.path.join(directory, name), "rb") as handle:
+                tree[os.path.relpath(os.path.join(directory, name), clone)] = handle.read()
+    written = b"".join(data for path, data in tree.items() if path.startswith("etc/") and "ssh" not in path)
+    assert b"10.20.0.50" in written and b"10.20.0.1" in written, fmt
+    assert b"fd00::50" in written and b"fd00::1" in written, fmt
+    for master_value in (b"10.99.0.9", b"99999999-9999", b"master", b"9" * 32):
+        assert master_value not in written, (fmt, master_value)
+    assert tree["etc/hostname"] == b"new1\n"
+    assert api.apply(record, root=clone, sysfs=sysfs).changed is False
+
+
+def test_assigned_windows_identity_needs_the_answer_file_for_static_addresses(tmp_path):
+    sysfs = fake_sysfs(str(tmp_path / "sys"), A)
+    # two NICs: which registry interface is the host's one cannot be told, so the answer file carries it
+    build_windows_fleet_root(str(tmp_path / "clone"), {"name": "MASTERPC", "current": 1,
+                                                       "nics": [_nic(0, 70, True, "{BBBBBBBB-0000-4000-8000-0000000000AA}"),
+                                                                _nic(1, 70, True, "{BBBBBBBB-0000-4000-8000-0000000000AB}")]})
+    spec = {"os": "windows", "hostname": "new-pc", "workgroup": "OFFICE",
+            "interfaces": [{"mac": "52:54:00:00:00:07", "addresses": ["10.20.0.50/24"], "gateway": "10.20.0.1"}]}
+    record = api.assign("new-pc", spec, sysfs=sysfs)
+    with pytest.raises(Exception, match="no interface in the restored registry.*give unattend"):
+        api.apply(record, root=str(tmp_path / "clone"), sysfs=sysfs)
+    result = api.apply(record, root=str(tmp_path / "clone"), sysfs=sysfs, unattend=True)
+    assert any("answer file carries them by MAC" in note for note in result.notes)
+    xml = windows.unattend_xml(record)
+    assert "<ComputerName>NEW-PC</ComputerName>" in xml and "10.20.0.50/24" in xml and "52-54-00-00-00-07" in xml
+    with open(os.path.join(str(tmp_path / "clone"), "Windows", "System32", "config", "SYSTEM"), "rb") as handle:
+        data = handle.read()
+    for value in ("MASTERPC", "10.70.0.5", "10.70.0.1", "10.70.1.5"):
+        assert value.encode("utf-16-le") not in data, value
