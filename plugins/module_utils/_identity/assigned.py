@@ -121,7 +121,8 @@ def new_record(inventory_name: str, spec: Dict[str, Any], hardware: Dict[str, An
     record.add_file(FileItem("/etc/hostname", "hostname", 0o644, 0, 0), f"{hostname}\n".encode())
     record.add_file(FileItem("/etc/machine-id", "machine-id", 0o444, 0, 0), f"{machine_id}\n".encode())
     fingerprints = []
-    for kind, private, public in _ssh_keys(short):
+    # in path order, as a snapshot of the written system lists them (the read-back compares lists)
+    for kind, private, public in sorted(_ssh_keys(short)):
         path = f"/etc/ssh/ssh_host_{kind}_key"
         record.add_file(FileItem(path, "ssh-host-key", 0o600, 0, 0, secret=True), private)
         record.add_file(FileItem(path + ".pub", "ssh-host-key-public", 0o644, 0, 0), public)

@@ -7,6 +7,7 @@ wrong password fails the host with one sentence naming it and its record.
 import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import uuid
@@ -75,8 +76,8 @@ def run_role(tmp_path):
     def run(role, device, verbose=False, **extra_vars):
         playbook = tmp_path / f"{role}.yml"
         playbook.write_text(f"- hosts: vh\n  gather_facts: false\n  roles: [fleetcast.imaging.{role}]\n")
-        extra = dict(imaging_devices=[device], imaging_identity_store=str(tmp_path / "store"),
-                     identity_snapshot_check_conflicts=False, **extra_vars)
+        extra = dict(dict(imaging_devices=[device], imaging_identity_store=str(tmp_path / "store"),
+                          identity_snapshot_check_conflicts=False), **extra_vars)
         # a file, as a vaulted vars file would be: -vvvv prints the command line
         extra_file = tmp_path / f"{role}-vars.json"
         extra_file.write_text(json.dumps(extra))
@@ -136,6 +137,16 @@ def test_vault_encrypted_store_round_trip(loop_disk, run_role, tmp_path):
     again = run_role("identity_snapshot", fresh.device, imaging_identity_vault_password=PASSWORD,
                      identity_snapshot_refresh=False)
     assert again.returncode == 0, again.stdout[-3000:]
+
+    # The conflict check reads the whole store, not only the play's hosts (a --limit run): a stored
+    # host "other" with vh's identity (vault-encrypted, like every record here) is found.
+    shutil.copy(stored, tmp_path / "store" / "other.json")
+    conflict = run_role("identity_snapshot", fresh.device, imaging_identity_vault_password=PASSWORD,
+                        identity_snapshot_check_conflicts=True)
+    assert conflict.returncode != 0
+    flat = " ".join(conflict.stdout.split())
+    assert "Identity conflicts across the inventory: hostname vh-old is shared by other, vh" in flat, flat[-3000:]
+    assert "ssh-host-key SHA256:" in flat
 
 
 @pytest.mark.timeout(150)

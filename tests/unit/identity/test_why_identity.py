@@ -176,3 +176,15 @@ def test_assigned_windows_identity_needs_the_answer_file_for_static_addresses(tm
         data = handle.read()
     for value in ("MASTERPC", "10.70.0.5", "10.70.0.1", "10.70.1.5"):
         assert value.encode("utf-16-le") not in data, value
+
+
+def test_assigned_identity_reads_back_as_assigned(tmp_path):
+    """What a snapshot of the written clone says is what the assigned record says (deploy compares them)."""
+    sysfs = fake_sysfs(str(tmp_path / "sys"), A)
+    record = api.assign("new2", {"interfaces": [{"mac": "52:54:00:00:00:07", "addresses": ["10.20.0.51/24"]}]},
+                        sysfs=sysfs)
+    clone = _tree(str(tmp_path / "clone"), dict({"/etc/hostname": "master\n"}, **FORMAT_TREES["netplan"]))
+    api.apply(record, root=clone, sysfs=sysfs)
+    back = api.snapshot("new2", root=clone, sysfs=sysfs).summary
+    for key in ("hostname", "machine_id", "ssh_fingerprints", "addresses"):
+        assert back[key] == record.summary[key], key
