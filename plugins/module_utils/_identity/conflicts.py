@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .._errors import ValidationError
 from .record import IdentityRecord
@@ -43,7 +43,7 @@ def _as_record(name: str, value: Any) -> IdentityRecord:
     return IdentityRecord.from_dict(value, source=f"the identity record of {name}")
 
 
-def _address(text: str) -> "str | None":
+def _address(text: str) -> Optional[str]:
     """An address in canonical form; None for loopback, link-local and unspecified ones (shared by all)."""
     try:
         address = ipaddress.ip_address(str(text).split("/")[0].split("%")[0])

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import traceback
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from .._errors import IdentityError
 from .record import IdentityRecord
