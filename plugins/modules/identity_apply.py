@@ -85,7 +85,7 @@ notes:
     or at the next boot.
   - Once written, the root is read again and compared with the record, item by item; anything that
     still differs fails the task, naming the items.
-  - With O(diff), the content of secret files (keys, keyfiles holding a psk or password) is shown
+  - With C(--diff), the content of secret files (keys, keyfiles holding a psk or password) is shown
     as its size only, whether written or removed.
 requirements:
   - python3-hivex (Windows roots only)

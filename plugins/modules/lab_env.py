@@ -59,7 +59,7 @@ options:
   blank:
     description:
       - Participants that are new computers without an operating system, their disks all zeros (no
-        system, no identity): deploy gives them the identity the inventory names.
+        system, no identity); deploy gives them the identity the inventory names.
     type: list
     elements: str
     default: []

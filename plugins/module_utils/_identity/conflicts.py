@@ -46,7 +46,7 @@ def _as_record(name: str, value: Any) -> IdentityRecord:
 def _address(text: str) -> Optional[str]:
     """An address in canonical form; None for loopback, link-local and unspecified ones (shared by all)."""
     try:
-        address = ipaddress.ip_address(str(text).split("/")[0].split("%")[0])
+        address = ipaddress.ip_address(str(text).split("/", maxsplit=1)[0].split("%", maxsplit=1)[0])
     except ValueError:
         return str(text).lower()
     if address.is_loopback or address.is_link_local or address.is_unspecified:

@@ -22,44 +22,47 @@ that wipe and restore leave alone.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
-import traceback
 from typing import Any, Optional, Tuple
 
 from .._errors import IdentityError
 from .record import IdentityRecord
 from .rootfs import atomic_write
 
-try:
-    from ansible.errors import AnsibleError
-    from ansible.parsing.vault import VaultLib, VaultSecret
-except ImportError:  # a target without ansible-core: clear stores only
-    VaultLib = None
-
-    class AnsibleError(Exception):  # type: ignore[no-redef]
-        """Stands in for ansible-core's, which this host lacks (never raised)."""
-
-    VAULT_IMPORT_ERROR: Optional[str] = traceback.format_exc()
-else:
-    VAULT_IMPORT_ERROR = None
-
 VAULT_MARK = "$ANSIBLE_VAULT;"
 
 
-def _vault(password: str, what: str):
-    if VaultLib is None:
+def _vault_library(what: str):
+    """(VaultLib, VaultSecret, AnsibleError) of ansible-core, loaded when first needed.
+
+    Loaded at use rather than imported at the top: module_utils travel to targets, where only
+    ansible.module_utils exists; the vault library is there on the controller (and in an AWX
+    execution environment), which is where the store is encrypted and decrypted.
+    """
+    try:
+        vault = importlib.import_module("ansible.parsing.vault")
+        errors = importlib.import_module("ansible.errors")
+    except ImportError:
         raise IdentityError(f"Decrypting or encrypting {what} needs ansible-core's vault library, which this "
-                            "host lacks; handle the vault-encrypted store on the controller.")
-    return VaultLib([("default", VaultSecret(password.encode("utf-8")))])
+                            "host lacks; handle the vault-encrypted store on the controller.") from None
+    return vault.VaultLib, vault.VaultSecret, errors.AnsibleError
+
+
+def _vault(password: str, what: str):
+    vault_lib, vault_secret, dummy_error = _vault_library(what)
+    return vault_lib([("default", vault_secret(password.encode("utf-8")))])
 
 
 def _decrypt(text: str, password: Optional[str], what: str) -> str:
     if not password:
         raise IdentityError(f"{what[:1].upper() + what[1:]} is vault-encrypted; give the vault password.")
+    vault_lib, vault_secret, ansible_error = _vault_library(what)
     try:
-        return _vault(password, what).decrypt(text.encode("utf-8")).decode("utf-8")
-    except AnsibleError:
+        return vault_lib([("default", vault_secret(password.encode("utf-8")))]).decrypt(
+            text.encode("utf-8")).decode("utf-8")
+    except ansible_error:
         raise IdentityError(f"Cannot decrypt {what}: wrong vault password or a damaged vault file.") from None
 
 
