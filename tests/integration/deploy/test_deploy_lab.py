@@ -158,9 +158,11 @@ def lab(tmp_path_factory):
 def test_check_mode_changes_nothing_and_says_what_it_would_do(lab):
     disks = [lab["machines"][name]["disk_file"] for name in PARTICIPANTS + (BLANK,)]
     before = {path: _sha256(path) for path in disks}
-    run = _playbook(lab, "deploy.yml", "--check")
+    run = _playbook(lab, "deploy.yml", "--check", "--diff", "-vvvv")
     assert run.returncode == 0, run.stdout[-4000:]
     assert {path: _sha256(path) for path in disks} == before
+    # -vvvv --diff of a whole deploy shows no SSH host private key (not even p4's, made in this run)
+    assert "PRIVATE KEY" not in run.stdout + run.stderr
     for name in PARTICIPANTS:
         device = lab["machines"][name]["disk_device"]
         assert f"{name}: {device} would lose gpt partition table, 3 partition(s)" in run.stdout
