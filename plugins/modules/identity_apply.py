@@ -14,11 +14,19 @@ description:
   - Writes a record saved by M(fleetcast.imaging.identity_snapshot) onto a restored root, replacing
     the master's host name, addresses, machine-id, SSH host keys, Samba names and (Windows)
     ComputerName, Tcpip host names and per-interface IPv4 settings.
-  - Whole identity files (host name, machine-id, SSH host keys, keytab) are written as saved, with
-    the saved mode and owner (secrets never more open than 0600); SSH host keys of the master that
-    the host did not have are removed. Files that also hold other settings (network
-    configuration, C(/etc/hosts), C(smb.conf)) keep the restored image's content and get only
-    their identity values replaced.
+  - Identity files (host name, C(/etc/hosts), machine-id, SSH host keys, keytab, NetworkManager
+    C(secret_key), and every network file of netplan, NetworkManager, ifupdown, systemd-networkd
+    including C(.link) files, ifcfg and udev persistent-net rules) are written whole as saved, with
+    the saved mode and owner (secrets never more open than 0600). The master's identity files and
+    network files that the host did not have are removed (a value-free DHCP file stays only when
+    the host had no network file at all). Only C(smb.conf) keeps the image's content, with the
+    host's workgroup and NetBIOS name put in.
+  - "Windows: the names and every NIC's IPv4 settings go into every control set; a restored
+    interface is the host's by GUID, device instance or MAC; the master's other interfaces become
+    DHCP; a static NIC of the host with no place in the registry fails the task unless O(unattend)
+    carries it."
+  - A record made by O(fleetcast.imaging.identity_snapshot#module:assign) gets its network files
+    in the format the restored image uses.
   - Everything is planned (and every hive opened and checked) before the first write; a
     second run changes nothing.
   - What cannot be restored faithfully is said in RV(notes) with the supported path, namely a domain

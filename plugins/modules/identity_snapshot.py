@@ -15,12 +15,14 @@ description:
     after a multicast session has copied the master's disk onto it. See the collection's
     C(docs/identity.md) for every item, where it lives and whether it is secret.
   - "Linux: host name, C(/etc/hosts), machine-id (C(/etc/machine-id) and
-    C(/var/lib/dbus/machine-id)), SSH host keys, network configuration (netplan,
-    NetworkManager keyfiles, ifupdown, systemd-networkd, ifcfg), Samba workgroup and NetBIOS
-    name, the Kerberos keytab."
+    C(/var/lib/dbus/machine-id)), SSH host keys, NetworkManager's C(secret_key), every network
+    file (netplan under any name, NetworkManager keyfiles with their UUIDs, ifupdown with its
+    hook lines, systemd-networkd C(.network), C(.link) and C(.netdev), ifcfg, udev persistent-net
+    rules), Samba workgroup and NetBIOS name, the Kerberos keytab."
   - "Windows (offline, through the SYSTEM and SECURITY hives): ComputerName, Tcpip Hostname and
-    NV Hostname of the control set C(Select\\Current) names, static IPv4 settings per interface
-    (with its MAC where known), workgroup, domain membership and the machine SID (reported only)."
+    NV Hostname of the control set C(Select\\Current) names, the IPv4 settings of every interface
+    (with its device instance, and its MAC where known), workgroup, domain membership and the
+    machine SID (reported only)."
   - The record is keyed by O(inventory_name) plus the hardware identity of the machine the module
     runs on (SMBIOS UUID and the MACs of its physical NICs).
   - From the running system (O(root=/)), from a mounted offline root (O(root)), or from a
