@@ -154,7 +154,7 @@ def lab(tmp_path_factory):
         assert down.returncode == 0, down.stdout[-2000:]
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(300)   # -vvvv output and a fourth participant, on a shared loaded machine
 def test_check_mode_changes_nothing_and_says_what_it_would_do(lab):
     disks = [lab["machines"][name]["disk_file"] for name in PARTICIPANTS + (BLANK,)]
     before = {path: _sha256(path) for path in disks}
@@ -176,7 +176,7 @@ def test_check_mode_changes_nothing_and_says_what_it_would_do(lab):
     assert not os.path.exists(os.path.join(lab["directory"], "identity", "p1.json"))
 
 
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(360)
 def test_deploy_with_one_receive_path_cut_half_way(lab):
     cut_netns = lab["machines"][CUT_HOST]["netns"]
     cutter = ReceivePathCutter(cut_netns, os.path.getsize(lab["image"]))

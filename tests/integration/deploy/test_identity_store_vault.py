@@ -90,7 +90,7 @@ def run_role(tmp_path):
     return run
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)   # six role runs, two of them -vvvv
 def test_vault_encrypted_store_round_trip(loop_disk, run_role, tmp_path):
     old = loop_disk(192 * MiB, "old.img")
     standing.write_dirty_participant(old.path, _machine("vh", "10.231.9.13", "02:00:00:00:09:13"), "10.231.9")
@@ -149,7 +149,7 @@ def test_vault_encrypted_store_round_trip(loop_disk, run_role, tmp_path):
     assert "ssh-host-key SHA256:" in flat
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(240)
 def test_blank_participant_gets_the_identity_its_inventory_gives(loop_disk, run_role, tmp_path):
     """A zeroed disk and no stored record: the inventory's identity, fresh machine-id and host keys."""
     blank = loop_disk(160 * MiB, "blank.img")
