@@ -14,11 +14,19 @@ description:
   - Writes a record saved by M(fleetcast.imaging.identity_snapshot) onto a restored root, replacing
     the master's host name, addresses, machine-id, SSH host keys, Samba names and (Windows)
     ComputerName, Tcpip host names and per-interface IPv4 settings.
-  - Whole identity files (host name, machine-id, SSH host keys, keytab) are written as saved, with
-    the saved mode and owner (secrets never more open than 0600); SSH host keys of the master that
-    the host did not have are removed. Files that also hold other settings (network
-    configuration, C(/etc/hosts), C(smb.conf)) keep the restored image's content and get only
-    their identity values replaced.
+  - Identity files (host name, C(/etc/hosts), machine-id, SSH host keys, keytab, NetworkManager
+    C(secret_key), and every network file of netplan, NetworkManager, ifupdown, systemd-networkd
+    including C(.link) files, ifcfg and udev persistent-net rules) are written whole as saved, with
+    the saved mode and owner (secrets never more open than 0600). The master's identity files and
+    network files that the host did not have are removed (a value-free DHCP file stays only when
+    the host had no network file at all). Only C(smb.conf) keeps the image's content, with the
+    host's workgroup and NetBIOS name put in.
+  - "Windows: the names and every NIC's IPv4 settings go into every control set; a restored
+    interface is the host's by GUID, device instance or MAC; the master's other interfaces become
+    DHCP; a static NIC of the host with no place in the registry fails the task unless O(unattend)
+    carries it."
+  - A record made by O(fleetcast.imaging.identity_snapshot#module:assign) gets its network files
+    in the format the restored image uses.
   - Everything is planned (and every hive opened and checked) before the first write; a
     second run changes nothing.
   - What cannot be restored faithfully is said in RV(notes) with the supported path, namely a domain
@@ -38,14 +46,18 @@ options:
     default: {}
   record_path:
     description:
-      - A record file on the host (JSON), instead of O(record); either a record with its C(secrets)
-        or the roles' store layout (an object with the keys C(record) and C(secrets)). O(secrets)
-        adds to its secrets.
+      - A record file on the host, instead of O(record), in the store format the roles write (see
+        C(docs/identity.md)), that is the JSON object with the keys C(record) and C(secrets), as a
+        whole ansible-vault file or in clear; a bare record with its C(secrets) is read too.
+        O(secrets) adds to its secrets.
     type: path
   vault_password:
     description:
-      - Password of secret values encrypted with ansible-vault (each value on its own, as
-        C(ansible-vault encrypt_string) makes them), in the O(record_path) file or in O(secrets).
+      - Password of a vault-encrypted O(record_path) file, or of secret values encrypted one by
+        one (the older store format) there or in O(secrets).
+      - Decrypting needs ansible-core's vault library on the host the module runs on (the
+        controller has it, an imaging environment usually not); the roles decrypt the store on
+        the controller and pass O(record) and O(secrets) instead.
       - Never logged.
     type: str
   root:
@@ -79,6 +91,10 @@ extends_documentation_fragment:
 notes:
   - On a running system (O(root=/)) the files change at once; services read them when restarted
     or at the next boot.
+  - Once written, the root is read again and compared with the record, item by item; anything that
+    still differs fails the task, naming the items.
+  - With C(--diff), the content of secret files (keys, keyfiles holding a psk or password) is shown
+    as its size only, whether written or removed.
 requirements:
   - python3-hivex (Windows roots only)
 seealso:
@@ -181,7 +197,8 @@ def main():
             module.fail_json(msg="unattend applies to Windows records only; the record of %s is for %s."
                              % (record.inventory_name, record.os))
         result = api.apply(record, root=params["root"], device=params["device"], partition=params["partition"],
-                           force=params["force"], check_mode=module.check_mode)
+                           force=params["force"], check_mode=module.check_mode,
+                           unattend=bool(params["unattend"]))
         changed = result.changed
         if params["unattend"]:
             if _write_unattend(module, record, params["unattend"]):

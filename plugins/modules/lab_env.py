@@ -56,6 +56,13 @@ options:
     type: list
     elements: str
     default: [p1, p2, p3]
+  blank:
+    description:
+      - Participants that are new computers without an operating system, their disks all zeros (no
+        system, no identity); deploy gives them the identity the inventory names.
+    type: list
+    elements: str
+    default: []
   subnet:
     description: First three octets of the lab's /24; hosts get .11 upwards.
     type: str
@@ -142,6 +149,7 @@ def main():
             server=dict(type="str", default="server"),
             master=dict(type="str", default="master"),
             participants=dict(type="list", elements="str", default=["p1", "p2", "p3"]),
+            blank=dict(type="list", elements="str", default=[]),
             subnet=dict(type="str", default="10.231.7"),
             master_disk_mib=dict(type="int", default=160),
             participant_disk_mib=dict(type="int", default=192),
@@ -162,7 +170,8 @@ def main():
                                server=params["server"], master=params["master"],
                                subnet=params["subnet"],
                                master_disk_size=params["master_disk_mib"] * MiB,
-                               participant_disk_size=params["participant_disk_mib"] * MiB)
+                               participant_disk_size=params["participant_disk_mib"] * MiB,
+                               blank=params["blank"])
     except FleetcastError as err:
         module.fail_json(msg=str(err))
     except subprocess.CalledProcessError as err:

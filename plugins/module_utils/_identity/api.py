@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from .._errors import IdentityError, ValidationError
-from . import hardware, linux, windows
+from . import assigned, hardware, linux, windows
 from .offline import offline_root
 from .record import IdentityRecord
 from .rootfs import Root
@@ -49,6 +49,11 @@ def snapshot(inventory_name: str, root: Optional[str] = None, device: Optional[s
     return record
 
 
+def assign(inventory_name: str, spec: Dict[str, Any], sysfs: str = "/sys") -> IdentityRecord:
+    """The record of an identity the inventory gives (fresh machine-id and SSH host keys); reads no disk."""
+    return assigned.new_record(inventory_name, spec, hardware.read_hardware(sysfs))
+
+
 @dataclass
 class ApplyResult:
     changed: bool
@@ -65,10 +70,22 @@ def _shown(data: Optional[bytes], secret: bool) -> str:
     return data.decode("utf-8", "replace")
 
 
+def _verified(record: IdentityRecord, tree: Root, left: List[str]) -> None:
+    """Fail naming every item that still differs from the record once the changes are written."""
+    if left:
+        raise IdentityError(f"After re-applying {record.inventory_name}'s identity, {tree.path} still differs "
+                            f"from its record in {', '.join(sorted(set(left)))}.")
+
+
 def apply(record: IdentityRecord, root: Optional[str] = None, device: Optional[str] = None,
           partition: Optional[int] = None, force: bool = False, check_mode: bool = False,
-          sysfs: str = "/sys") -> ApplyResult:
-    """Write ``record``'s identity onto a root; plan everything before the first write."""
+          sysfs: str = "/sys", unattend: bool = False) -> ApplyResult:
+    """Write ``record``'s identity onto a root; plan everything before the first write.
+
+    Once written, the root is planned again: anything still differing from the record fails the
+    apply, naming the items. ``unattend``: an answer file will carry the Windows static interfaces
+    that have no place in the restored registry (see ``windows.WindowsPlan``).
+    """
     present = hardware.read_hardware(sysfs)
     reason = hardware.mismatch(record.hardware, present)
     if reason and not force:
@@ -82,7 +99,7 @@ def apply(record: IdentityRecord, root: Optional[str] = None, device: Optional[s
                                   f"{tree.path} holds {found}.")
         result = ApplyResult(changed=False)
         if record.os == "windows":
-            plan = windows.WindowsPlan(tree, record, list(present["macs"]))
+            plan = windows.WindowsPlan(tree, record, list(present["macs"]), unattend)
             result.notes = plan.notes
             for change in plan.changes:
                 result.changes.append(change.describe())
@@ -91,8 +108,11 @@ def apply(record: IdentityRecord, root: Optional[str] = None, device: Optional[s
                                     "before": change.show(change.before) + "\n", "after": change.show(change.data) + "\n"})
             if plan.changes and not check_mode:
                 plan.commit()
+                left = [change.describe()["path"] for change in
+                        windows.WindowsPlan(tree, record, list(present["macs"]), unattend).changes]
+                _verified(record, tree, left)
         else:
-            changes, result.notes = linux.plan(tree, record, present)
+            changes, result.notes = linux.plan(tree, record)
             for change in changes:
                 result.changes.append(change.describe())
                 after = change.data if change.action == "write" else (
@@ -102,5 +122,6 @@ def apply(record: IdentityRecord, root: Optional[str] = None, device: Optional[s
                                     "after": _shown(after, change.secret)})
             if changes and not check_mode:
                 linux.execute(tree, changes)
+                _verified(record, tree, [change.path for change in linux.plan(tree, record)[0]])
         result.changed = bool(result.changes)
     return result

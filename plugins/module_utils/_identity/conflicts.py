@@ -4,19 +4,24 @@
 """Inventory-wide conflict check over identity records. Private to the collection.
 
 Run before any disk is touched: two hosts that would come up with the same host name, address,
-MAC, machine-id, SMBIOS UUID or machine SID are named, with the item they share.
+MAC, machine-id, SSH host key, SMBIOS UUID or machine SID are named, with the item they share.
+Values are compared in one canonical form: addresses as ``ipaddress`` writes them (``fd00:0::1``
+and ``FD00::1`` are one address), MACs and UUIDs in lower case, host names short and lower case.
+The roles pass every record of the store plus the play's (snapshots and assigned identities), so
+a ``--limit`` run is checked against the whole fleet.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .._errors import ValidationError
 from .record import IdentityRecord
 
 # (item, how to read its values from a record's summary/hardware, whether case-insensitive)
-CHECKED_ITEMS = ("hostname", "address", "mac", "machine-id", "product-uuid", "machine-sid")
+CHECKED_ITEMS = ("hostname", "address", "mac", "machine-id", "ssh-host-key", "product-uuid", "machine-sid")
 
 
 @dataclass
@@ -38,19 +43,33 @@ def _as_record(name: str, value: Any) -> IdentityRecord:
     return IdentityRecord.from_dict(value, source=f"the identity record of {name}")
 
 
+def _address(text: str) -> Optional[str]:
+    """An address in canonical form; None for loopback, link-local and unspecified ones (shared by all)."""
+    try:
+        address = ipaddress.ip_address(str(text).split("/", maxsplit=1)[0].split("%", maxsplit=1)[0])
+    except ValueError:
+        return str(text).lower()
+    if address.is_loopback or address.is_link_local or address.is_unspecified:
+        return None
+    return str(address)
+
+
 def _items(record: IdentityRecord) -> Iterable[Tuple[str, str]]:
     summary, hardware = record.summary, record.hardware
     if summary.get("hostname"):
         yield "hostname", str(summary["hostname"]).split(".", maxsplit=1)[0].lower()
     for address in summary.get("addresses") or []:
-        if not address.startswith("127.") and address != "::1":
-            yield "address", address
+        canonical = _address(address)
+        if canonical is not None:
+            yield "address", canonical
     for mac in set(summary.get("configured_macs") or []) | set(hardware.get("macs") or []):
-        yield "mac", mac.lower()
+        yield "mac", mac.lower().replace("-", ":")
     if summary.get("machine_id"):
-        yield "machine-id", summary["machine_id"]
+        yield "machine-id", str(summary["machine_id"]).strip().lower()
+    for fingerprint in summary.get("ssh_fingerprints") or []:
+        yield "ssh-host-key", fingerprint
     if hardware.get("product_uuid"):
-        yield "product-uuid", hardware["product_uuid"]
+        yield "product-uuid", str(hardware["product_uuid"]).lower()
     if summary.get("machine_sid"):
         yield "machine-sid", summary["machine_sid"]
 

@@ -3,21 +3,26 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Linux identity: gather it from a root, and plan its return onto a restored root.
 
-Private to the collection. Whole files (hostname, machine-id, SSH host keys, keytab) are restored
-as saved; files that also hold unrelated settings (network configuration, ``/etc/hosts``,
-``smb.conf``) keep the restored image's content and only get their identity values replaced.
+Private to the collection. Identity files are restored whole, as saved: hostname, machine-id,
+SSH host keys, keytab, NetworkManager's ``secret_key``, ``/etc/hosts`` and every network file
+(netplan, NetworkManager keyfiles, ifupdown, systemd-networkd ``.network``/``.link``/``.netdev``,
+ifcfg, udev persistent-net rules). The master's identity files that the host did not have are
+removed, except value-free network files (DHCP) when the host had no network file at all.
+Only ``smb.conf``, which mostly holds other settings, keeps the image's content with the host's
+workgroup and NetBIOS name put in.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from .._errors import IdentityError
-from . import netconf
+from . import assigned, netconf
 from .record import FileItem, IdentityRecord
 from .rootfs import FileState, Root
 
@@ -26,6 +31,9 @@ WHOLE_FILES = (
     ("/etc/machine-id", "machine-id", False),
     ("/var/lib/dbus/machine-id", "machine-id", False),
     ("/etc/krb5.keytab", "keytab", True),
+    # the seed of NetworkManager's stable-privacy IPv6 addresses and stable MACs: a clone with the
+    # master's would derive the master's addresses
+    ("/var/lib/NetworkManager/secret_key", "nm-secret-key", True),
 )
 SSH_DIR = "/etc/ssh"
 HOSTS = "/etc/hosts"
@@ -169,55 +177,33 @@ def gather(root: Root, record: IdentityRecord) -> None:
 
 
 def _substitute_tokens(text: str, mapping: Dict[str, str], hostnames: Tuple[Optional[str], Optional[str]]) -> str:
-    """Replace whole whitespace-separated tokens: addresses, and the host name (also as an FQDN)."""
+    """Replace whole whitespace-separated tokens: addresses, and the host name (as an FQDN and short)."""
     old_host, new_host = hostnames
+    names = []
+    if old_host and new_host:
+        names.append((old_host, new_host))
+        if old_host.split(".")[0] != old_host:
+            names.append((old_host.split(".")[0], new_host.split(".")[0]))
 
     def replace(match: "re.Match[str]") -> str:
         token = match.group()
         if token in mapping:
             return mapping[token]
-        if old_host and new_host and (token == old_host or token.startswith(old_host + ".")):
-            return new_host + token[len(old_host):]
+        for old, new in names:
+            if token == old or token.startswith(old + "."):
+                return new + token[len(old):]
         return token
 
     return "\n".join(line if line.lstrip().startswith("#") else re.sub(r"\S+", replace, line)
                      for line in text.split("\n"))
 
 
-def _names_host(line: str, hostname: Optional[str]) -> bool:
-    """Whether a hosts(5) line gives a name of ``hostname`` (short, or an FQDN starting with it)."""
-    if not hostname:
-        return False
-    short = hostname.split(".", maxsplit=1)[0].lower()
-    names = line.split("#", maxsplit=1)[0].split()[1:]
-    return any(name.lower() == short or name.lower().startswith(short + ".") for name in names)
-
-
-def _hosts_text(image: str, saved: Optional[str], address_map: Dict[str, str],
-                hostnames: Tuple[Optional[str], Optional[str]]) -> str:
-    """The image's /etc/hosts with the lines naming the master replaced by the host's own lines.
-
-    The host's lines (its FQDN and aliases) come from its saved file, in place of the first line
-    naming the master; the image's other lines only get the master's addresses and name replaced.
-    """
-    master, own = hostnames
-    own_lines = [line for line in (saved or "").split("\n") if _names_host(line, own)]
-    if not own_lines:
-        return _substitute_tokens(image, address_map, hostnames)
-    lines: List[str] = []
-    placed = False
-    for line in image.split("\n"):
-        if _names_host(line, master) or _names_host(line, own):
-            if not placed:
-                lines.extend(own_lines)
-                placed = True
-        else:
-            lines.append(_substitute_tokens(line, address_map, hostnames))
-    if not placed:
-        # the image names neither host: the host's own lines go last, before the final newline
-        at = len(lines) - 1 if lines and lines[-1] == "" else len(lines)
-        lines[at:at] = own_lines
-    return "\n".join(lines)
+def _hosts_without_master(image: str, master_addresses: List[str],
+                          hostnames: Tuple[Optional[str], Optional[str]]) -> str:
+    """The image's /etc/hosts for a host that had none: the master's addresses gone, its name the host's."""
+    kept = [line for line in image.split("\n")
+            if line.lstrip().startswith("#") or not line.split() or line.split()[0] not in master_addresses]
+    return _substitute_tokens("\n".join(kept), {}, hostnames)
 
 
 def _target_mode(saved: Optional[FileItem], current: Optional[FileState], default: int) -> Tuple[int, int, int]:
@@ -251,30 +237,18 @@ def _saved_data(record: IdentityRecord, item: FileItem) -> bytes:
     return data
 
 
-def _parse_or_none(fmt: netconf.NetFormat, text: str) -> Optional[List[netconf.Stanza]]:
-    try:
-        return fmt.parse(text)
-    except netconf.ParserUnavailable:
-        return None
-
-
-def _interface_macs(hardware: Optional[Dict[str, object]]) -> Dict[str, str]:
-    return {entry["name"]: entry["mac"] for entry in (hardware or {}).get("interfaces", [])}  # type: ignore[union-attr]
-
-
-def plan(root: Root, record: IdentityRecord, hardware_now: Optional[Dict[str, object]] = None
-         ) -> Tuple[List[Change], List[str]]:
-    """Every change that makes ``root`` carry ``record``'s identity, and notes for the user.
-
-    ``hardware_now`` (this machine's NICs) lets a stanza be found by MAC when its interface was renamed.
-    """
+def plan(root: Root, record: IdentityRecord) -> Tuple[List[Change], List[str]]:
+    """Every change that makes ``root`` carry ``record``'s identity, and notes for the user."""
     changes: List[Change] = []
     notes: List[str] = []
     current = IdentityRecord(inventory_name="", os="linux")
     gather(root, current)
+    record = assigned.with_network_files(
+        record, lambda inner: os.path.lexists(root.real(inner, follow=False)),
+        lambda inner: bool(root.glob(inner)), root.path)
 
     for item in record.files:
-        if item.kind in ("hostname", "machine-id", "keytab", "ssh-host-key", "ssh-host-key-public"):
+        if item.kind in ("hostname", "machine-id", "keytab", "nm-secret-key", "ssh-host-key", "ssh-host-key-public"):
             if item.symlink is not None:
                 state_link = root.read(item.path)
                 if state_link is None or state_link.symlink != item.symlink:
@@ -289,63 +263,34 @@ def plan(root: Root, record: IdentityRecord, hardware_now: Optional[Dict[str, ob
             changes.append(Change(item.path, item.kind, "remove", secret=item.secret,
                                   before=current.file_data(item.path) or b""))
 
-    address_map: Dict[str, str] = {}
-    handled = set()
-    saved_stanzas = []
-    for item in record.files:
-        if item.kind.startswith("network:"):
-            fmt = netconf.FORMAT_BY_NAME[item.kind.split(":", 1)[1]]
-            text = _text(_saved_data(record, item))
-            saved_stanzas.extend((item.path, stanza) for stanza in _parse_or_none(fmt, text) or [])
+    # network files: the host's own, whole; the master's others go (see the module docstring)
+    saved_network = [item for item in record.files if item.kind.startswith("network:")]
+    saved_network_paths = {item.path for item in saved_network}
+    for item in saved_network:
+        fmt = netconf.FORMAT_BY_NAME[item.kind.split(":", 1)[1]]
+        _propose(changes, root, item.path, item.kind, _saved_data(record, item), item, fmt.mode)
     for fmt, path in _network_files(root):
+        if path in saved_network_paths:
+            continue
         state = root.read(path)
         text = _text(state.data)
-        saved_item = record.file(path)
-        targets = _parse_or_none(fmt, text)
-        if targets is None:
-            handled.add(path)
-            if saved_item is not None:
-                _propose(changes, root, path, "network:" + fmt.name, _saved_data(record, saved_item), saved_item)
-            else:
-                notes.append(f"{path}: cannot be parsed on this host (no {fmt.name} parser); left as restored.")
+        if saved_network:
+            why = "the host's own network files replace the master's"
+        elif netconf.holds_values(fmt, text):
+            why = "it holds the master's values and the host had no network file to put in their place"
+        else:
             continue
-        pairs = netconf.pair_stanzas(path, targets, saved_stanzas, _interface_macs(hardware_now),
-                                     _interface_macs(record.hardware))
-        new_text, unmatched = netconf.rewrite(text, targets, pairs)
-        if unmatched and saved_item is not None:
-            # the restored file is shaped differently from the saved one: the saved file wins whole
-            new_text = _text(_saved_data(record, saved_item))
-        elif unmatched:
-            # a file the host did not have, still holding the master's values: leaving it would bring
-            # the clone up with the master's address
-            notes.append(f"{path}: the host had no such file and it holds the master's "
-                         f"{', '.join(unmatched)}, with no saved value to put there; removed.")
-            changes.append(Change(path, "network:" + fmt.name, "remove", mode=state.mode, before=state.data))
-            handled.add(path)
-            continue
-        for position, target in enumerate(targets):
-            source = pairs.get(position)
-            if source is None:
-                continue
-            saved_values = source.values()
-            for slot in target.slots:
-                if slot.field.startswith("address") and slot.index < len(saved_values.get(slot.field, [])):
-                    address_map[slot.value.split("/")[0]] = saved_values[slot.field][slot.index].split("/")[0]
-        handled.add(path)
-        _propose(changes, root, path, "network:" + fmt.name, new_text.encode("utf-8"), saved_item, fmt.mode)
-    for item in record.files:
-        if item.kind.startswith("network:") and item.path not in handled:
-            fmt = netconf.FORMAT_BY_NAME[item.kind.split(":", 1)[1]]
-            _propose(changes, root, item.path, item.kind, _saved_data(record, item), item, fmt.mode)
+        notes.append(f"{path}: the host had no such file; removed, as {why}.")
+        changes.append(Change(path, "network:" + fmt.name, "remove", mode=state.mode,
+                              secret=bool(fmt.secrets and fmt.secrets(text)), before=state.data))
 
     hosts = root.read(HOSTS)
-    if hosts is not None:
-        saved_hosts = _text(record.file_data(HOSTS)) if record.file(HOSTS) else None
-        new = _hosts_text(_text(hosts.data), saved_hosts, address_map,
-                          (current.summary.get("hostname"), record.summary.get("hostname")))
-        _propose(changes, root, HOSTS, "hosts", new.encode("utf-8"), record.file(HOSTS))
-    elif record.file(HOSTS) is not None:
+    if record.file(HOSTS) is not None:
         _propose(changes, root, HOSTS, "hosts", record.file_data(HOSTS) or b"", record.file(HOSTS))
+    elif hosts is not None:
+        new = _hosts_without_master(_text(hosts.data), list(current.summary.get("addresses") or []),
+                                    (current.summary.get("hostname"), record.summary.get("hostname")))
+        _propose(changes, root, HOSTS, "hosts", new.encode("utf-8"), None)
 
     smb = root.read(SMB_CONF)
     if smb is not None:

@@ -1,12 +1,13 @@
 # -*- coding: utf-8 -*-
 # Copyright: fleetcast.imaging developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Network configuration files: find the identity values in them and rewrite only those.
+"""Network configuration files: where they live, and the identity values each one holds.
 
 Private to the collection. Each format's parser returns *stanzas* (one interface or connection
-each) holding *slots*: the exact character span of an identity value (an address, a gateway, a
-netmask, a MAC). Rewriting replaces those spans and nothing else, so every unrelated setting,
-comment and blank line of the file stays as it was, byte for byte.
+each) holding *slots*: an identity value (an address, a gateway, a netmask, a MAC, a connection
+UUID, a secret) with its character span. Files are saved and restored whole (a clone's network
+file is the host's own); the parsers say what a file holds, for the record's summary, the
+conflict check, and to tell whether a file the host never had still carries the master's values.
 """
 
 from __future__ import annotations
@@ -102,6 +103,26 @@ def _ini_entries(text: str) -> Iterator[Tuple[str, str, int, int, str]]:
 _IFUPDOWN_TOP = ("auto", "mapping", "source", "source-directory", "no-auto-down", "no-scripts")
 
 
+_IFUPDOWN_HOOKS = ("up", "post-up", "pre-up", "down", "pre-down", "post-down")
+
+
+def _ifupdown_hook(stanza: Stanza, offset: int, tokens: List["re.Match[str]"]) -> None:
+    """Values in hook commands: ``ip [-6] addr add X``, ``ip route add default via X``, a MAC set by hand."""
+    words = [token.group() for token in tokens]
+    for position, word in enumerate(words[:-1]):
+        following = words[position + 1]
+        if word == "add" and position >= 1 and words[position - 1] in ("addr", "address", "a") \
+                and re.match(r"^[0-9a-fA-F:.]+(/\d+)?$", following) and any(c in following for c in ".:"):
+            token = tokens[position + 1]
+            stanza.add(_address_field(following), offset + token.start(), offset + token.end(), following)
+        elif word == "via" and "default" in words[:position]:
+            token = tokens[position + 1]
+            stanza.add(_address_field(following, "gateway"), offset + token.start(), offset + token.end(), following)
+        elif word in ("ether", "address") and _is_mac(following):
+            token = tokens[position + 1]
+            stanza.add("mac", offset + token.start(), offset + token.end(), following)
+
+
 def parse_ifupdown(text: str) -> List[Stanza]:
     stanzas: List[Stanza] = []
     current: Optional[Stanza] = None
@@ -117,6 +138,8 @@ def parse_ifupdown(text: str) -> List[Stanza]:
             stanzas.append(current)
         elif word in _IFUPDOWN_TOP or word.startswith("allow-"):
             current = None
+        elif current is not None and word in _IFUPDOWN_HOOKS:
+            _ifupdown_hook(current, offset, tokens[1:])
         elif current is not None and len(tokens) >= 2:
             value = tokens[-1] if word == "hwaddress" else tokens[1]
             kind = {"address": _address_field(value.group()), "gateway": _address_field(value.group(), "gateway"),
@@ -133,7 +156,9 @@ def parse_networkd(text: str) -> List[Stanza]:
     for section, key, start, end, value in _ini_entries(text):
         if section == "Match" and key == "Name":
             stanza.name = value
-        elif section in ("Match", "Link") and key in ("MACAddress", "PermanentMACAddress"):
+        elif section == "Link" and key == "Name":
+            stanza.add("name", start, end, value)
+        elif section in ("Match", "Link", "NetDev") and key in ("MACAddress", "PermanentMACAddress"):
             stanza.add("mac", start, end, value)
         elif section in ("Network", "Address") and key == "Address":
             stanza.add(_address_field(value), start, end, value)
@@ -155,7 +180,10 @@ def parse_networkmanager(text: str) -> List[Stanza]:
             stanza.key = value
         elif section == "connection" and key == "interface-name":
             stanza.name = value
-        elif section in ("ethernet", "802-3-ethernet", "wifi", "802-11-wireless") and key == "mac-address":
+        elif section == "connection" and key == "uuid":
+            stanza.add("uuid", start, end, value)
+        elif section in ("ethernet", "802-3-ethernet", "wifi", "802-11-wireless") \
+                and key in ("mac-address", "cloned-mac-address") and _is_mac(value):
             stanza.add("mac", start, end, value)
         elif section in ("ipv4", "ipv6") and re.fullmatch(r"address(es)?\d*", key):
             # "10.0.0.5/24" or "10.0.0.5/24,10.0.0.1" (address, then an optional gateway)
@@ -166,6 +194,8 @@ def parse_networkmanager(text: str) -> List[Stanza]:
                 stanza.add(_address_field(gateway, "gateway"), gw_start, end, gateway)
         elif section in ("ipv4", "ipv6") and key == "gateway":
             stanza.add(_address_field(value, "gateway"), start, end, value)
+        elif section == "ipv6" and key == "token":
+            stanza.add("token", start, end, value)
         elif _NM_SECRET.match(key):
             stanza.add(f"{SECRET_FIELD}{section}.{key}", start, end, value)
     return [stanza]
@@ -267,26 +297,64 @@ def netplan_secrets(text: str) -> bool:
     return re.search(r"^\s*(password|psk|key)\s*:", text, re.MULTILINE) is not None
 
 
+# --- udev persistent-net rules: /etc/udev/rules.d/*persistent-net.rules ------------------------
+
+def parse_udev_net(text: str) -> List[Stanza]:
+    stanzas: List[Stanza] = []
+    for offset, line in _lines(text):
+        if line.lstrip().startswith("#"):
+            continue
+        mac = re.search(r'ATTRS?\{address\}\s*==\s*"([^"]+)"', line)
+        name = re.search(r'NAME\s*:?=\s*"([^"]+)"', line)
+        if mac or name:
+            stanza = Stanza(key=f"rule {len(stanzas) + 1}", name=name.group(1) if name else None)
+            if mac:
+                stanza.add("mac", offset + mac.start(1), offset + mac.end(1), mac.group(1))
+            if name:
+                stanza.add("name", offset + name.start(1), offset + name.end(1), name.group(1))
+            stanzas.append(stanza)
+    return stanzas
+
+
+_VALUE_TOKEN = re.compile(r"(?<![\w.:])(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}"
+                          r"|(?:[0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2})(?:/\d+)?(?![\w.:])")
+
+
+def holds_values(fmt: "NetFormat", text: str) -> bool:
+    """Whether a file carries any identity value (address, gateway, MAC, name, UUID, secret).
+
+    Where the format's parser cannot run (netplan without PyYAML), any address- or MAC-shaped
+    token counts: a file is never taken for value-free merely because it could not be read.
+    """
+    try:
+        return any(stanza.slots for stanza in fmt.parse(text))
+    except ParserUnavailable:
+        stripped = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+        return bool(_VALUE_TOKEN.search(stripped)) or fmt.secrets is not None and fmt.secrets(text)
+
+
 @dataclass(frozen=True)
 class NetFormat:
     name: str
     directory: str
     parse: Callable[[str], List[Stanza]]
     mode: int
-    suffix: str = ""
+    suffix: Tuple[str, ...] = ("",)
     prefix: str = ""
     single: str = ""           # a single well-known file besides the directory
     secrets: Optional[Callable[[str], bool]] = None
 
 
 FORMATS: Tuple[NetFormat, ...] = (
-    NetFormat("netplan", "/etc/netplan", parse_netplan, 0o600, suffix=".yaml", secrets=netplan_secrets),
+    NetFormat("netplan", "/etc/netplan", parse_netplan, 0o600, suffix=(".yaml", ".yml"), secrets=netplan_secrets),
     NetFormat("networkmanager", "/etc/NetworkManager/system-connections", parse_networkmanager, 0o600,
               secrets=networkmanager_secrets),
     NetFormat("ifupdown", "/etc/network/interfaces.d", parse_ifupdown, 0o644,
               single="/etc/network/interfaces"),
-    NetFormat("networkd", "/etc/systemd/network", parse_networkd, 0o644, suffix=".network"),
+    NetFormat("networkd", "/etc/systemd/network", parse_networkd, 0o644, suffix=(".network",)),
+    NetFormat("networkd-link", "/etc/systemd/network", parse_networkd, 0o644, suffix=(".link", ".netdev")),
     NetFormat("ifcfg", "/etc/sysconfig/network-scripts", parse_ifcfg, 0o644, prefix="ifcfg-"),
+    NetFormat("udev", "/etc/udev/rules.d", parse_udev_net, 0o644, suffix=("persistent-net.rules",)),
 )
 
 FORMAT_BY_NAME = {fmt.name: fmt for fmt in FORMATS}
@@ -296,57 +364,3 @@ def describe(fmt: NetFormat, path: str, text: str) -> Dict[str, object]:
     """The record entry for one network file: its format and each stanza's identity values."""
     return {"path": path, "format": fmt.name,
             "stanzas": [stanza.summary() for stanza in fmt.parse(text)]}
-
-
-def rewrite(text: str, targets: List[Stanza], pairs: Dict[int, Stanza]) -> Tuple[str, List[str]]:
-    """Replace each target slot with the paired stanza's value for the same (field, index).
-
-    ``pairs`` maps an index into ``targets`` to the saved stanza that replaces it. Returns the new
-    text and the slots that had no counterpart (left untouched), as "key field[index]" strings.
-    """
-    edits: List[Tuple[int, int, str]] = []
-    unmatched: List[str] = []
-    for position, target in enumerate(targets):
-        source = pairs.get(position)
-        if source is None:
-            unmatched.extend(f"{target.key} {slot.field}[{slot.index}]" for slot in target.slots)
-            continue
-        saved = source.values()
-        for slot in target.slots:
-            values = saved.get(slot.field, [])
-            if slot.index < len(values):
-                edits.append((slot.start, slot.end, values[slot.index]))
-            else:
-                unmatched.append(f"{target.key} {slot.field}[{slot.index}]")
-    for start, end, value in sorted(edits, reverse=True):
-        text = text[:start] + value + text[end:]
-    return text, unmatched
-
-
-def pair_stanzas(path: str, targets: List[Stanza], candidates: List[Tuple[str, Stanza]],
-                 target_macs: Optional[Dict[str, str]] = None,
-                 saved_macs: Optional[Dict[str, str]] = None) -> Dict[int, Stanza]:
-    """Pair each target stanza with a saved (path, stanza): same file and key first, then MAC, then name.
-
-    A stanza's MAC is the one its file names, else the MAC of the interface it names on that
-    machine (``target_macs`` for this machine, ``saved_macs`` for the saved one: name -> MAC), so an
-    interface renamed between snapshot and apply is still found by its hardware.
-    """
-    def mac_of(stanza: Stanza, macs: Optional[Dict[str, str]]) -> Optional[str]:
-        return (stanza.mac or (macs or {}).get(stanza.name or "") or "").lower() or None
-
-    pairs: Dict[int, Stanza] = {}
-    used = set()
-    rules = (lambda p, s, t: p == path and s.key == t.key,
-             lambda p, s, t: mac_of(t, target_macs) is not None and mac_of(s, saved_macs) == mac_of(t, target_macs),
-             lambda p, s, t: bool(t.name) and s.name == t.name)
-    for rule in rules:
-        for position, target in enumerate(targets):
-            if position in pairs:
-                continue
-            for number, (saved_path, stanza) in enumerate(candidates):
-                if number not in used and rule(saved_path, stanza, target):
-                    pairs[position] = stanza
-                    used.add(number)
-                    break
-    return pairs

@@ -23,6 +23,11 @@ from .windows import is_windows_root
 NATIVE = ("ext2", "ext3", "ext4", "xfs", "btrfs")
 
 
+class NoSystemError(IdentityError):
+    """The device holds no Linux or Windows root at all (a new or wiped disk), as opposed to one
+    that could not be read."""
+
+
 def _run(argv, what: str) -> str:
     env = dict(os.environ, LC_ALL="C", LANG="C")
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
@@ -111,4 +116,4 @@ def offline_root(device: str, partition: Optional[int] = None, writable: bool = 
         raise
     except FleetcastError as err:
         raise IdentityError(str(err)) from None
-    raise IdentityError(f"No partition of {device} holds a Linux or Windows root; name it with partition.")
+    raise NoSystemError(f"No partition of {device} holds a Linux or Windows root; name it with partition.")

@@ -11,7 +11,8 @@ Layout (version 1)::
      "files": [FileItem...],      # Linux: the identity files, their modes and owners
      "network": [NetworkFile...], # Linux: parsed network configuration, per format
      "windows": {...},            # Windows: values read from the registry hives
-     "secrets": {path: base64}}   # contents of secret files, kept apart from everything else
+     "secrets": {path: base64},   # contents of secret files, kept apart from everything else
+     "assigned": {...}}           # an identity given by the inventory (see assigned.py), else {}
 
 Secret file contents never sit in ``files``: they live only under ``secrets`` so that a store can
 encrypt them and a public copy can drop them.
@@ -60,6 +61,7 @@ class IdentityRecord:
     windows: Dict[str, Any] = field(default_factory=dict)
     secrets: Dict[str, str] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
+    assigned: Dict[str, Any] = field(default_factory=dict)  # the inventory's spec, for an assigned identity
     version: int = RECORD_VERSION
 
     def add_file(self, item: FileItem, data: bytes) -> None:

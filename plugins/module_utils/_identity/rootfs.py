@@ -13,7 +13,7 @@ import os
 import stat
 import tempfile
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple, Union
 
 from .._errors import IdentityError
 
@@ -101,7 +101,7 @@ class Root:
             raise IdentityError(f"Cannot read {inner} below {self.path}: {err.strerror}.") from None
         return FileState(data, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid, symlink)
 
-    def glob(self, directory: str, suffix: str = "", prefix: str = "") -> List[str]:
+    def glob(self, directory: str, suffix: Union[str, Tuple[str, ...]] = "", prefix: str = "") -> List[str]:
         """Regular files in an inner directory whose names match, sorted."""
         host = self.real(directory)
         try:

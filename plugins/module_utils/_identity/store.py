@@ -3,139 +3,116 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Record files: the controller's store (the source of truth) and the image-safe public copy.
 
-Private to the collection. Store files are written atomically with mode 0600. With a vault
-password, every secret value is encrypted in ansible-vault's format (readable with
-``ansible-vault decrypt``), so the file may sit in a repository.
+Private to the collection. One store format, written by the roles and read here alike:
+``<store>/<inventory name>.json`` (mode 0600, directory 0700) holds the JSON object
+``{"record": <the record without secrets>, "secrets": {path: base64}}``. With a vault password
+the *whole file* is an ansible-vault file of that JSON (``ansible-vault view`` shows it), made
+by ansible-core's own vault library: the roles' ``ansible.builtin.vault`` filter, or
+``ansible.parsing.vault.VaultLib`` here. Nothing of a record, not even the host name, is then
+readable without the password.
+
+Older stores are still read: a flat record whose secret values were vault-encrypted one by one
+(the engine's earlier format) is decrypted value by value with the same library.
+
+ansible-core is needed only to encrypt or decrypt; it is there on the controller (and in an AWX
+execution environment), not on the targets, so a vault store is handled on the controller.
 The public copy holds no secret at all and may live anywhere, for example on a small partition
 that wipe and restore leave alone.
 """
 
 from __future__ import annotations
 
-import binascii
+import importlib
 import json
 import os
-import traceback
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from .._errors import IdentityError
 from .record import IdentityRecord
 from .rootfs import atomic_write
 
-try:
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes, hmac, padding
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-    from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
-except ImportError:
-    CRYPTOGRAPHY_IMPORT_ERROR: Optional[str] = traceback.format_exc()
-else:
-    CRYPTOGRAPHY_IMPORT_ERROR = None
-
-
-VAULT_HEADER = "$ANSIBLE_VAULT;1.1;AES256"
 VAULT_MARK = "$ANSIBLE_VAULT;"
-_PBKDF2_ROUNDS = 10000
 
 
-class VaultCodec:
-    """Encrypts and decrypts single values in ansible-vault's format 1.1 (AES256).
+def _vault_library(what: str):
+    """(VaultLib, VaultSecret, AnsibleError) of ansible-core, loaded when first needed.
 
-    Written against the published format with ``cryptography`` rather than importing ansible's
-    VaultLib, so it works wherever the engine runs; ``ansible-vault`` reads what it writes and
-    the reverse (the tests check both ways).
+    Loaded at use rather than imported at the top: module_utils travel to targets, where only
+    ansible.module_utils exists; the vault library is there on the controller (and in an AWX
+    execution environment), which is where the store is encrypted and decrypted.
     """
-
-    def __init__(self, password: str):
-        if CRYPTOGRAPHY_IMPORT_ERROR:
-            raise IdentityError("Encrypting identity secrets needs the cryptography library "
-                                "(python3-cryptography).")
-        self._password = password.encode("utf-8")
-
-    def _keys(self, salt: bytes) -> Tuple[bytes, bytes, bytes]:
-        derived = PBKDF2HMAC(algorithm=hashes.SHA256(), length=80, salt=salt,
-                             iterations=_PBKDF2_ROUNDS).derive(self._password)
-        return derived[:32], derived[32:64], derived[64:]
-
-    def encrypt(self, text: str) -> str:
-        salt = os.urandom(32)
-        key, mac_key, iv = self._keys(salt)
-        padder = padding.PKCS7(128).padder()
-        padded = padder.update(text.encode("utf-8")) + padder.finalize()
-        encryptor = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
-        cipher_text = encryptor.update(padded) + encryptor.finalize()
-        signer = hmac.HMAC(mac_key, hashes.SHA256())
-        signer.update(cipher_text)
-        body = b"\n".join(binascii.hexlify(part) for part in (salt, signer.finalize(), cipher_text))
-        hexed = binascii.hexlify(body).decode("ascii")
-        return "\n".join([VAULT_HEADER] + [hexed[i:i + 80] for i in range(0, len(hexed), 80)]) + "\n"
-
-    def decrypt(self, text: str, where: str) -> str:
-        lines = text.strip().splitlines()
-        if not lines or not lines[0].startswith(VAULT_MARK) or lines[0].split(";")[2:3] != ["AES256"]:
-            raise IdentityError(f"Cannot decrypt {where}: it is not an ansible-vault AES256 value.")
-        try:
-            salt, tag, cipher_text = (binascii.unhexlify(part) for part in
-                                      binascii.unhexlify("".join(lines[1:])).split(b"\n"))
-        except (ValueError, binascii.Error):
-            raise IdentityError(f"Cannot decrypt {where}: the vault value is malformed.") from None
-        key, mac_key, iv = self._keys(salt)
-        verifier = hmac.HMAC(mac_key, hashes.SHA256())
-        verifier.update(cipher_text)
-        try:
-            verifier.verify(tag)
-        except InvalidSignature:
-            raise IdentityError(f"Cannot decrypt {where}: wrong vault password or a damaged value.") from None
-        decryptor = Cipher(algorithms.AES(key), modes.CTR(iv)).decryptor()
-        padded = decryptor.update(cipher_text) + decryptor.finalize()
-        unpadder = padding.PKCS7(128).unpadder()
-        try:
-            return (unpadder.update(padded) + unpadder.finalize()).decode("utf-8")
-        except ValueError:
-            raise IdentityError(f"Cannot decrypt {where}: the vault value is malformed.") from None
-
-
-def _write(path: str, text: str, mode: int) -> None:
     try:
-        atomic_write(path, text.encode("utf-8"), mode, dir_mode=0o700)
-    except OSError as err:
-        raise IdentityError(f"Cannot write the identity record {path}: {err.strerror}.") from None
+        vault = importlib.import_module("ansible.parsing.vault")
+        errors = importlib.import_module("ansible.errors")
+    except ImportError:
+        raise IdentityError(f"Decrypting or encrypting {what} needs ansible-core's vault library, which this "
+                            "host lacks; handle the vault-encrypted store on the controller.") from None
+    return vault.VaultLib, vault.VaultSecret, errors.AnsibleError
+
+
+def _vault(password: str, what: str):
+    vault_lib, vault_secret, dummy_error = _vault_library(what)
+    return vault_lib([("default", vault_secret(password.encode("utf-8")))])
+
+
+def _decrypt(text: str, password: Optional[str], what: str) -> str:
+    if not password:
+        raise IdentityError(f"{what[:1].upper() + what[1:]} is vault-encrypted; give the vault password.")
+    vault_lib, vault_secret, ansible_error = _vault_library(what)
+    try:
+        return vault_lib([("default", vault_secret(password.encode("utf-8")))]).decrypt(
+            text.encode("utf-8")).decode("utf-8")
+    except ansible_error:
+        raise IdentityError(f"Cannot decrypt {what}: wrong vault password or a damaged vault file.") from None
+
+
+def dumps(record: IdentityRecord, vault_password: Optional[str] = None) -> str:
+    """The store file's text for ``record``: its JSON, as one ansible-vault file when a password is given."""
+    text = json.dumps({"record": record.public_dict(), "secrets": record.secrets}, indent=2, sort_keys=True) + "\n"
+    if vault_password:
+        text = _vault(vault_password, f"the identity record of {record.inventory_name}").encrypt(
+            text.encode("utf-8")).decode("ascii")
+    return text
+
+
+def loads(text: str, vault_password: Optional[str], source: str) -> IdentityRecord:
+    """A record from a store file's text (either layout, clear or vault-encrypted)."""
+    if text.lstrip().startswith(VAULT_MARK):
+        text = _decrypt(text.strip(), vault_password, f"the identity record {source}")
+    try:
+        data: Any = json.loads(text)
+    except ValueError:
+        raise IdentityError(f"The identity record {source} is not valid JSON.") from None
+    if isinstance(data, dict) and "format" not in data and isinstance(data.get("record"), dict):
+        data = dict(data["record"], secrets=dict(data["record"].get("secrets") or {}, **(data.get("secrets") or {})))
+    record = IdentityRecord.from_dict(data, source=source)
+    decrypt_secrets(record, vault_password, source)
+    return record
 
 
 def save_record(path: str, record: IdentityRecord, vault_password: Optional[str] = None) -> None:
-    """Write the record with its secrets (vault-encrypted when a password is given), mode 0600."""
-    data = record.to_dict()
-    if vault_password:
-        codec = VaultCodec(vault_password)
-        data["secrets"] = {key: codec.encrypt(value) for key, value in data["secrets"].items()}
-    _write(path, json.dumps(data, indent=2, sort_keys=True) + "\n", 0o600)
+    """Write the record with its secrets (the whole file vault-encrypted when a password is given), 0600."""
+    text = dumps(record, vault_password)
+    try:
+        atomic_write(path, text.encode("utf-8"), 0o600, dir_mode=0o700)
+    except OSError as err:
+        raise IdentityError(f"Cannot write the identity record {path}: {err.strerror}.") from None
 
 
 def load_record(path: str, vault_password: Optional[str] = None) -> IdentityRecord:
     try:
         with open(path, encoding="utf-8") as handle:
-            data: Dict[str, Any] = json.load(handle)
+            text = handle.read()
     except OSError as err:
         raise IdentityError(f"Cannot read the identity record {path}: {err.strerror}.") from None
-    except ValueError:
-        raise IdentityError(f"The identity record {path} is not valid JSON.") from None
-    if isinstance(data, dict) and "format" not in data and isinstance(data.get("record"), dict):
-        # the roles' layout: {"record": <record without secrets>, "secrets": {...}}
-        data = dict(data["record"], secrets=dict(data["record"].get("secrets") or {}, **(data.get("secrets") or {})))
-    record = IdentityRecord.from_dict(data, source=path)
-    decrypt_secrets(record, vault_password, path)
-    return record
+    return loads(text, vault_password, path)
 
 
 def decrypt_secrets(record: IdentityRecord, vault_password: Optional[str], source: str) -> None:
-    """Replace the record's vault-encrypted secret values by their clear text, in place."""
-    encrypted = {key: value for key, value in record.secrets.items() if value.startswith(VAULT_MARK)}
-    if encrypted and not vault_password:
-        raise IdentityError(f"The identity record {source} has vault-encrypted secrets; give the vault password.")
-    if encrypted:
-        codec = VaultCodec(vault_password)
-        for key, value in encrypted.items():
-            record.secrets[key] = codec.decrypt(value, f"secret {key} of {source}")
+    """Replace secret values encrypted one by one (the older store format) by their clear text, in place."""
+    for key, value in list(record.secrets.items()):
+        if value.startswith(VAULT_MARK):
+            record.secrets[key] = _decrypt(value, vault_password, f"secret {key} of {source}")
 
 
 def save_public_copy(path: str, record: IdentityRecord, check_mode: bool = False) -> Tuple[bool, str, str]:
@@ -153,5 +130,8 @@ def save_public_copy(path: str, record: IdentityRecord, check_mode: bool = False
     except (OSError, ValueError):
         pass
     if not check_mode:
-        _write(path, text, 0o644)
+        try:
+            atomic_write(path, text.encode("utf-8"), 0o644, dir_mode=0o700)
+        except OSError as err:
+            raise IdentityError(f"Cannot write the identity record {path}: {err.strerror}.") from None
     return True, before, text

@@ -4,16 +4,22 @@
 """Windows identity, offline, through the SYSTEM and SECURITY registry hives (hivex).
 
 Private to the collection. Reads ComputerName, the Tcpip host and domain names of the control
-set that ``Select\\Current`` names, static IPv4 settings per interface (mapped to a MAC where the
-registry or the caller knows it), the workgroup/domain name and the machine SID. Applying writes
-the names and the interface settings; the SID is reported, never changed (Microsoft supports
-changing it only through sysprep), and ``unattend_xml`` offers that supported path.
+set that ``Select\\Current`` names, the IPv4 settings of every interface (with the NIC's device
+instance, and its MAC where the registry or the caller knows it), the workgroup/domain name and
+the machine SID. Applying writes the names and the interface settings into *every* control set
+(the current one and the others, such as LastKnownGood); a restored interface is the host's by
+GUID, then by device instance (same NIC model in the same slot), then by MAC. Restored interfaces
+that are none of the host's lose the master's static settings and DHCP leases (they become DHCP).
+A static interface of the host that has no place in the restored registry fails the apply,
+unless an answer file (``unattend_xml``, by MAC) carries it. The SID is reported, never changed
+(Microsoft supports changing it only through sysprep).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import struct
 import tempfile
 import traceback
@@ -186,11 +192,24 @@ class Hive:
         value = self.raw(key, name)
         return struct.unpack_from("<I", value[1])[0] if value and len(value[1]) >= 4 else None
 
-    def set(self, key: str, name: str, kind: int, data: bytes) -> None:
+    def value_names(self, key: str) -> List[str]:
+        node = self.node(key)
+        return [] if node is None else [self.handle.value_key(value) for value in self.handle.node_values(node)]
+
+    def set(self, key: str, name: str, kind: int, data: Optional[bytes]) -> None:
+        """Set a value; ``data`` None deletes it."""
         node = self.node(key)
         if node is None:
             raise IdentityError(f"The registry hive {self.path} has no key {key}.")
-        self.handle.node_set_value(node, {"key": name, "t": kind, "value": data})
+        if data is not None:
+            self.handle.node_set_value(node, {"key": name, "t": kind, "value": data})
+            return
+        kept = []
+        for value in self.handle.node_values(node):
+            if self.handle.value_key(value).lower() != name.lower():
+                value_type, value_data = self.handle.value_value(value)
+                kept.append({"key": self.handle.value_key(value), "t": value_type, "value": value_data})
+        self.handle.node_set_values(node, kept)
 
     def commit_to_temp(self) -> str:
         """Write the changed hive beside the original; the caller renames it into place."""
@@ -214,6 +233,23 @@ def _control_set(system: Hive) -> str:
     if system.node(name) is None:
         raise IdentityError(f"The registry hive {system.path} names {name} in Select\\Current but lacks it.")
     return name
+
+
+def _control_sets(system: Hive) -> List[str]:
+    """Every ControlSetNNN of the hive (Select\\Current names one; LastKnownGood often another)."""
+    return sorted(name for name in system.children("") if re.fullmatch(r"ControlSet\d{3}", name))
+
+
+def _device_instances(system: Hive, control_set: str) -> Dict[str, str]:
+    """Interface GUID (lower case) -> the NIC's device instance path (lower case), where recorded."""
+    found: Dict[str, str] = {}
+    base = f"{control_set}\\Control\\Class\\{NET_CLASS}"
+    for child in system.children(base):
+        guid = system.string(base + "\\" + child, "NetCfgInstanceId")
+        instance = system.string(base + "\\" + child, "DeviceInstanceID")
+        if guid and instance:
+            found[guid.lower()] = instance.lower()
+    return found
 
 
 def _interface_macs(system: Hive, control_set: str, hardware_macs: Sequence[str]) -> Dict[str, str]:
@@ -271,10 +307,12 @@ def gather(root: Root, record: IdentityRecord, hardware_macs: List[str]) -> None
         "nv_domain": system.string(tcpip, "NV Domain"),
     }
     macs = _interface_macs(system, control_set, hardware_macs)
+    instances = _device_instances(system, control_set)
     interfaces = []
     for guid in system.children(tcpip + "\\Interfaces"):
         key = f"{tcpip}\\Interfaces\\{guid}"
-        entry: Dict[str, object] = {"guid": guid, "mac": macs.get(guid.lower())}
+        entry: Dict[str, object] = {"guid": guid, "mac": macs.get(guid.lower()),
+                                    "device_instance": instances.get(guid.lower())}
         entry["enable_dhcp"] = system.dword(key, "EnableDHCP")
         for field_name, value_name in INTERFACE_VALUES[1:]:
             entry[field_name] = system.strings(key, value_name)
@@ -314,12 +352,12 @@ class RegistryChange:
     key: str
     name: str
     kind: int
-    data: bytes
+    data: Optional[bytes]       # None: the value is deleted
     before: Optional[bytes]
 
     def describe(self) -> Dict[str, object]:
-        return {"path": f"{self.hive}:{self.key}\\{self.name}", "item": "registry", "action": "set",
-                "secret": False}
+        return {"path": f"{self.hive}:{self.key}\\{self.name}", "item": "registry",
+                "action": "set" if self.data is not None else "delete", "secret": False}
 
     def show(self, data: Optional[bytes]) -> str:
         if data is None:
@@ -334,9 +372,14 @@ class RegistryChange:
 
 
 class WindowsPlan:
-    """Registry changes, prepared in memory on open hives; ``commit`` swaps the hives in at once."""
+    """Registry changes, prepared in memory on open hives; ``commit`` swaps the hives in at once.
 
-    def __init__(self, root: Root, record: IdentityRecord, hardware_macs: Sequence[str] = ()):
+    ``unattend``: an answer file will carry (by MAC) the static interfaces that have no place in
+    the restored registry; without it such an interface fails the plan.
+    """
+
+    def __init__(self, root: Root, record: IdentityRecord, hardware_macs: Sequence[str] = (),
+                 unattend: bool = False):
         self.changes: List[RegistryChange] = []
         self.notes: List[str] = []
         system_path = find_hive(root, "SYSTEM")
@@ -347,49 +390,93 @@ class WindowsPlan:
         security_path = find_hive(root, "SECURITY")
         if security_path is not None:
             self.hives["SECURITY"] = Hive(security_path, write=True)
-        self._plan(record, hardware_macs)
+        self._plan(record, hardware_macs, unattend)
 
-    def _set(self, hive: str, key: str, name: str, kind: int, data: bytes) -> None:
+    def _set(self, hive: str, key: str, name: str, kind: int, data: Optional[bytes]) -> None:
         current = self.hives[hive].raw(key, name)
-        if current is not None and current == (kind, data):
+        if (data is None and current is None) or (current is not None and current == (kind, data)):
             return
         self.changes.append(RegistryChange(hive, key, name, kind, data, None if current is None else current[1]))
 
-    def _plan(self, record: IdentityRecord, hardware_macs: Sequence[str]) -> None:
-        saved = record.windows
-        system = self.hives["SYSTEM"]
-        control_set = _control_set(system)
-        for key in (f"{control_set}\\Control\\ComputerName\\ComputerName", f"{control_set}\\Services\\Tcpip\\Parameters"):
-            if system.node(key) is None:
+    def _names(self, record: IdentityRecord, control_set: str, required: bool) -> None:
+        saved, system = record.windows, self.hives["SYSTEM"]
+        name_key = f"{control_set}\\Control\\ComputerName\\ComputerName"
+        tcpip = f"{control_set}\\Services\\Tcpip\\Parameters"
+        for key in (name_key, tcpip):
+            if system.node(key) is None and required:
                 raise IdentityError(f"The registry hive {system.path} has no key {key}; it is not a Windows "
                                     "SYSTEM hive this collection can write.")
-        tcpip = f"{control_set}\\Services\\Tcpip\\Parameters"
-        if saved.get("computer_name"):
-            self._set("SYSTEM", f"{control_set}\\Control\\ComputerName\\ComputerName", "ComputerName", REG_SZ,
-                      _sz(saved["computer_name"]))
-        for field_name, value_name in (("hostname", "Hostname"), ("nv_hostname", "NV Hostname"),
-                                       ("domain", "Domain"), ("nv_domain", "NV Domain")):
-            if saved.get(field_name) is not None:
-                self._set("SYSTEM", tcpip, value_name, REG_SZ, _sz(saved[field_name]))
-        target_macs = _interface_macs(system, control_set, hardware_macs)
-        present = {guid.lower(): guid for guid in system.children(tcpip + "\\Interfaces")}
-        by_mac = {mac: guid for guid, mac in target_macs.items()}
-        for entry in saved.get("interfaces", []):
-            guid = present.get(entry["guid"].lower()) or present.get(by_mac.get(entry.get("mac") or "", ""))
-            if guid is None:
-                self.notes.append(f"Interface {entry['guid']} ({entry.get('mac') or 'MAC unknown'}) is not in the "
-                                  "restored registry; its TCP/IP settings were not written.")
+        if saved.get("computer_name") and system.node(name_key) is not None:
+            self._set("SYSTEM", name_key, "ComputerName", REG_SZ, _sz(saved["computer_name"]))
+        if system.node(tcpip) is not None:
+            for field_name, value_name in (("hostname", "Hostname"), ("nv_hostname", "NV Hostname"),
+                                           ("domain", "Domain"), ("nv_domain", "NV Domain")):
+                if saved.get(field_name) is not None:
+                    self._set("SYSTEM", tcpip, value_name, REG_SZ, _sz(saved[field_name]))
+
+    def _write_interface(self, key: str, entry: Dict[str, object]) -> None:
+        system = self.hives["SYSTEM"]
+        self._set("SYSTEM", key, "EnableDHCP", REG_DWORD, struct.pack("<I", int(entry.get("enable_dhcp") or 0)))
+        for field_name, value_name in INTERFACE_VALUES[1:]:
+            values = list(entry.get(field_name) or [])  # type: ignore[call-overload]
+            if not values and system.raw(key, value_name) is None:
                 continue
-            key = f"{tcpip}\\Interfaces\\{guid}"
-            if entry.get("enable_dhcp") is not None:
-                self._set("SYSTEM", key, "EnableDHCP", REG_DWORD, struct.pack("<I", entry["enable_dhcp"]))
-            for field_name, value_name in INTERFACE_VALUES[1:]:
-                if not entry[field_name] and system.raw(key, value_name) is None:
-                    continue
-                if field_name == "name_server":
-                    self._set("SYSTEM", key, value_name, REG_SZ, _sz(",".join(entry[field_name])))
-                else:
-                    self._set("SYSTEM", key, value_name, REG_MULTI_SZ, _multi_sz(entry[field_name]))
+            if field_name == "name_server":
+                self._set("SYSTEM", key, value_name, REG_SZ, _sz(",".join(values)))
+            else:
+                self._set("SYSTEM", key, value_name, REG_MULTI_SZ, _multi_sz(values))
+        # a DHCP lease is the machine's own too: the master's must not come back (Windows takes a new one)
+        for name in system.value_names(key):
+            if name.lower().startswith("dhcp") or name.lower().startswith("lease"):
+                self._set("SYSTEM", key, name, 0, None)
+
+    def _interfaces(self, record: IdentityRecord, control_set: str, hardware_macs: Sequence[str]
+                    ) -> List[Dict[str, object]]:
+        """Write the host's interfaces into one control set; return the static ones with no place."""
+        system = self.hives["SYSTEM"]
+        base = f"{control_set}\\Services\\Tcpip\\Parameters\\Interfaces"
+        if system.node(base) is None:
+            return []       # a control set without TCP/IP interfaces (nothing of the master's there either)
+        present = {guid.lower(): guid for guid in system.children(base)}
+        by_instance = {instance: guid for guid, instance in _device_instances(system, control_set).items()}
+        by_mac = {mac: guid for guid, mac in _interface_macs(system, control_set, hardware_macs).items()}
+        claimed, unplaced = set(), []
+        for entry in record.windows.get("interfaces", []):
+            candidates = [str(entry["guid"]).lower(), by_instance.get(str(entry.get("device_instance") or "").lower()),
+                          by_mac.get(str(entry.get("mac") or "").lower())]
+            guid = next((present[c] for c in candidates if c in present and c not in claimed), None)
+            if guid is None:
+                if entry.get("enable_dhcp") == 0:
+                    unplaced.append(entry)
+                continue
+            claimed.add(guid.lower())
+            self._write_interface(f"{base}\\{guid}", entry)
+        for lower, guid in present.items():
+            if lower not in claimed:
+                # the master's interface, none of the host's: no static value or lease of the master stays
+                self._write_interface(f"{base}\\{guid}", {"enable_dhcp": 1})
+        return unplaced
+
+    def _plan(self, record: IdentityRecord, hardware_macs: Sequence[str], unattend: bool) -> None:
+        saved = record.windows
+        system = self.hives["SYSTEM"]
+        current = _control_set(system)
+        unplaced: Dict[str, Dict[str, object]] = {}
+        for control_set in _control_sets(system):
+            self._names(record, control_set, required=control_set == current)
+            for entry in self._interfaces(record, control_set, hardware_macs):
+                unplaced[str(entry["guid"]).lower()] = entry
+        for entry in unplaced.values():
+            label = f"interface {entry['guid']} ({entry.get('mac') or 'MAC unknown'}, {', '.join(entry.get('ip_address') or [])})"
+            if unattend and entry.get("mac"):
+                self.notes.append(f"The static TCP/IP settings of {record.inventory_name}'s {label} have no "
+                                  "interface in the restored registry; the answer file carries them by MAC.")
+            else:
+                raise IdentityError(
+                    f"The static TCP/IP settings of {record.inventory_name}'s {label} have no interface in the "
+                    "restored registry (no GUID, device instance or MAC matches)"
+                    + ("; the answer file cannot carry them either, as the interface's MAC is unknown."
+                       if unattend else "; give unattend to carry them in an answer file by MAC."))
         security = self.hives.get("SECURITY")
         target_sid = None
         if security is not None:

@@ -118,8 +118,11 @@ def check_prefix(prefix: str) -> None:
 
 def build(prefix: str, directory: str, participants: List[str], server: str = "server",
           master: str = "master", subnet: str = "10.231.7", master_disk_size: int = 160 * MiB,
-          participant_disk_size: int = 192 * MiB) -> LabState:
-    """Build the lab (or return the standing one with the same prefix); destroy on any failure."""
+          participant_disk_size: int = 192 * MiB, blank: List[str] = ()) -> LabState:
+    """Build the lab (or return the standing one with the same prefix); destroy on any failure.
+
+    ``blank``: participants that are new computers, their disks all zeros (no system, no identity).
+    """
     check_prefix(prefix)
     existing = LabState.load(directory)
     names = [server, master] + list(participants)
@@ -130,13 +133,16 @@ def build(prefix: str, directory: str, participants: List[str], server: str = "s
         return existing
     if len(set(names)) != len(names):
         raise ValidationError(f"The lab host names {names} must be distinct.")
+    strangers = sorted(set(blank) - set(participants))
+    if strangers:
+        raise ValidationError(f"The blank lab hosts {strangers} are not among the participants {list(participants)}.")
     os.makedirs(directory, mode=0o700, exist_ok=True)
     os.makedirs(os.path.join(directory, "images"), mode=0o700, exist_ok=True)
     state = LabState(prefix=prefix, directory=os.path.abspath(directory), subnet=subnet)
     state.save()
     try:
         _build_network(state, server, master, participants)
-        _build_disks(state, master, participants, master_disk_size, participant_disk_size)
+        _build_disks(state, master, participants, master_disk_size, participant_disk_size, list(blank))
     except BaseException:
         destroy(directory, prefix)
         raise
@@ -159,7 +165,7 @@ def _build_network(state: LabState, server: str, master: str, participants: List
 
 
 def _build_disks(state: LabState, master: str, participants: List[str], master_size: int,
-                 participant_size: int) -> None:
+                 participant_size: int, blank: List[str]) -> None:
     for name in [master] + list(participants):
         machine = state.machines[name]
         path = os.path.join(state.directory, f"{name}.disk")
@@ -167,6 +173,12 @@ def _build_disks(state: LabState, master: str, participants: List[str], master_s
         state.save()
         with open(path, "wb") as handle:
             handle.truncate(master_size if name == master else participant_size)
+        if name in blank:
+            # a new computer: a disk of zeros, no system, no identity of its own
+            machine.disk_file = path
+            machine.disk_device = loopdisk.attach(path)
+            state.save()
+            continue
         machine.hostname = f"{name}.lab.fleetcast.test" if name == master else f"{name}-old"
         machine.machine_id = uuid.uuid4().hex
         if name == master:

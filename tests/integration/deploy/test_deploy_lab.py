@@ -25,6 +25,7 @@ INVENTORY = os.path.join(PLAYBOOKS, "lab", "inventory.yml")
 PARTICIPANTS = ("p1", "p2", "p3")
 SESSION_KEY = os.urandom(32).hex()
 VAULT_PASSWORD = "fleetcast-" + os.urandom(12).hex()
+BLANK = "p4"          # a new computer: zeroed disk, no stored record (imaging_lab_blank in the inventory)
 CUT_HOST = "p2"
 
 
@@ -56,7 +57,7 @@ def _summary(stdout):
     rows = {}
     for line in block.splitlines()[1:]:
         fields = line.split()
-        if not fields or fields[0] not in PARTICIPANTS:
+        if not fields or fields[0] not in PARTICIPANTS + (BLANK,):
             break
         rows[fields[0]] = line.strip()
     return rows
@@ -159,11 +160,13 @@ def lab(tmp_path_factory):
 # loaded machine that alone took 150 s, and a timeout there kills the lab's teardown half-way.
 @pytest.mark.timeout(450)
 def test_check_mode_changes_nothing_and_says_what_it_would_do(lab):
-    disks = [lab["machines"][name]["disk_file"] for name in PARTICIPANTS]
+    disks = [lab["machines"][name]["disk_file"] for name in PARTICIPANTS + (BLANK,)]
     before = {path: _sha256(path) for path in disks}
-    run = _playbook(lab, "deploy.yml", "--check")
+    run = _playbook(lab, "deploy.yml", "--check", "--diff", "-vvvv")
     assert run.returncode == 0, run.stdout[-4000:]
     assert {path: _sha256(path) for path in disks} == before
+    # -vvvv --diff of a whole deploy shows no SSH host private key (not even p4's, made in this run)
+    assert "PRIVATE KEY" not in run.stdout + run.stderr
     for name in PARTICIPANTS:
         device = lab["machines"][name]["disk_device"]
         assert f"{name}: {device} would lose gpt partition table, 3 partition(s)" in run.stdout
@@ -177,7 +180,7 @@ def test_check_mode_changes_nothing_and_says_what_it_would_do(lab):
     assert not os.path.exists(os.path.join(lab["directory"], "identity", "p1.json"))
 
 
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(360)
 def test_deploy_with_one_receive_path_cut_half_way(lab):
     cut_netns = lab["machines"][CUT_HOST]["netns"]
     cutter = ReceivePathCutter(cut_netns, os.path.getsize(lab["image"]))
@@ -201,13 +204,13 @@ def test_deploy_with_one_receive_path_cut_half_way(lab):
 
     recap = _recap(out)
     assert recap[CUT_HOST]["failed"] == 1
-    for name in ("p1", "p3"):
+    for name in ("p1", "p3", BLANK):
         assert recap[name]["failed"] == 0 and recap[name]["unreachable"] == 0, out[-4000:]
 
     rows = _summary(out)
     print("\n".join(rows.values()))
     assert re.match(rf"{CUT_HOST}\s+FAILED\s+.*at multicast: \S+", rows[CUT_HOST]), rows
-    for name in ("p1", "p3"):
+    for name in ("p1", "p3", BLANK):
         assert re.match(rf"{name}\s+ok\s+[1-9]\d*\s+[\d.]+\s+yes\s+yes\s+clean$", rows[name]), rows
     assert re.search(rf"{CUT_HOST} failed at multicast: .+", out)
     # Progress lines were shown while the transfer ran.
@@ -236,6 +239,33 @@ def test_deploy_with_one_receive_path_cut_half_way(lab):
     assert f"{CUT_HOST}: {lab['machines'][CUT_HOST]['disk_device']} holds its own identity" not in flat
     # The cut host's disk is not claimed to be anything: it must not hold its identity re-applied.
     assert "yes" not in rows[CUT_HOST].split("FAILED", 1)[0]
+    _check_blank_participant(lab, out)
+
+
+def _check_blank_participant(lab, out):
+    """The new computer ends with the identity its inventory gives, fresh keys, no value of the master."""
+    machine, master = lab["machines"][BLANK], lab["machines"]["master"]
+    assert f"{BLANK}: using the identity the inventory gives, because the disk holds no system" in re.sub(r"\s+", " ", out)
+    own_netplan = "/etc/netplan/50-fleetcast.yaml"
+    found, fsck_code = _read_files(machine["disk_file"], IDENTITY_FILES + (NETPLAN, own_netplan, "/etc/hosts"))
+    assert fsck_code == 0
+    master_found, dummy = _read_files(master["disk_file"], IDENTITY_FILES)
+    assert found["/etc/hostname"] == b"p4-new\n"
+    machine_id = found["/etc/machine-id"].strip().decode()
+    assert re.fullmatch(r"[0-9a-f]{32}", machine_id) and machine_id != master["machine_id"]
+    for key in ("/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ed25519_key.pub", "/etc/ssh/ssh_host_ecdsa_key"):
+        assert found[key] and found[key] != master_found[key], key
+    netplan = found[own_netplan].decode()
+    assert f"{machine['address']}/24" in netplan and machine["mac"] in netplan
+    assert found[NETPLAN] == b"", "the master's network file must be gone"
+    everything = b"".join(found.values())
+    for value in (master["address"], master["mac"], master["hostname"], master["hostname"].split(".")[0],
+                  master["machine_id"]):
+        assert value.encode() not in everything, value
+    with open(os.path.join(lab["directory"], "identity", f"{BLANK}.json"), encoding="utf-8") as handle:
+        record = json.load(handle)
+    assert record["record"]["summary"]["machine_id"] == machine_id
+    assert record["record"]["assigned"]["hostname"] == "p4-new"
 
 
 def _private_key_lines(pem, tmp_dir):

@@ -321,3 +321,47 @@ def build_windows_root(root, spec, sid, joined=False, guid=WIN_GUID):
     make("SYSTEM", system)
     make("SECURITY", security)
     return config
+
+
+def build_windows_fleet_root(root, spec):
+    """A SYSTEM hive with both control sets full, `spec["current"]` named by Select\\Current, and one
+    Class entry (with its device instance) and one Tcpip interface per NIC of `spec["nics"]`."""
+    import hivex
+    config = os.path.join(root, "Windows", "System32", "config")
+    os.makedirs(config, exist_ok=True)
+    path = os.path.join(config, "SYSTEM")
+    blank_hive(path, "SYSTEM")
+    hive = hivex.Hivex(path, write=True)
+
+    def value(key_path, name, kind, data):
+        node = hive.root()
+        for part in key_path.split("\\"):
+            node = hive.node_get_child(node, part) or hive.node_add_child(node, part)
+        hive.node_set_value(node, {"key": name, "t": kind, "value": data})
+
+    value("Select", "Current", 4, struct.pack("<I", spec["current"]))
+    value("Select", "LastKnownGood", 4, struct.pack("<I", 3 - spec["current"]))
+    for number in (1, 2):
+        cs = f"ControlSet{number:03d}"
+        value(cs + "\\Control\\ComputerName\\ComputerName", "ComputerName", 1, _sz(spec["name"]))
+        tcpip = cs + "\\Services\\Tcpip\\Parameters"
+        value(tcpip, "Hostname", 1, _sz(spec["name"].lower()))
+        value(tcpip, "NV Hostname", 1, _sz(spec["name"].lower()))
+        for slot, nic in enumerate(spec["nics"]):
+            card = cs + "\\Control\\Class\\{4d36e972-e325-11ce-bfc1-08002be10318}\\%04d" % slot
+            value(card, "NetCfgInstanceId", 1, _sz(nic["guid"]))
+            value(card, "DeviceInstanceID", 1, _sz(nic["instance"]))
+            if nic["mac_in_registry"]:
+                value(card, "NetworkAddress", 1, _sz(nic["mac"].replace(":", "").upper()))
+            key = tcpip + "\\Interfaces\\" + nic["guid"]
+            if nic["static"]:
+                value(key, "EnableDHCP", 4, struct.pack("<I", 0))
+                value(key, "IPAddress", 7, _multi([nic["ip"]]))
+                value(key, "SubnetMask", 7, _multi(["255.255.255.0"]))
+                value(key, "DefaultGateway", 7, _multi([nic["gateway"]]))
+            else:
+                value(key, "EnableDHCP", 4, struct.pack("<I", 1))
+                value(key, "DhcpIPAddress", 1, _sz(nic["lease"]))
+                value(key, "DhcpDefaultGateway", 7, _multi([nic["gateway"]]))
+    hive.commit(path)
+    return config

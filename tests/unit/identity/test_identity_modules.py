@@ -18,11 +18,18 @@ PLAYBOOK = """
 - hosts: localhost
   gather_facts: false
   tasks:
-    - name: Snapshot host A
+    - name: Snapshot host A, as shown (no secrets unless asked)
+      fleetcast.imaging.identity_snapshot:
+        inventory_name: hosta
+        root: "{{ a_root }}"
+      register: shown
+
+    - name: Snapshot host A with its secrets
       fleetcast.imaging.identity_snapshot:
         inventory_name: hosta
         root: "{{ a_root }}"
         public_copy: "{{ out }}/persist/identity.json"
+        return_secrets: true
       register: snap
       no_log: true
 
@@ -81,25 +88,32 @@ PLAYBOOK = """
       register: nodisk
       ignore_errors: true
 
-    - name: A stored record with vault-encrypted secrets, without the password
+    - name: A vault-encrypted stored record, without the password
       fleetcast.imaging.identity_apply:
         record_path: "{{ out }}/store/hosta.json"
         root: "{{ m3_root }}"
       register: novault
       ignore_errors: true
 
-    - name: A stored record with vault-encrypted secrets
+    - name: A vault-encrypted stored record, on a host without ansible-core
       fleetcast.imaging.identity_apply:
         record_path: "{{ out }}/store/hosta.json"
         vault_password: correct horse
         root: "{{ m3_root }}"
       register: vaulted
+      ignore_errors: true
+
+    - name: A stored record in clear
+      fleetcast.imaging.identity_apply:
+        record_path: "{{ out }}/clear/hosta.json"
+        root: "{{ m3_root }}"
+      register: clear
 
     - name: Keep the results for the test
       ansible.builtin.copy:
         content: "{{ {'snap_summary': snap.summary, 'snap_changed': [snap.changed, snap2.changed], 'check': check, 'first': first, 'again': again,
-                      'conflict': conflict, 'wrong': wrong, 'nodisk': nodisk,
-                      'novault': novault, 'vaulted': vaulted} | to_json }}"
+                      'conflict': conflict, 'wrong': wrong, 'nodisk': nodisk, 'shown_keys': shown.keys() | list,
+                      'novault': novault, 'vaulted': vaulted, 'clear': clear} | to_json }}"
         dest: "{{ out }}/results.json"
         mode: "0600"
 """
@@ -116,7 +130,7 @@ def _run_playbook(tmp_path, text, **paths):
     playbook.write_text(text)
     extra = " ".join(f"{name}={value}" for name, value in dict(paths, out=tmp_path).items())
     proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local",
-                           "-e", extra, str(playbook)],
+                           "-e", extra, str(playbook), "-vvvv", "--diff"],
                           capture_output=True, text=True, env=_env(), check=False, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout, json.loads((tmp_path / "results.json").read_text())
@@ -135,11 +149,20 @@ def test_modules_snapshot_apply_conflicts_through_ansible(tmp_path):
     m3_root = tmp_path / "m3"
     m3_root.mkdir()
     build_linux_root(str(m3_root), host("master", 9), str(tmp_path), extra_key=True)
-    store.save_record(str(tmp_path / "store" / "hosta.json"), api.snapshot("hosta", root=str(a_root)),
-                      vault_password="correct horse")
+    saved = api.snapshot("hosta", root=str(a_root))
+    store.save_record(str(tmp_path / "store" / "hosta.json"), saved, vault_password="correct horse")
+    store.save_record(str(tmp_path / "clear" / "hosta.json"), saved)
+    # the master's own secrets, which the host does not have: removed, and never shown in the diff
+    (m_root / "etc/krb5.keytab").write_bytes(b"\x05\x02MASTER-KEYTAB-BYTES")
+    (m_root / "etc/NetworkManager/system-connections/wifi.nmconnection").write_text(
+        "[connection]\nid=wifi\ntype=wifi\n\n[wifi-security]\nkey-mgmt=wpa-psk\npsk=MASTER-WIFI-PSK\n")
     output, results = _run_playbook(tmp_path, PLAYBOOK, a_root=a_root, m_root=m_root, m2_root=m2_root,
                                     m3_root=m3_root)
-    assert "PRIVATE KEY" not in output and "s3cret" not in output
+    # -vvvv --diff: no private key, psk, password, keytab or vault password anywhere in the output
+    for needle in ("PRIVATE KEY", "s3cret", "MASTER-WIFI-PSK", "MASTER-KEYTAB", "correct horse"):
+        assert needle not in output, needle
+    assert "<secret, " in output                      # the diff says a secret changed, not what it holds
+    assert "secrets" not in results["shown_keys"]
     assert results["snap_summary"]["hostname"] == "hosta" and results["snap_changed"] == [True, False]
     assert results["check"]["changed"] and any(d["after_header"] == "/etc/hostname" for d in results["check"]["diff"])
     assert results["first"]["changed"] and results["again"]["changed"] is False
@@ -148,9 +171,12 @@ def test_modules_snapshot_apply_conflicts_through_ansible(tmp_path):
     assert {"item": "machine-id", "value": "07" * 16, "hosts": ["clone", "hosta"]} in results["conflict"]["conflicts"]
     assert results["wrong"]["msg"] == "unattend applies to Windows records only; the record of hosta is for linux."
     assert snapshot_tree(str(m2_root)) == m2_before  # refused before anything was written
-    assert results["novault"]["msg"] == (f"The identity record {tmp_path}/store/hosta.json has vault-encrypted "
-                                         "secrets; give the vault password.")
-    assert results["vaulted"]["changed"] and snapshot_tree(str(m3_root)) == snapshot_tree(str(a_root))
+    assert results["novault"]["msg"] == (f"The identity record {tmp_path}/store/hosta.json is vault-encrypted; "
+                                         "give the vault password.")
+    assert results["vaulted"]["msg"] == (f"Decrypting or encrypting the identity record {tmp_path}/store/hosta.json "
+                                         "needs ansible-core's vault library, which this host lacks; handle the "
+                                         "vault-encrypted store on the controller.")
+    assert results["clear"]["changed"] and snapshot_tree(str(m3_root)) == snapshot_tree(str(a_root))
     assert results["nodisk"]["msg"] == f"The device {tmp_path}/no-such-disk does not exist."
     public = json.loads((tmp_path / "persist" / "identity.json").read_text())
     assert public["secrets"] == {} and public["summary"]["hostname"] == "hosta"

@@ -219,27 +219,27 @@ def test_a_network_file_only_the_master_had_is_removed_when_its_values_have_no_c
     assert api.apply(record, root=str(m_root), sysfs=sysfs).changed is False
 
 
-def test_hosts_lines_naming_the_host_are_its_own_again(tmp_path):
-    """A's FQDN and aliases come back; the image's other lines stay, with M's address replaced."""
+def test_hosts_is_the_hosts_own_or_loses_the_masters_lines(tmp_path):
+    """A's /etc/hosts comes back whole; a host that had none keeps the image's without M's name or address."""
     sysfs = fake_sysfs(str(tmp_path / "sys"), HOST_A)
     a_root, m_root = tmp_path / "a", tmp_path / "m"
     build_linux_root(str(a_root), HOST_A, str(tmp_path))
     build_linux_root(str(m_root), MASTER, str(tmp_path))
-    (a_root / "etc/hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\thosta.corp.example hosta ws7 # desk 7\n"
-                                      f"{HOST_A.ip}\thosta.corp.example\n")
-    (m_root / "etc/hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\tmaster.lab.example master\n"
-                                      f"10.20.0.53\tdns.lab.example\n{MASTER.ip}\tmaster.lab.example\n"
-                                      f"# {MASTER.ip} is the build server\n")
+    own = f"127.0.0.1\tlocalhost\n127.0.1.1\thosta.corp.example hosta ws7 # desk 7\n{HOST_A.ip}\thosta.corp.example\n"
+    (a_root / "etc/hosts").write_text(own)
+    image = (f"127.0.0.1\tlocalhost\n127.0.1.1\tmaster.lab.example master\n"
+             f"10.20.0.53\tdns.lab.example\n{MASTER.ip}\tmaster.lab.example\n")
+    (m_root / "etc/hosts").write_text(image)
     record = api.snapshot("hosta", root=str(a_root), sysfs=sysfs)
     api.apply(record, root=str(m_root), sysfs=sysfs)
-    assert (m_root / "etc/hosts").read_text() == (
-        f"127.0.0.1\tlocalhost\n127.0.1.1\thosta.corp.example hosta ws7 # desk 7\n"
-        f"{HOST_A.ip}\thosta.corp.example\n10.20.0.53\tdns.lab.example\n"
-        f"# {MASTER.ip} is the build server\n")
+    assert (m_root / "etc/hosts").read_text() == own
     assert api.apply(record, root=str(m_root), sysfs=sysfs).changed is False
 
-    # an image that names neither host gets the host's lines at the end
-    (m_root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n")
+    os.unlink(a_root / "etc/hosts")
+    record = api.snapshot("hosta", root=str(a_root), sysfs=sysfs)
+    clear_tree(str(m_root))
+    build_linux_root(str(m_root), MASTER, str(tmp_path))
+    (m_root / "etc/hosts").write_text(image)
     api.apply(record, root=str(m_root), sysfs=sysfs)
     assert (m_root / "etc/hosts").read_text() == (
-        f"127.0.0.1\tlocalhost\n127.0.1.1\thosta.corp.example hosta ws7 # desk 7\n{HOST_A.ip}\thosta.corp.example\n")
+        "127.0.0.1\tlocalhost\n127.0.1.1\thosta.lab.example hosta\n10.20.0.53\tdns.lab.example\n")

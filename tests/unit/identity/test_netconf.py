@@ -12,18 +12,6 @@ def _text(template, spec):
     return template.format(name=spec.name, mac=spec.mac, mac_upper=spec.mac.upper(), ip=spec.ip, ip6=spec.ip6)
 
 
-def _swap(fmt_name, template):
-    """Rewrite M's file with A's values; return (A's text, M's text, rewritten text, A's stanzas)."""
-    fmt = netconf.FORMAT_BY_NAME[fmt_name]
-    saved_text, target_text = _text(template, A), _text(template, M)
-    saved = fmt.parse(saved_text)
-    targets = fmt.parse(target_text)
-    pairs = netconf.pair_stanzas("/etc/x", targets, [("/etc/x", stanza) for stanza in saved])
-    new_text, unmatched = netconf.rewrite(target_text, targets, pairs)
-    assert unmatched == []
-    return saved_text, target_text, new_text, saved
-
-
 @pytest.mark.parametrize("fmt_name,template,expected", [
     ("netplan", NETPLAN, {"mac": ["52:54:00:00:00:07"], "address": ["10.20.0.7/24"],
                           "address6": ["fd00::7/64"], "gateway": ["10.20.0.1"]}),
@@ -35,28 +23,17 @@ def _swap(fmt_name, template):
     ("ifcfg", IFCFG, {"mac": ["52:54:00:00:00:07".upper()], "address": ["10.20.0.7"], "netmask": ["24"],
                       "gateway": ["10.20.0.1"]}),
 ])
-def test_each_format_is_parsed_and_rewritten_keeping_the_rest(fmt_name, template, expected):
-    saved_text, target_text, new_text, saved = _swap(fmt_name, template)
-    identity = [stanza for stanza in saved if stanza.slots]
-    assert len(identity) == 1 and identity[0].values() == expected
+def test_each_format_is_parsed_with_value_spans(fmt_name, template, expected):
+    fmt = netconf.FORMAT_BY_NAME[fmt_name]
+    text = _text(template, A)
+    identity = [stanza for stanza in fmt.parse(text) if stanza.slots]
+    assert len(identity) == 1
+    values = {key: value for key, value in identity[0].values().items() if key != "uuid"}
+    assert values == expected
     assert "secret:" not in str(identity[0].summary())
-    assert new_text == saved_text and target_text != saved_text
-    # lines without identity values are untouched, in order
-    untouched = [line for line in target_text.splitlines() if M.ip not in line and M.mac not in line.lower()
-                 and M.ip6 not in line and "master" not in line]
-    assert untouched == [line for line in new_text.splitlines() if line in untouched]
-
-
-def test_unrelated_settings_survive_when_the_image_changed_them():
-    """The restored image's own settings (here a new MTU and DNS) stay; only identity values change."""
-    fmt = netconf.FORMAT_BY_NAME["netplan"]
-    image = _text(NETPLAN, M).replace("mtu: 9000", "mtu: 1400").replace("10.20.0.53", "10.20.0.54")
-    saved = fmt.parse(_text(NETPLAN, A))
-    targets = fmt.parse(image)
-    new_text, unmatched = netconf.rewrite(image, targets, netconf.pair_stanzas(
-        "/etc/netplan/50-lan.yaml", targets, [("/etc/netplan/50-lan.yaml", s) for s in saved]))
-    assert "mtu: 1400" in new_text and "10.20.0.54" in new_text and "mtu: 9000" not in new_text
-    assert A.ip + "/24" in new_text and M.ip not in new_text and f'"{A.mac}"' in new_text
+    for slot in identity[0].slots:
+        assert text[slot.start:slot.end] == slot.value
+    assert netconf.holds_values(fmt, text)
 
 
 def test_ifupdown_loopback_and_extra_stanzas():
@@ -75,24 +52,6 @@ def test_netplan_mapping_addresses_and_quoted_values():
         assert text[slot.start:slot.end] == slot.value
 
 
-def test_pairing_falls_back_to_mac_then_name():
-    target = netconf.Stanza(key="other", name="eth9", mac="aa:bb:cc:dd:ee:ff")
-    by_mac = netconf.Stanza(key="x", name="eth0", mac="aa:bb:cc:dd:ee:ff")
-    by_name = netconf.Stanza(key="y", name="eth9")
-    assert netconf.pair_stanzas("/a", [target], [("/b", by_name), ("/b", by_mac)]) == {0: by_mac}
-    assert netconf.pair_stanzas("/a", [target], [("/b", by_name)]) == {0: by_name}
-
-
-def test_shape_mismatch_reports_unmatched_slots():
-    fmt = netconf.FORMAT_BY_NAME["networkd"]
-    saved = fmt.parse("[Network]\nAddress=10.0.0.7/24\n")
-    target_text = "[Network]\nAddress=10.0.0.9/24\nAddress=10.0.1.9/24\n"
-    targets = fmt.parse(target_text)
-    new_text, unmatched = netconf.rewrite(target_text, targets, {0: saved[0]})
-    assert unmatched == ["network address[1]"]
-    assert new_text == "[Network]\nAddress=10.0.0.7/24\nAddress=10.0.1.9/24\n"
-
-
 def test_invalid_netplan_is_a_clear_error():
     with pytest.raises(IdentityError, match="not valid YAML"):
         netconf.parse_netplan("network: [unclosed\n")
@@ -104,15 +63,30 @@ def test_secret_detection():
     assert netconf.netplan_secrets("network:\n  wifis:\n    w:\n      access-points:\n        x:\n          password: k\n")
 
 
-def test_renamed_interface_is_found_by_its_hardware_mac():
-    """Saved as eth0 (no MAC in the file); on this machine the same NIC is now enp1s0."""
-    fmt = netconf.FORMAT_BY_NAME["ifupdown"]
-    saved = fmt.parse("iface eth0 inet static\n    address 10.0.0.7/24\n")
-    target_text = "iface enp1s0 inet static\n    address 10.0.0.9/24\n"
-    targets = fmt.parse(target_text)
-    candidates = [("/etc/network/interfaces", stanza) for stanza in saved]
-    assert netconf.pair_stanzas("/etc/network/interfaces", targets, candidates) == {}
-    pairs = netconf.pair_stanzas("/etc/network/interfaces", targets, candidates,
-                                 target_macs={"enp1s0": "52:54:00:00:00:07"},
-                                 saved_macs={"eth0": "52:54:00:00:00:07"})
-    assert netconf.rewrite(target_text, targets, pairs)[0] == "iface enp1s0 inet static\n    address 10.0.0.7/24\n"
+def test_new_items_are_found_nm_uuid_ifupdown_hooks_link_files_udev_rules():
+    nm = netconf.parse_networkmanager("[connection]\nid=x\nuuid=4f1e0c1a-95b3-4c8e-9d43-0c0d0a0b0c0d\n")
+    assert nm[0].values() == {"uuid": ["4f1e0c1a-95b3-4c8e-9d43-0c0d0a0b0c0d"]}
+    hooks = netconf.parse_ifupdown("iface eth0 inet manual\n  post-up ip addr add 10.0.0.7/24 dev eth0\n"
+                                   "  pre-up ip -6 address add fd00::7/64 dev eth0\n"
+                                   "  up ip route add default via 10.0.0.1\n  up ip link set eth0 address "
+                                   "52:54:00:00:00:07\n")
+    assert hooks[0].values() == {"address": ["10.0.0.7/24"], "address6": ["fd00::7/64"],
+                                 "gateway": ["10.0.0.1"], "mac": ["52:54:00:00:00:07"]}
+    link = netconf.FORMAT_BY_NAME["networkd-link"]
+    assert link.parse("[Match]\nMACAddress=52:54:00:00:00:07\n\n[Link]\nName=lan0\n")[0].values() == {
+        "mac": ["52:54:00:00:00:07"], "name": ["lan0"]}
+    rules = ('SUBSYSTEM=="net", ACTION=="add", DRIVERS=="?*", ATTR{address}=="52:54:00:00:00:07", '
+             'ATTR{type}=="1", KERNEL=="eth*", NAME="eth0"\n')
+    assert netconf.parse_udev_net(rules)[0].values() == {"mac": ["52:54:00:00:00:07"], "name": ["eth0"]}
+
+
+def test_value_free_files_and_netplan_without_pyyaml(monkeypatch):
+    dhcp = "network:\n  version: 2\n  ethernets:\n    eth0:\n      dhcp4: true\n"
+    static = dhcp.replace("dhcp4: true", "addresses: [10.0.0.9/24]")
+    netplan = netconf.FORMAT_BY_NAME["netplan"]
+    assert not netconf.holds_values(netplan, dhcp) and netconf.holds_values(netplan, static)
+    monkeypatch.setattr(netconf, "yaml", None)
+    # without a parser, an address- or MAC-shaped token is enough to count the file as holding values
+    assert not netconf.holds_values(netplan, dhcp) and netconf.holds_values(netplan, static)
+    assert netconf.holds_values(netplan, dhcp.replace("dhcp4: true", "macaddress: 52:54:00:00:00:09"))
+    assert netconf.holds_values(netplan, dhcp.replace("dhcp4: true", "addresses: ['fd00::9/64']"))
