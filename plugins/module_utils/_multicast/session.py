@@ -130,7 +130,7 @@ def cancellable(what: str) -> Iterator[None]:
     sender's own clean-up sends "aborted" to the group; the previous handler comes back after."""
     def stop(signum, frame):
         del frame
-        raise SessionCancelled(f"{what} was cancelled ({signal.Signals(signum).name}).")
+        raise SessionCancelled(f"{what} was cancelled ({signal.Signals(signum).name})")
 
     try:
         previous = signal.signal(signal.SIGTERM, stop)
@@ -143,13 +143,19 @@ def cancellable(what: str) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _vanished(spec: SessionSpec, host: str, why: str) -> Optional[TransportError]:
+    """The sentence for a session that failed because its interface went away, if it did."""
+    if os.path.exists(os.path.join("/sys/class/net", spec.interface)):
+        return None
+    return TransportError(f"{host}: interface {spec.interface} vanished during the multicast session on "
+                          f"{spec.where()} ({why.rstrip('.')}).")
+
+
 def _network_failure(err: OSError, spec: SessionSpec, host: str) -> TransportError:
     """An OSError of the sockets, as one sentence: most often the interface went away."""
-    if not os.path.exists(os.path.join("/sys/class/net", spec.interface)):
-        return TransportError(f"{host}: interface {spec.interface} vanished during the multicast session on "
-                              f"{spec.where()} ({err.strerror or err}).")
-    return TransportError(f"{host}: the network failed during the multicast session on {spec.where()} "
-                          f"over {spec.interface}: {err.strerror or err}.")
+    why = err.strerror or str(err)
+    return _vanished(spec, host, why) or TransportError(
+        f"{host}: the network failed during the multicast session on {spec.where()} over {spec.interface}: {why}.")
 
 
 def _address(spec: SessionSpec, host: str) -> str:
@@ -195,7 +201,9 @@ def serve(spec: SendSpec, check_mode: bool = False) -> Dict[str, Any]:
         with cancellable(f"The multicast session on {spec.where()} served by {host}"):
             result = Sender(config, source).run()
     except SessionCancelled as err:
-        raise SessionCancelled(f"{err} Every receiver was told that the sender aborted.") from None
+        raise SessionCancelled(f"{err}, and every receiver was told that the sender aborted.") from None
+    except TransportError as err:
+        raise _vanished(spec, host, str(err)) or _named(err, host) from None
     except OSError as err:
         raise _network_failure(err, spec, host) from None
     finally:
@@ -260,11 +268,14 @@ def receive(spec: ReceiveSpec, check_mode: bool = False) -> Dict[str, Any]:
         name=spec.name or address, timeout=float(spec.timeout), window_bytes=spec.window_mib * 1024 * 1024,
         offload=None if spec.offload else False, layout_first=True, resume=sink.held)
     try:
-        with cancellable(f"Receiving the multicast session on {spec.where()} on {host}"):
+        with cancellable(f"Receiving the multicast session on {spec.where()}"):
             result = Receiver(config, sink, finish=sink.finish).run()
+    except SessionCancelled as err:
+        sink.abort()
+        raise SessionCancelled(f"{host}: {err}; what was written stays for a resume.") from None
     except FleetcastError as err:
         sink.abort()
-        raise _named(err, host) from None
+        raise (_vanished(spec, host, str(err)) if isinstance(err, TransportError) else None) or _named(err, host) from None
     except OSError as err:
         sink.abort()
         raise _network_failure(err, spec, host) from None
