@@ -174,18 +174,26 @@ def clear(cache: Optional[str] = None) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Build or clear the cached Debian root of the fleetcast lab.")
-    parser.add_argument("--build", action="store_true", help="build it now unless cached; print its path")
-    parser.add_argument("--clear", action="store_true", help="remove every cached root")
+    parser = argparse.ArgumentParser(description="Build or clear the cached Debian root of the fleetcast lab "
+                                                 "(and the master disk and image made from it).")
+    parser.add_argument("--build", action="store_true", help="build the root and the master image unless cached")
+    parser.add_argument("--clear", action="store_true", help="remove every cached root, master disk and image")
     parser.add_argument("--cache", help="cache directory (default $%s or %s)" % (CACHE_ENV, DEFAULT_CACHE))
     args = parser.parse_args(argv)
+    from . import debian_disk   # pylint: disable=import-outside-toplevel  (it builds on this module)
+
     if args.clear:
+        debian_disk.clear(args.cache)
         for path in clear(args.cache):
             print("removed", path)
     if args.build or not args.clear:
         root = ensure_root(cache=args.cache)
-        print(json.dumps({"path": root.path, "key": root.key, "built": root.built,
-                          "seconds": round(root.seconds, 1), "bytes": os.path.getsize(root.path)}))
+        image = debian_disk.ensure_image(args.cache)
+        print(json.dumps({"root": root.path, "key": root.key, "root_built": root.built,
+                          "root_seconds": round(root.seconds, 1), "root_bytes": os.path.getsize(root.path),
+                          "master": image.raw, "image": image.image, "image_id": image.image_id,
+                          "chunks": image.chunks, "stored_bytes": image.stored_bytes, "disk_bytes": image.size,
+                          "image_built": image.built, "image_seconds": round(image.seconds, 1)}))
     return 0
 
 

@@ -9,9 +9,11 @@ file in the lab directory as soon as it exists, so `destroy()` (a later process)
 what was made, even after a build that failed half-way. Destroy also sweeps namespaces carrying the
 lab's prefix and loop devices over files in the lab directory, and nothing else.
 
-Disks get content: the master a small but real Linux system (GPT, an EFI vfat partition and an
-ext4 root with hostname, machine-id, SSH host keys and netplan); each participant a dirty disk with
-an identity of its own in an ext4 root, plus other partitions, as a machine in use would have.
+Disks get content: the master a Linux system (GPT, an EFI vfat partition and an ext4 root with
+hostname, machine-id, SSH host keys and netplan): either a small stand-in (``master_system="toy"``,
+a few MiB, for quick tests) or a real Debian bookworm root with its kernel (``"debian"``, from the
+cached root of ``debian_root``; see ``debian_disk``); each participant a dirty disk with an identity
+of its own in an ext4 root, plus other partitions, as a machine in use would have.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ MiB = 1024 * 1024
 SECTOR = 512
 STATE_FILE = "state.json"
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{1,7}$")
+MASTER_SYSTEMS = ("toy", "debian")
 
 
 class LabError(FleetcastError):
@@ -118,9 +121,14 @@ def check_prefix(prefix: str) -> None:
 
 def build(prefix: str, directory: str, participants: List[str], server: str = "server",
           master: str = "master", subnet: str = "10.231.7", master_disk_size: int = 160 * MiB,
-          participant_disk_size: int = 192 * MiB) -> LabState:
-    """Build the lab (or return the standing one with the same prefix); destroy on any failure."""
+          participant_disk_size: int = 192 * MiB, master_system: str = "toy") -> LabState:
+    """Build the lab (or return the standing one with the same prefix); destroy on any failure.
+    With master_system "debian" the disks grow to what the Debian root needs (participants at
+    least as large as the master)."""
     check_prefix(prefix)
+    if master_system not in MASTER_SYSTEMS:
+        raise ValidationError(f"The lab's master system must be one of {', '.join(MASTER_SYSTEMS)}, "
+                              f"not {master_system!r}.")
     existing = LabState.load(directory)
     names = [server, master] + list(participants)
     if existing is not None:
@@ -136,7 +144,7 @@ def build(prefix: str, directory: str, participants: List[str], server: str = "s
     state.save()
     try:
         _build_network(state, server, master, participants)
-        _build_disks(state, master, participants, master_disk_size, participant_disk_size)
+        _build_disks(state, master, participants, master_disk_size, participant_disk_size, master_system)
     except BaseException:
         destroy(directory, prefix)
         raise
@@ -159,7 +167,7 @@ def _build_network(state: LabState, server: str, master: str, participants: List
 
 
 def _build_disks(state: LabState, master: str, participants: List[str], master_size: int,
-                 participant_size: int) -> None:
+                 participant_size: int, master_system: str = "toy") -> None:
     for name in [master] + list(participants):
         machine = state.machines[name]
         path = os.path.join(state.directory, f"{name}.disk")
@@ -169,7 +177,12 @@ def _build_disks(state: LabState, master: str, participants: List[str], master_s
             handle.truncate(master_size if name == master else participant_size)
         machine.hostname = f"{name}.lab.fleetcast.test" if name == master else f"{name}-old"
         machine.machine_id = uuid.uuid4().hex
-        if name == master:
+        if name == master and master_system == "debian":
+            from . import debian_disk   # pylint: disable=import-outside-toplevel  (it builds on this module)
+
+            master_size = debian_disk.write_master(path, machine, state.subnet, min_size=master_size)
+            participant_size = max(participant_size, master_size)
+        elif name == master:
             write_master_system(path, machine, state.subnet)
         else:
             write_dirty_participant(path, machine, state.subnet)
