@@ -11,6 +11,8 @@ apt_packages=(
   python3-cryptography python3-jmespath python3-yaml libparted-dev pkg-config gcc openssh-client
   parted gdisk fdisk dosfstools mtools ntfs-3g e2fsprogs xfsprogs btrfs-progs util-linux zstd
   iproute2 nftables udpcast uftp partclone libhivex-bin
+  # the lab's Debian root (demo, realistic-image test, benchmarks), built once and cached
+  mmdebstrap debian-archive-keyring
 )
 missing=()
 for p in "${apt_packages[@]}"; do
