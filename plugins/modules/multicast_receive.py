@@ -25,8 +25,8 @@ description:
     removed (one sentence says so), so that a failed receive does not leave the disk full.
   - With O(resume), a receive that was interrupted (the module killed, the sender stopped, the
     network lost) continues from what it already verified when it is run again for the same image
-    (the same image id, layout and output): every chunk it had written is read back and checked
-    against its SHA-256, those that match are kept and not needed again, the rest come from the
+    (the same image id, layout and output). Every chunk it had written is read back and checked
+    against its SHA-256; those that match are kept and not needed again, the rest come from the
     session. Disks are not wiped again (their partition tables must still be the image's, or the
     restore starts over). What was written is tracked in a journal, C(DEST.partial.journal) or a
     file in O(resume_dir), removed once the image is complete. The sender still sends every chunk
