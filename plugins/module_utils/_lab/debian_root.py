@@ -143,11 +143,10 @@ def ensure_root(packages: Sequence[str] = DEFAULT_PACKAGES, cache: Optional[str]
                 if os.path.exists(leftover):
                     os.unlink(leftover)
         seconds = time.monotonic() - started
+        facts = {"packages": sorted(packages), "suite": SUITE, "variant": VARIANT,
+                 "build_seconds": round(seconds, 1), "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         with open(path + ".json", "w", encoding="utf-8") as handle:
-            json.dump({"packages": sorted(packages), "suite": SUITE, "variant": VARIANT,
-                       "build_seconds": round(seconds, 1), "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                    time.gmtime())},
-                      handle, indent=1)
+            json.dump(facts, handle, indent=1)
         return RootTarball(path, key, sorted(packages), True, seconds)
 
 
@@ -180,22 +179,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--clear", action="store_true", help="remove every cached root, master disk and image")
     parser.add_argument("--cache", help="cache directory (default $%s or %s)" % (CACHE_ENV, DEFAULT_CACHE))
     args = parser.parse_args(argv)
-    from . import debian_disk   # pylint: disable=import-outside-toplevel  (it builds on this module)
+    # debian_disk builds on this module: imported here, not at the top
+    from . import debian_disk  # pylint: disable=import-outside-toplevel
 
     if args.clear:
         debian_disk.clear(args.cache)
         for path in clear(args.cache):
-            print("removed", path)
+            sys.stdout.write("removed %s\n" % path)
     if args.build or not args.clear:
         root = ensure_root(cache=args.cache)
         image = debian_disk.ensure_image(args.cache)
-        print(json.dumps({"root": root.path, "key": root.key, "root_built": root.built,
+        sys.stdout.write(json.dumps({"root": root.path, "key": root.key, "root_built": root.built,
                           "root_seconds": round(root.seconds, 1), "root_bytes": os.path.getsize(root.path),
                           "master": image.raw, "image": image.image, "image_id": image.image_id,
                           "chunks": image.chunks, "stored_bytes": image.stored_bytes, "disk_bytes": image.size,
-                          "image_built": image.built, "image_seconds": round(image.seconds, 1)}))
+                          "image_built": image.built, "image_seconds": round(image.seconds, 1)}) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -178,7 +178,8 @@ def _build_disks(state: LabState, master: str, participants: List[str], master_s
         machine.hostname = f"{name}.lab.fleetcast.test" if name == master else f"{name}-old"
         machine.machine_id = uuid.uuid4().hex
         if name == master and master_system == "debian":
-            from . import debian_disk   # pylint: disable=import-outside-toplevel  (it builds on this module)
+            # debian_disk builds on this module: imported here, not at the top
+            from . import debian_disk  # pylint: disable=import-outside-toplevel
 
             master_size = debian_disk.write_master(path, machine, state.subnet, min_size=master_size)
             participant_size = max(participant_size, master_size)

@@ -61,5 +61,3 @@ def describe(image: Optional[str], devices: Optional[Sequence[str]], chunk_size:
         return dict(source.description)
     layout = image_capture.describe(list(devices or []), chunk_size)[0]
     return {"source_devices": list(devices or []), "disks": len(layout.get("disks", []))}
-
-
