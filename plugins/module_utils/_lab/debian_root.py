@@ -189,11 +189,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.build or not args.clear:
         root = ensure_root(cache=args.cache)
         image = debian_disk.ensure_image(args.cache)
-        sys.stdout.write(json.dumps({"root": root.path, "key": root.key, "root_built": root.built,
-                          "root_seconds": round(root.seconds, 1), "root_bytes": os.path.getsize(root.path),
-                          "master": image.raw, "image": image.image, "image_id": image.image_id,
-                          "chunks": image.chunks, "stored_bytes": image.stored_bytes, "disk_bytes": image.size,
-                          "image_built": image.built, "image_seconds": round(image.seconds, 1)}) + "\n")
+        facts = {"root": root.path, "key": root.key, "root_built": root.built,
+                 "root_seconds": round(root.seconds, 1), "root_bytes": os.path.getsize(root.path),
+                 "master": image.raw, "image": image.image, "image_id": image.image_id,
+                 "chunks": image.chunks, "stored_bytes": image.stored_bytes, "disk_bytes": image.size,
+                 "image_built": image.built, "image_seconds": round(image.seconds, 1)}
+        sys.stdout.write(json.dumps(facts) + "\n")
     return 0
 
 

@@ -126,12 +126,14 @@ def test_an_interrupted_receive_resumes_from_what_it_verified(netlab, loop_disk,
     if output == "file":
         dest = tmp_path / "copy.fcimg"
         where = dict(dest=str(dest))
+
         def progress():
             return _size(str(dest) + ".partial")
     else:
         disk = loop_disk(24 * MiB, "r1.disk")
         where = dict(devices=[disk.device], resume_dir=str(tmp_path / "journal"))
         journal = tmp_path / "journal" / (os.path.basename(disk.device) + ".journal")
+
         def progress():
             return _size(str(journal))
     # First session: slow, and the receiver is killed (no clean-up at all) half-way.
