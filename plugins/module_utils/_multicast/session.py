@@ -203,7 +203,8 @@ def serve(spec: SendSpec, check_mode: bool = False) -> Dict[str, Any]:
     except SessionCancelled as err:
         raise SessionCancelled(f"{err}, and every receiver was told that the sender aborted.") from None
     except TransportError as err:
-        raise _vanished(spec, host, str(err)) or _named(err, host) from None
+        # the transport's own sentences name the session and, where it matters, the receiver
+        raise _vanished(spec, host, str(err)) or err from None
     except OSError as err:
         raise _network_failure(err, spec, host) from None
     finally:
