@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from .._errors import FleetcastError, ImageError, ValidationError
@@ -142,10 +143,50 @@ class Journal:
                 os.unlink(path)
 
 
+class _Pipeline:
+    """Chunks decompressed, verified and written by a few threads while the receiver reassembles
+    the next ones. The receiver's writer thread hands the sink one object at a time and reuses its
+    buffer as soon as the sink returns; alone, decompressing and hashing each chunk there made a
+    session with the lab's Debian image 2.5 times as long as the same bytes sent as plain objects
+    (6.1 s against 2.4 s, one receiver, flow control holding the sender 26-34 times). The sink parses
+    (copies) the record and returns; at most `slots` chunks wait or run (bounded memory: each holds
+    its compressed and raw bytes). The first error is raised by the next call or by drain()."""
+
+    def __init__(self, threads: int = 0):
+        threads = threads or max(1, min(3, (os.cpu_count() or 1)))
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fleetcast-sink")
+        self.slots = threading.BoundedSemaphore(threads + 1)
+        self.error: Optional[BaseException] = None
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, work, *args) -> None:
+        self.check()
+        self.slots.acquire()
+        future = self.pool.submit(work, *args)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: "Future") -> None:
+        self.slots.release()
+        error = future.exception()
+        if error is not None and self.error is None:
+            self.error = error
+
+    def drain(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.check()
+
+    def stop(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class _Sink:
     """What both sinks share: the announced image id, the candidates for resume, the journal."""
 
     def __init__(self, host: str, journal: Optional[Journal]):
+        self.pipeline = _Pipeline()
         self.host = host
         self.journal = journal
         self.lock = threading.Lock()
@@ -250,11 +291,14 @@ class DiskSink(_Sink):
             self.keep(kept)
             self.journal_start(kept)
             return
-        record = ChunkRecord.from_bytes(data)
+        self.pipeline.submit(self._write, ChunkRecord.from_bytes(data))
+
+    def _write(self, record: ChunkRecord) -> None:
         if self.session.write(record):        # checks the chunk's own digest before writing
             self._wrote(record.entry())
 
     def finish(self, announced: bytes) -> bytes:
+        self.pipeline.drain()
         # finish() checks that what was written has the announced image id, then grows and rereads.
         entries = sorted(self.session._written.values(), key=lambda entry: entry.index)
         self.result = self.session.finish(Manifest(self.session.layout, entries, announced.hex()))
@@ -263,6 +307,7 @@ class DiskSink(_Sink):
         return bytes.fromhex(self.result.image_id)
 
     def abort(self) -> None:
+        self.pipeline.stop()
         if self.session is not None:
             self.session.abort()
         if self.journal is not None:
@@ -338,7 +383,9 @@ class FileSink(_Sink):
             self.keep(kept)
             self.journal_start(kept)
             return
-        record = ChunkRecord.from_bytes(data)
+        self.pipeline.submit(self._add, ChunkRecord.from_bytes(data))
+
+    def _add(self, record: ChunkRecord) -> None:
         record.decompress_verified()        # the chunk's own digest, before it is kept
         with self.file_lock:
             if record.index in self.writer:
@@ -359,6 +406,7 @@ class FileSink(_Sink):
                           "for a resume.")
 
     def finish(self, announced: bytes) -> bytes:
+        self.pipeline.drain()
         try:
             manifest = self.writer.close()
             if manifest.image_id != announced.hex():
@@ -385,6 +433,10 @@ class FileSink(_Sink):
             os.unlink(self.partial)
 
     def abort(self) -> None:
+        if threading.current_thread().name.startswith("fleetcast-sink"):
+            pass                              # a full disk seen by a pipeline thread: it cannot wait for itself
+        else:
+            self.pipeline.stop()
         if self.handle is not None:
             try:
                 self.handle.close()
