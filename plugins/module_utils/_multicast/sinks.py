@@ -148,14 +148,15 @@ class _Pipeline:
     the next ones. The receiver's writer thread hands the sink one object at a time and reuses its
     buffer as soon as the sink returns; alone, decompressing and hashing each chunk there made a
     session with the lab's Debian image 2.5 times as long as the same bytes sent as plain objects
-    (6.1 s against 2.4 s, one receiver, flow control holding the sender 26-34 times). The sink parses
-    (copies) the record and returns; at most `slots` chunks wait or run (bounded memory: each holds
-    its compressed and raw bytes). The first error is raised by the next call or by drain()."""
+    (6.1 s against 2.4 s, one receiver, flow control holding the sender 26-34 times; 3.0-4.4 s with
+    two threads). The sink parses (copies) the record and returns; at most one chunk per thread is
+    in the pipeline (each holds its compressed and its raw bytes: 8 MiB more than one writer thread
+    with 4 MiB chunks). The first error is raised by the next call or by drain()."""
 
     def __init__(self, threads: int = 0):
-        threads = threads or max(1, min(3, (os.cpu_count() or 1)))
+        threads = threads or max(1, min(2, (os.cpu_count() or 1)))
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fleetcast-sink")
-        self.slots = threading.BoundedSemaphore(threads + 1)
+        self.slots = threading.BoundedSemaphore(threads)
         self.error: Optional[BaseException] = None
 
     def check(self) -> None:
