@@ -11,6 +11,7 @@ apt_packages=(
   python3-cryptography python3-jmespath python3-yaml libparted-dev pkg-config gcc openssh-client
   parted gdisk fdisk dosfstools mtools ntfs-3g e2fsprogs xfsprogs btrfs-progs util-linux zstd
   iproute2 nftables udpcast uftp partclone libhivex-bin
+  mdadm cryptsetup-bin lvm2  # stacked-storage wipe tests: mdadm --examine, luksFormat, pvcreate
   # the lab's Debian root (demo, realistic-image test, benchmarks), built once and cached
   mmdebstrap debian-archive-keyring
 )

@@ -60,6 +60,12 @@ options:
     description: Permissions of the image file (it may hold secrets such as SSH host keys).
     type: raw
     default: '0600'
+  description:
+    description:
+      - Free text recorded in the image (for example what is installed and why), shown by
+        M(fleetcast.imaging.image_info) beside the capture time, host, source disks (model,
+        serial, size), filesystems and collection version, which are always recorded.
+    type: str
 extends_documentation_fragment:
   - fleetcast.imaging.attributes
 attributes:
@@ -73,6 +79,11 @@ attributes:
 notes:
   - The source should not be mounted read-write while it is captured, or the image may be
     inconsistent. Capturing reads only.
+  - A LUKS volume, and a BitLocker volume whose protectors are active, are refused (their contents
+    cannot be read without the key, and clones would share it); capture the opened LUKS volume as
+    a partition, and suspend or turn off BitLocker first. Members of md RAID arrays and LVM
+    physical volumes are stored whole (zero runs skipped), so arrays and volume groups come up on
+    the targets as on the master. See C(docs/disks.md).
 seealso:
   - module: fleetcast.imaging.image_info
   - module: fleetcast.imaging.image_restore
@@ -89,6 +100,12 @@ EXAMPLES = r"""
     partitions: [/dev/sda2]
     dest: /srv/images/root.fcimg
     force: true
+
+- name: Capture with a description for the catalogue
+  fleetcast.imaging.image_capture:
+    disks: [/dev/nvme0n1]
+    dest: /srv/images/lab-2026-12.fcimg
+    description: Lab desktops, Windows 11 23H2 with the December updates
 
 - name: Capture a raw disk-image file with stronger compression
   fleetcast.imaging.image_capture:
@@ -144,6 +161,7 @@ def main():
             level=dict(type="int", default=4),
             threads=dict(type="int", default=0),
             mode=dict(type="raw", default="0600"),
+            description=dict(type="str"),
         ),
         mutually_exclusive=[("disks", "partitions")],
         required_one_of=[("disks", "partitions")],
@@ -170,12 +188,12 @@ def main():
         sources = [capture.CaptureSource(path, kind) for path in params["disks"] or params["partitions"]]
         if module.check_mode:
             capture.check_destination(dest)
-            layout = capture.describe(sources, params["chunk_size_mib"] * MiB)[0]
+            layout = capture.describe(sources, params["chunk_size_mib"] * MiB, params["description"])[0]
             plan = info.summary(image_format.Manifest(layout))
             module.exit_json(changed=True, plan={"disks": plan["disks"], "used_bytes": sum(
                 region["used_bytes"] for disk in plan["disks"] for region in disk["regions"])})
         manifest = capture.capture_to_file(sources, dest, params["chunk_size_mib"] * MiB, params["level"],
-                                           params["threads"], mode)
+                                           params["threads"], mode, description=params["description"])
         result = info.summary(manifest)
         result.update(path=dest, file_size=os.path.getsize(dest), verified=False)
     except FleetcastError as err:

@@ -8,7 +8,7 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 module: image_info
-short_description: Describe a fleetcast image file, optionally verifying every chunk
+short_description: Describe a fleetcast image file (optionally verifying every chunk), or list a directory of images
 version_added: 0.1.0
 description:
   - Reads an image file's footer, trailer and chunk table and returns its manifest (the disks
@@ -16,14 +16,17 @@ description:
     and how many bytes are used and stored).
   - With O(verify), every chunk is read, decompressed and checked against its SHA-256 digest and
     the chunk table; the first bad chunk fails the task, naming the chunk and its byte offset.
+  - When O(image) is a directory, every image file in it (found by its contents, whatever its
+    name) is listed as a catalogue in RV(catalogue) - when and where each was captured, from which
+    disks, with which filesystems, its description and whether it has a signature file.
 author: fleetcast.imaging developers (@fleetcast)
 options:
   image:
-    description: Path of the image file.
+    description: Path of the image file, or of a directory of image files to list as a catalogue.
     type: path
     required: true
   verify:
-    description: Check every chunk of the image (reads the whole file).
+    description: Check every chunk of the image (reads the whole file). Refused for a directory.
     type: bool
     default: false
   threads:
@@ -49,15 +52,52 @@ EXAMPLES = r"""
     image: /srv/images/workstation.fcimg
     verify: true
 
+- name: List every image on the image server
+  fleetcast.imaging.image_info:
+    image: /srv/images
+  register: images
+
 - name: Show the partitions of the image's first disk
   ansible.builtin.debug:
     msg: "{{ workstation.image.disks[0].partitions | map(attribute='filesystem') }}"
 """
 
 RETURN = r"""
+catalogue:
+  description: When O(image) is a directory, its images, oldest capture first.
+  returned: when O(image) is a directory
+  type: dict
+  contains:
+    path:
+      description: The directory.
+      type: str
+    images:
+      description: >-
+        One entry per image file - C(path), C(image_id), C(format_version), C(captured_at) (UTC,
+        ISO 8601), C(host), C(collection_version), C(description), C(disks) (index, source, size,
+        model, serial, label), C(filesystems) (disk, region, filesystem, used_bytes),
+        C(used_bytes), C(stored_bytes), C(file_size) and C(signature) (the C(.sig) file beside it,
+        or null). Images captured before provenance was recorded have null in those fields.
+      type: list
+      elements: dict
+    unreadable:
+      description: Files that start like an image but cannot be read, each with the reason.
+      type: dict
+  sample:
+    path: /srv/images
+    images:
+      - path: /srv/images/lab.fcimg
+        captured_at: "2026-12-01T21:15:00Z"
+        host: master.lab.example
+        description: Lab desktops, December updates
+        collection_version: 0.1.0
+        disks: [{index: 0, source: /dev/nvme0n1, size: 512110190592, model: WD_BLACK SN770 500GB, serial: 22411V800123}]
+        filesystems: [{disk: 0, region: partition 1, filesystem: vfat}, {disk: 0, region: partition 3, filesystem: ntfs}]
+        signature: /srv/images/lab.fcimg.sig
+    unreadable: {}
 image:
   description: The image's manifest.
-  returned: success
+  returned: when O(image) is an image file
   type: dict
   contains:
     path:
@@ -67,7 +107,7 @@ image:
       description: Version of the image format.
       type: int
     image_id:
-      description: SHA-256 (hex) over the layout and every chunk's index, disk, offset, length, kind and digest.
+      description: SHA-256 (hex) over the layout (less its origin) and every chunk's index, disk, offset, length, kind and digest.
       type: str
     chunk_size:
       description: Largest chunk in bytes.
@@ -93,6 +133,12 @@ image:
     verified:
       description: Whether every chunk was checked.
       type: bool
+    origin:
+      description: >-
+        Where the image came from - C(captured_at) (UTC, ISO 8601), C(host), C(collection_version),
+        C(description) and C(disks) (index, source, model, serial, size); null for images captured
+        before this was recorded.
+      type: dict
     disks:
       description: >-
         One entry per image disk: C(index), C(source), C(kind) (V(disk) or V(partition)), C(size),
@@ -141,6 +187,8 @@ def main():
     if error:
         # Outside the except block, so that the user sees the sentence and not a traceback.
         module.fail_json(msg=error)
+    if "images" in image:
+        module.exit_json(changed=False, catalogue=image)
     module.exit_json(changed=False, image=image)
 
 

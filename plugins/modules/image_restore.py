@@ -23,6 +23,11 @@ description:
   - Idempotent. A target already holding the image (same partition table, every data and zero
     range reading back with its digest; checked read-only) is reported unchanged and not written.
   - In check mode the same validation and comparison run and the plan is reported; nothing is written.
+  - A GPT image restores onto a disk with another logical sector size (512 and 4096 bytes); the
+    table is rewritten in the target's sectors when every partition starts 4 KiB aligned. FAT and
+    NTFS filesystems whose sector size differs from the target's, and XFS or ext filesystems whose
+    sector or block size is smaller, are refused before anything is written, as are msdos tables
+    (see C(docs/disks.md)).
 author: fleetcast.imaging developers (@fleetcast)
 options:
   image:
@@ -50,6 +55,16 @@ options:
     description: Threads verifying and writing chunks; V(0) means one per CPU.
     type: int
     default: 0
+  public_key:
+    description:
+      - An Ed25519 public key (PEM, or an OpenSSH C(ssh-ed25519) line), inline or as a path on the
+        target host. When given, the image is restored only if O(signature) holds a valid signature
+        of its image id by this key (see M(fleetcast.imaging.image_sign)); a missing or bad
+        signature fails the task, in one sentence, before anything is written.
+    type: str
+  signature:
+    description: The image's signature file; defaults to the image path with C(.sig) appended.
+    type: path
 extends_documentation_fragment:
   - fleetcast.imaging.attributes
   - fleetcast.imaging.attributes.check_full
@@ -68,6 +83,12 @@ EXAMPLES = r"""
     image: /srv/images/workstation.fcimg
     targets: [/dev/sda]
     grow_last_partition: true
+
+- name: Restore only an image signed by the controller's key
+  fleetcast.imaging.image_restore:
+    image: /srv/images/workstation.fcimg
+    targets: [/dev/sda]
+    public_key: "{{ lookup('ansible.builtin.file', 'keys/images.pub') }}"
 
 - name: Show what a restore would do, without writing
   fleetcast.imaging.image_restore:
@@ -116,7 +137,8 @@ plan:
         One entry per target with C(target), C(disk) (image disk index), C(kind), C(target_size),
         C(image_size), C(label), C(partitions) (number, start, end, name as they will be written),
         C(current) (the partitions the target has now), C(wipe) (what wiping removes, one line
-        each), C(grow_partition), C(grow_filesystem),
+        each), C(grow_partition), C(grow_filesystem), C(sector_conversion) (V(512 -> 4096) when the
+        table is rewritten for the target's sector size, else null),
         C(state) (V(restore) or V(unchanged)) and C(reason).
       type: list
       elements: dict
@@ -139,7 +161,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import FleetcastError
 from ansible_collections.fleetcast.imaging.plugins.module_utils._image import format as image_format
-from ansible_collections.fleetcast.imaging.plugins.module_utils._image import restore
+from ansible_collections.fleetcast.imaging.plugins.module_utils._image import restore, signing
 
 
 def _diff(plan):
@@ -157,6 +179,8 @@ def main():
             targets=dict(type="list", elements="path", required=True),
             grow_last_partition=dict(type="bool", default=False),
             threads=dict(type="int", default=0),
+            public_key=dict(type="str"),
+            signature=dict(type="path"),
         ),
         supports_check_mode=True,
     )
@@ -168,8 +192,13 @@ def main():
         module.fail_json(msg="threads must be 0 (one per CPU) or more.")
     error = None
     try:
+        check = None
+        if params["public_key"]:
+            def check(manifest):
+                return signing.verify(params["image"], manifest.image_id, manifest.layout.get("origin"),
+                                      params["public_key"], params["signature"])
         report = restore.restore_image(params["image"], params["targets"], params["grow_last_partition"],
-                                       module.check_mode, params["threads"])
+                                       module.check_mode, params["threads"], check)
     except FleetcastError as err:
         error = str(err)
     if error:

@@ -86,6 +86,16 @@ options:
       - File to keep replacing with a JSON progress object (C(bytes_done), C(bytes_total),
         C(message), C(receivers)), for M(fleetcast.imaging.progress).
     type: path
+  public_key:
+    description:
+      - An Ed25519 public key (PEM or an OpenSSH C(ssh-ed25519) line), inline or as a path. When
+        given, O(image) is sent only if O(signature) holds a valid signature of its image id by
+        this key (see M(fleetcast.imaging.image_sign)); a missing or bad signature fails the task,
+        in one sentence, before the session starts. Not with O(source_devices).
+    type: str
+  signature:
+    description: The image's signature file; defaults to O(image) with C(.sig) appended.
+    type: path
 extends_documentation_fragment:
   - fleetcast.imaging.multicast_session
   - fleetcast.imaging.attributes
@@ -227,8 +237,10 @@ def main():
             encrypt=dict(type="bool", default=False),
             offload=dict(type="bool", default=True),
             progress_file=dict(type="path"),
+            public_key=dict(type="str"),
+            signature=dict(type="path"),
         ),
-        mutually_exclusive=[("image", "source_devices")],
+        mutually_exclusive=[("image", "source_devices"), ("public_key", "source_devices")],
         required_one_of=[("image", "source_devices")],
         supports_check_mode=True,
     )

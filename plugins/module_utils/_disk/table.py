@@ -187,8 +187,7 @@ def plan_layout(path: str, layout: DiskLayout, grow_last: bool = False) -> DiskL
         raise ValidationError(f"Cannot write a partition table of unknown type {layout.label!r} to {path}.")
     size, sector = device_size(path), sector_size(path)
     if sector != layout.sector_size:
-        raise ValidationError(f"{path} has {sector}-byte sectors but the layout was made for "
-                              f"{layout.sector_size}-byte sectors.")
+        layout = convert_sector_size(layout, sector, path)
     first, last = usable_range(layout.label, size, sector)
     parts = [replace(part, flags=list(part.flags)) for part in layout.partitions]
     numbers = [part.number for part in parts]
@@ -208,6 +207,27 @@ def plan_layout(path: str, layout: DiskLayout, grow_last: bool = False) -> DiskL
         if after.start <= before.end:
             raise ValidationError(f"Partitions {before.number} and {after.number} of the layout for {path} overlap.")
     return replace(layout, size=size, partitions=parts, first_usable=first, last_usable=last)
+
+
+def convert_sector_size(layout: DiskLayout, sector: int, path: str) -> DiskLayout:
+    """The GPT `layout` in units of `sector`-byte sectors, for a target whose logical sector size
+    differs (512 <-> 4096). Partition contents are byte ranges and move unchanged; every partition
+    must start on a multiple of the new sector size, and its end is rounded up (never down: the
+    last bytes of a volume, an NTFS backup boot sector or an md 1.0 superblock, must stay inside).
+    Filesystems that depend on the sector size are checked by the caller (`_image.sectors`)."""
+    if layout.label != "gpt":
+        raise ValidationError(f"{path} has {sector}-byte sectors but the image's {layout.label} partition table "
+                              f"was made for {layout.sector_size}-byte sectors; only GPT tables are converted "
+                              f"between sector sizes.")
+    parts = []
+    for part in layout.partitions:
+        start, end = part.start * layout.sector_size, (part.end + 1) * layout.sector_size
+        if start % sector:
+            raise ValidationError(f"{path} has {sector}-byte sectors, but partition {part.number} of the image starts "
+                                  f"at byte {start}, which is not a multiple of {sector}, so the table cannot be "
+                                  f"converted from {layout.sector_size}-byte sectors.")
+        parts.append(replace(part, start=start // sector, end=-(-end // sector) - 1, flags=list(part.flags)))
+    return replace(layout, sector_size=sector, partitions=parts)
 
 
 def _check_msdos(path: str, parts: List[PartitionLayout]) -> None:

@@ -16,9 +16,10 @@ import stat
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .._errors import ValidationError
+from . import sectors
 from .format import ChunkRecord
 from .usedmap import used_map
 
@@ -59,12 +60,44 @@ def _open_source(path: str) -> Tuple[int, int]:
 Extents = List[Tuple[int, int]]
 
 
+def _stacked_region(name: str, offset: int, length: int, fd: int, extents: Extents) -> Optional[Dict[str, Any]]:
+    """Refuse an encrypted volume that cannot be read without its key; store an md RAID or LVM
+    member (or a suspended BitLocker volume) whole, since no filesystem map reads through it and
+    its own metadata (an md superblock at the end, LVM metadata areas) must move unchanged."""
+    from .._disk import stacked
+
+    headers = stacked.find_headers(fd, offset, length)
+    try:
+        source = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        source = "the source"
+    refusal = stacked.capture_refusal(headers, f"{name[0].upper()}{name[1:]} of {source}")
+    if refusal:
+        raise ValidationError(refusal)
+    note = stacked.stored_whole_note(headers)
+    if not note:
+        return None
+    region = _raw_region(name, offset, length, extents)
+    region.update(filesystem=headers[0].kind, note=note)
+    array = stacked.md_array(headers)
+    if array:
+        region["md_array"] = array  # checked across all sources by describe()
+    return region
+
+
 def _region(name: str, offset: int, length: int, fd: int, extents: Extents, **extra: Any) -> Dict[str, Any]:
     """A region of the disk; its used extents (absolute) are appended to `extents`."""
+    whole = _stacked_region(name, offset, length, fd, extents)
+    if whole is not None:
+        whole.update(extra)
+        return whole
     found = used_map(fd, length, base=offset)
     extents.extend((offset + start, size) for start, size in found.extents)
     region = {"name": name, "offset": offset, "length": length, "filesystem": found.filesystem,
               "map": found.method, "used_bytes": found.used_bytes}
+    unit = sectors.filesystem_unit(fd, offset)
+    if unit:  # what a restore onto a disk with another sector size checks
+        region["fs_sector_of"], region["fs_sector_size"] = unit
     if found.note:
         region["note"] = found.note
     region.update(extra)
@@ -103,10 +136,23 @@ def _disk_regions(path: str, fd: int, size: int, extents: Extents) -> Tuple[Dict
     return layout.to_dict(), regions
 
 
-def describe(sources: Sequence[Union[str, CaptureSource]],
-             chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tuple[Dict[str, Any], List[Extents]]:
-    """The layout dict of an image of `sources` (disks, tables, regions) and, per disk, the
-    sorted used extents to read."""
+def _check_arrays(disks: List[Dict[str, Any]]) -> None:
+    """Refuse a capture that holds only some members of a RAID 0/4/5/6/10 or linear md array."""
+    from .._disk import stacked
+
+    members = [(f"{region['name']} of {disk['source']}", region["md_array"])
+               for disk in disks for region in disk["regions"] if region.get("md_array")]
+    refusal = stacked.check_arrays(members)
+    if refusal:
+        raise ValidationError(refusal[0].upper() + refusal[1:])
+
+
+def describe(sources: Sequence[Union[str, CaptureSource]], chunk_size: int = DEFAULT_CHUNK_SIZE,
+             description: Optional[str] = None) -> Tuple[Dict[str, Any], List[Extents]]:
+    """The layout dict of an image of `sources` (disks, tables, regions, and where and when it was
+    captured: `catalogue.origin`) and, per disk, the sorted used extents to read."""
+    from .catalogue import origin
+
     if not sources:
         raise ValidationError("Nothing to capture: give at least one disk, partition or image file.")
     if not 4096 <= chunk_size <= MAX_CHUNK_SIZE or chunk_size % 4096:
@@ -128,7 +174,9 @@ def describe(sources: Sequence[Union[str, CaptureSource]],
             os.close(fd)
         disks.append(entry)
         plan.append(sorted(extents))
-    return {"format": LAYOUT_FORMAT, "chunk_size": chunk_size, "disks": disks}, plan
+    _check_arrays(disks)
+    return {"format": LAYOUT_FORMAT, "chunk_size": chunk_size, "disks": disks,
+            "origin": origin([disk["source"] for disk in disks], description)}, plan
 
 
 def plan_pieces(plan: List[Extents], chunk_size: int) -> Iterator[Tuple[int, int, int]]:
@@ -172,11 +220,12 @@ def iter_chunks(layout: Dict[str, Any], plan: List[Extents], level: int = DEFAUL
 
 
 def capture(sources: Sequence[Union[str, CaptureSource]], chunk_size: int = DEFAULT_CHUNK_SIZE,
-            level: int = DEFAULT_LEVEL, threads: int = 0) -> Tuple[Dict[str, Any], Iterator[ChunkRecord]]:
+            level: int = DEFAULT_LEVEL, threads: int = 0,
+            description: Optional[str] = None) -> Tuple[Dict[str, Any], Iterator[ChunkRecord]]:
     """The layout of `sources` at once, and an iterator that reads and compresses their chunks."""
     if not 1 <= level <= 19:
         raise ValidationError(f"Compression level {level} is outside 1..19.")
-    layout, plan = describe(sources, chunk_size)
+    layout, plan = describe(sources, chunk_size, description)
     return layout, iter_chunks(layout, plan, level, threads)
 
 
@@ -192,13 +241,14 @@ def check_destination(dest: str) -> None:
 
 
 def capture_to_file(sources: Sequence[Union[str, CaptureSource]], dest: str, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                    level: int = DEFAULT_LEVEL, threads: int = 0, mode: int = 0o600, durable: bool = True):
+                    level: int = DEFAULT_LEVEL, threads: int = 0, mode: int = 0o600, durable: bool = True,
+                    description: Optional[str] = None):
     """Capture into an image file written beside `dest` and renamed into place when complete
     (after an fsync unless `durable` is off, as benchmarks against pipelines without one do)."""
     from .format import ImageWriter
 
     check_destination(dest)
-    layout, records = capture(sources, chunk_size, level, threads)
+    layout, records = capture(sources, chunk_size, level, threads, description)
     partial = f"{dest}.partial"
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), mode)

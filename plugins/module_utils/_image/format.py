@@ -215,9 +215,11 @@ class ChunkEntry:
 
 def image_id(layout: Dict[str, Any], entries: List[ChunkEntry]) -> str:
     """SHA-256 (hex) over the canonical layout and every chunk's index, disk, offset, length,
-    kind and digest, in index order: the same value whoever computes it (writer, reader, receiver)."""
+    kind and digest, in index order: the same value whoever computes it (writer, reader, receiver).
+    The layout's `origin` (when and where it was captured) is left out, so that the id names the
+    content: two captures of the same disks have one id (signatures cover `origin` separately)."""
     digest = hashlib.sha256(b"fleetcast-image-id-v1\0")
-    digest.update(canonical_json(layout))
+    digest.update(canonical_json({key: value for key, value in layout.items() if key != "origin"}))
     for entry in sorted(entries, key=lambda item: item.index):
         digest.update(struct.pack("<QHBQQ", entry.index, entry.disk, KINDS[entry.kind],
                                   entry.offset, entry.length))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List
 
+from .._errors import ValidationError
 from .format import Manifest, ImageReader
 
 
@@ -48,6 +49,7 @@ def summary(manifest: Manifest) -> Dict[str, Any]:
             "zero_bytes": sum(entry.length for entry in chunks if entry.kind == "zero"),
         })
     return {"format_version": manifest.version, "image_id": manifest.image_id,
+            "origin": manifest.layout.get("origin"),  # None for images captured before it was recorded
             "chunk_size": manifest.layout.get("chunk_size"), "chunk_count": manifest.chunk_count,
             "data_bytes": manifest.data_bytes, "zero_bytes": manifest.zero_bytes,
             "used_bytes": manifest.data_bytes + manifest.zero_bytes, "stored_bytes": manifest.stored_bytes,
@@ -55,7 +57,13 @@ def summary(manifest: Manifest) -> Dict[str, Any]:
 
 
 def image_info(path: str, verify: bool = False, threads: int = 0) -> Dict[str, Any]:
-    """The summary of the image file at `path`; with `verify`, every chunk is checked first."""
+    """The summary of the image file at `path`; with `verify`, every chunk is checked first.
+    A directory is listed as a catalogue instead (`catalogue.catalogue`)."""
+    if os.path.isdir(path):
+        from .catalogue import catalogue
+        if verify:
+            raise ValidationError(f"{path} is a directory: verify one image at a time (name the image file).")
+        return catalogue(path)
     with ImageReader(path) as reader:
         if verify:
             reader.verify(threads)

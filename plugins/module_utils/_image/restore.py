@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from .._errors import FleetcastError, ImageError, ValidationError
 from .capture import LAYOUT_FORMAT
+from . import sectors
 from .format import ChunkEntry, ChunkRecord, ImageReader, Manifest, image_id
 
 GROWABLE = ("ext2", "ext3", "ext4")
@@ -41,6 +42,7 @@ class TargetPlan:
     grow_partition: Optional[int] = None
     grow_filesystem: Optional[str] = None
     wipe: List[str] = field(default_factory=list)
+    sector_conversion: Optional[str] = None  # "512 -> 4096": the table is rewritten in the target's sectors
     state: str = "restore"      # restore | unchanged
     reason: str = ""
 
@@ -116,6 +118,9 @@ class RestoreSession:
         self._data_bytes = 0
         self._zero_bytes = 0
         self._tables: Dict[int, Dict[str, Any]] = {}
+        # per image disk converted to another sector size: the target's own table areas, which
+        # chunks captured around the master's (smaller) table must not overwrite
+        self._guard: Dict[int, List[Any]] = {}
 
     # -- validation: reads only -------------------------------------------------------------
     def validate(self) -> RestorePlan:
@@ -134,6 +139,10 @@ class RestoreSession:
         for disk, target in zip(disks, self.targets):
             safety.check_target(target)
             size = blockdev.device_size(target)
+            target_sector = blockdev.sector_size(target)
+            image_sector = (disk.get("table") or {}).get("sector_size")
+            if image_sector is None or image_sector != target_sector:  # a volume image: sector unknown
+                sectors.check_conversion(disk, target_sector, target, known_only=image_sector is None)
             plan = TargetPlan(target, disk["index"], disk["kind"], size, disk["size"], current=_current(target))
             if disk["kind"] == "disk" and disk.get("table") and disk["table"]["label"] != "none":
                 written = table.plan_layout(target, table.DiskLayout.from_dict(disk["table"]), self.grow_last)
@@ -147,6 +156,9 @@ class RestoreSession:
                         fs = self._region_fs(disk, last.number)
                         plan.grow_filesystem = fs if fs in GROWABLE else None
                 self._tables[disk["index"]] = written.to_dict()
+                if written.sector_size != disk["table"]["sector_size"]:
+                    self._guard[disk["index"]] = sectors.table_areas(written.to_dict(), size)
+                    plan.sector_conversion = f"{disk['table']['sector_size']} -> {written.sector_size}"
             if size < disk["size"]:
                 raise ValidationError(f"Target {target} is too small: {size} bytes, the image's disk "
                                       f"{disk['index']} needs {disk['size']} bytes.")
@@ -178,7 +190,8 @@ class RestoreSession:
                 if _table_key(present) != _table_key(want):
                     target_plan.reason = "its partition table differs from the image's"
                     continue
-            bad = _first_mismatch(target_plan.target, by_disk.get(disk["index"], []), threads)
+            bad = _first_mismatch(target_plan.target, by_disk.get(disk["index"], []), threads,
+                                  self._guard.get(disk["index"], []))
             if bad is not None:
                 target_plan.reason = f"chunk {bad.index} (offset {bad.offset}) differs from the image"
                 continue
@@ -294,10 +307,12 @@ class RestoreSession:
         raw = record.decompress_verified()
         target = self.targets[record.disk]
         try:
-            if record.kind == "zero":
-                blockdev.zero_range(fd, record.offset, record.length)
-            else:
-                view, offset = memoryview(raw), record.offset
+            pieces = sectors.outside(record.offset, record.length, self._guard.get(record.disk, []))
+            for start, length in pieces:
+                if record.kind == "zero":
+                    blockdev.zero_range(fd, record.offset + start, length)
+                    continue
+                view, offset = memoryview(raw)[start:start + length], record.offset + start
                 while view:
                     done = os.pwrite(fd, view, offset)
                     view, offset = view[done:], offset + done
@@ -354,8 +369,10 @@ class RestoreSession:
         self._close()
 
 
-def _first_mismatch(target: str, entries: List[ChunkEntry], threads: int = 0) -> Optional[ChunkEntry]:
-    """The first chunk whose range on `target` does not hash to its digest (None: all match)."""
+def _first_mismatch(target: str, entries: List[ChunkEntry], threads: int = 0,
+                    guard: Optional[List[Any]] = None) -> Optional[ChunkEntry]:
+    """The first chunk whose range on `target` does not hash to its digest (None: all match).
+    Bytes inside `guard` (the target's own table areas, never written by chunks) count as zeros."""
     try:
         fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -363,6 +380,10 @@ def _first_mismatch(target: str, entries: List[ChunkEntry], threads: int = 0) ->
 
     def check(entry: ChunkEntry) -> bool:
         data = os.pread(fd, entry.length, entry.offset)
+        if guard and len(data) == entry.length:
+            kept, data = sectors.outside(entry.offset, entry.length, guard), bytearray(entry.length)
+            for start, length in kept:
+                data[start:start + length] = os.pread(fd, length, entry.offset + start)
         return len(data) == entry.length and hashlib.sha256(data).digest() == entry.digest
 
     try:
@@ -407,12 +428,14 @@ def _first_false(check: Callable[[Any], bool], items: Iterable[Any], threads: in
 
 
 def restore_image(path: str, targets: List[str], grow_last: bool = False, check_mode: bool = False,
-                  threads: int = 0) -> Dict[str, Any]:
-    """Restore an image file: validate the targets, verify the image whole, then (unless the
-    targets already hold it, or in check mode) wipe, partition, write and finish. Returns what the
-    module reports."""
+                  threads: int = 0, check_signature: Optional[Callable[[Manifest], Any]] = None) -> Dict[str, Any]:
+    """Restore an image file: check its signature (`check_signature(manifest)` raises to refuse),
+    validate the targets, verify the image whole, then (unless the targets already hold it, or in
+    check mode) wipe, partition, write and finish. Returns what the module reports."""
     with ImageReader(path) as reader:
         manifest = reader.manifest
+        if check_signature is not None:
+            check_signature(manifest)
         session = RestoreSession(manifest.layout, targets, grow_last, check_mode)
         plan = session.validate()     # the cheap checks first: a wrong target fails at once
         reader.verify(threads)

@@ -104,6 +104,8 @@ class SendSpec(SessionSpec):
     receiver_timeout: int = 8
     encrypt: bool = False
     progress_file: Optional[str] = None
+    public_key: Optional[str] = None       # send the image only if its signature by this key holds
+    signature: Optional[str] = None
 
 
 @dataclass
@@ -187,10 +189,10 @@ def serve(spec: SendSpec, check_mode: bool = False) -> Dict[str, Any]:
             "rate_mbit": spec.rate_mbit, "encrypt": spec.encrypt}
     chunk_size = spec.chunk_size_mib * 1024 * 1024
     if check_mode:
-        plan.update(sources.describe(spec.image, spec.source_devices, chunk_size))
+        plan.update(sources.describe(spec.image, spec.source_devices, chunk_size, spec.public_key, spec.signature))
         return {"changed": False, "plan": plan}
     source = sources.open_source(spec.image, spec.source_devices, chunk_size, spec.compression_level,
-                                 spec.spool_dir)
+                                 spec.spool_dir, spec.public_key, spec.signature)
     config = SenderConfig(
         group=spec.group, port=spec.port, address=address, session_key=spec.session_key.encode("utf-8"),
         ttl=spec.ttl, expected=spec.expected, min_receivers=spec.min_receivers, max_wait=float(spec.max_wait),

@@ -8,17 +8,26 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
+from .._errors import FleetcastError
 from .._image import capture as image_capture
+from .._image import signing
 from .._image.format import ImageReader, canonical_json, image_id
 from .._transport.source import ObjectSource, ReaderSource, SpoolSource
 
 
 class ImageFileSource(ReaderSource):
-    """An image file, read at random so that any chunk can be sent again as a repair."""
+    """An image file, read at random so that any chunk can be sent again as a repair. With a public
+    key, the image's signature is checked first (a bad or missing one raises, in one sentence)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, public_key: Optional[str] = None, signature: Optional[str] = None):
         self.reader = ImageReader(path)
         manifest = self.reader.manifest
+        if public_key:
+            try:
+                signing.verify(path, manifest.image_id, manifest.layout.get("origin"), public_key, signature)
+            except FleetcastError:
+                self.reader.close()
+                raise
         super().__init__(canonical_json(manifest.layout), self.reader.chunk_count + 1,
                          lambda index: self.reader.record_bytes(index - 1), bytes.fromhex(manifest.image_id))
         self.description = {"image": path, "image_id": manifest.image_id, "chunks": self.reader.chunk_count,
@@ -47,16 +56,19 @@ class LiveCaptureSource(SpoolSource):
 
 
 def open_source(image: Optional[str], devices: Optional[Sequence[str]], chunk_size: int, level: int,
-                spool_dir: Optional[str]) -> ObjectSource:
+                spool_dir: Optional[str], public_key: Optional[str] = None,
+                signature: Optional[str] = None) -> ObjectSource:
     if image:
-        return ImageFileSource(image)
+        return ImageFileSource(image, public_key, signature)
     return LiveCaptureSource(devices or [], chunk_size, level, spool_dir)
 
 
-def describe(image: Optional[str], devices: Optional[Sequence[str]], chunk_size: int) -> Dict[str, Any]:
-    """What would be served, read only (check mode): the image's id and size, or the master's disks."""
+def describe(image: Optional[str], devices: Optional[Sequence[str]], chunk_size: int,
+             public_key: Optional[str] = None, signature: Optional[str] = None) -> Dict[str, Any]:
+    """What would be served, read only (check mode): the image's id and size, or the master's disks
+    (a bad signature is refused here too)."""
     if image:
-        source = ImageFileSource(image)
+        source = ImageFileSource(image, public_key, signature)
         source.close()
         return dict(source.description)
     layout = image_capture.describe(list(devices or []), chunk_size)[0]

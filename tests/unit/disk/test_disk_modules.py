@@ -82,3 +82,23 @@ def test_disk_wipe_argument_rules():
     assert result["failed"] is True and "mutually exclusive" in result["msg"]
     result, dummy = ansible("disk_wipe", {"force": True})
     assert result["failed"] is True and "one of the following is required" in result["msg"]
+
+
+def test_disk_wipe_secure_erase_reports_the_method_then_erases(loop_disk):
+    disk = _dirty(loop_disk)
+    with open(disk.device, "r+b") as handle:
+        handle.seek(20 * MiB)
+        handle.write(b"SECRET" * 1000)
+    with open(disk.path, "rb") as handle:
+        before = handle.read()
+    checked, diff = ansible("disk_wipe", {"devices": [disk.device], "secure_erase": "auto"}, "--check", "--diff")
+    with open(disk.path, "rb") as handle:
+        assert handle.read() == before
+    assert checked["wiped"][0]["secure_erase"]["method"] == "discard"  # loop devices discard
+    assert "-all data: secure erase by discard" in diff
+    erased, dummy = ansible("disk_wipe", {"devices": [disk.device], "secure_erase": "auto"})
+    report = erased["wiped"][0]["secure_erase"]
+    assert erased["changed"] and report["method"] == "discard" and report["bytes"] == 32 * MiB
+    assert isinstance(report["seconds"], float)
+    with open(disk.path, "rb") as handle:
+        assert handle.read() == bytes(32 * MiB)

@@ -107,8 +107,9 @@ def test_validation_refuses_before_writing(loop_disk):
         table.write_layout(small.device, layout)
     with pytest.raises(ValidationError, match=f"^{small.device} is too small for the layout"):
         table.write_layout(small.device, layout, grow_last=True)  # growing never shrinks
-    layout.sector_size = 4096
-    with pytest.raises(ValidationError, match="has 512-byte sectors but the layout was made for 4096"):
+    layout.sector_size, layout.label = 4096, "msdos"  # GPT converts between sector sizes; msdos does not
+    with pytest.raises(ValidationError, match="has 512-byte sectors but the image's msdos partition table was made "
+                                              "for 4096-byte sectors; only GPT tables are converted"):
         table.write_layout(small.device, layout)
     layout.sector_size, layout.label = 512, "sun"
     with pytest.raises(ValidationError, match="unknown type 'sun'"):
