@@ -73,6 +73,12 @@ class LabState:
         return os.path.join(self.directory, "images")
 
     @property
+    def resume_dir(self) -> str:
+        # The participants' resume journals (multicast_receive): lab hosts share this machine's
+        # files, so they are kept with the lab and go with it.
+        return os.path.join(self.directory, "resume")
+
+    @property
     def identity_dir(self) -> str:
         # The controller's identity store for the lab's hosts: it goes with the lab.
         return os.path.join(self.directory, "identity")
@@ -97,7 +103,7 @@ class LabState:
 
     def to_result(self) -> dict:
         return {"prefix": self.prefix, "directory": self.directory, "image_dir": self.image_dir,
-                "identity_dir": self.identity_dir,
+                "identity_dir": self.identity_dir, "resume_dir": self.resume_dir,
                 "hosts": {name: asdict(machine) for name, machine in self.machines.items()}}
 
 
@@ -324,7 +330,7 @@ def destroy(directory: str, prefix: Optional[str] = None) -> dict:
             if os.path.exists(path):
                 os.unlink(path)
                 removed["files"].append(path)
-        for made in (state.image_dir, state.identity_dir):
+        for made in (state.image_dir, state.identity_dir, state.resume_dir):
             if os.path.isdir(made):
                 shutil.rmtree(made)
                 removed["files"].append(made)
