@@ -5,6 +5,12 @@
 and the plain fallback) against udpcast and uftp, at each loss level, in the same run.
 
 Run as root: .venv/bin/python bench/bench_transport.py [--size-mib 1024] [--receivers 1,3] [--loss 0,2]
+             [--payload random|debian]
+
+--payload debian sends the lab's cached Debian image (a real root with its kernel, about 145 MB in
+chunks of very different compressed sizes; built once, see docs/user-guide.md) instead of random
+bytes: the peers send the image file, fleetcast serves it chunk by chunk through the bridge
+(python3 -m ..._multicast) into an image file, checked by its image id and every chunk's digest.
 
 Command lines used (all on eth0 of lab namespaces, MTU 1500, same group/port scheme):
   udpcast:  udp-receiver --interface eth0 --nokbd --portbase P --mcast-rdv-address R --file OUT
@@ -46,6 +52,7 @@ from ansible_collections.fleetcast.imaging.plugins.module_utils._lab.netlab impo
 
 ENGINE = ["/usr/bin/python3", "-m", "ansible_collections.fleetcast.imaging.plugins.module_utils._transport"]
 ENV = dict(os.environ, PYTHONPATH=COLLECTIONS, FLEETCAST_SESSION_KEY="bench-session-key")
+BRIDGE = ["/usr/bin/python3", "-m", "ansible_collections.fleetcast.imaging.plugins.module_utils._multicast"]
 
 
 def sha256(path: str) -> str:
@@ -109,9 +116,19 @@ class Run:
             usages = [wait_usage(p, deadline) for p in receivers]
             elapsed = time.monotonic() - started
             sender_usage = wait_usage(sender, deadline + 10)
-        exact = all(os.path.exists(o) and sha256(o) == self.payload_digest for o in outputs)
+        exact = all(os.path.exists(o) and self.exact(o) for o in outputs)
         return {"seconds": elapsed, "ok": exact and sender_usage[0] == 0, "sender_cpu": sender_usage[1],
                 "cpu": max(u[1] for u in usages), "rss": max(u[2] for u in usages)}
+
+    image_id = ""        # --payload debian: outputs are image files, checked by image id and chunk digests
+
+    def exact(self, output: str) -> bool:
+        if self.image_id and os.path.relpath(output, self.workdir).startswith("fleetcast"):
+            from ansible_collections.fleetcast.imaging.plugins.module_utils._image.format import ImageReader
+            with ImageReader(output) as reader:
+                reader.verify()
+                return reader.manifest.image_id == self.image_id
+        return sha256(output) == self.payload_digest
 
     def fleetcast(self, offload: bool, timeout: float):
         tool = "fleetcast" if offload else "fleetcast-fallback"
@@ -119,6 +136,15 @@ class Run:
         extra = [] if offload else ["--no-offload"]
         outputs = [os.path.join(directory, h.name) for h in self.receivers]
         common = ["--group", "239.255.61.9", "--port", str(self.port)] + extra
+        if self.image_id:
+            return self.measure(
+                lambda: [h.popen(BRIDGE + ["receive", "--dest", out, "--timeout", "60", "--no-resume"] + common,
+                                 env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                         for h, out in zip(self.receivers, outputs)],
+                lambda: self.sender.popen(BRIDGE + ["send", "--image", self.payload, "--min-receivers",
+                                                    str(len(self.receivers))] + common, env=ENV,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+                outputs, timeout)
         return self.measure(
             lambda: [h.popen(ENGINE + ["receive", "--output", out, "--timeout", "60"] + common, env=ENV,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -172,14 +198,23 @@ def main() -> int:
     parser.add_argument("--loss", default="0,2", help="percent of incoming UDP dropped at each receiver")
     parser.add_argument("--tools", default="fleetcast,fleetcast-fallback,udpcast,uftp")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--payload", choices=["random", "debian"], default="random",
+                        help="random bytes of --size-mib, or the lab's cached Debian image")
     args = parser.parse_args()
     # tmpfs: the benchmark measures the transports, not this machine's disk writeback
     workdir = tempfile.mkdtemp(prefix="fleetcast-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # so the lab is torn down
     payload = os.path.join(workdir, "payload.bin")
-    with open(payload, "wb") as out:
-        for _mib in range(args.size_mib):
-            out.write(os.urandom(1 << 20))
+    image_id = ""
+    if args.payload == "debian":
+        from ansible_collections.fleetcast.imaging.plugins.module_utils._lab import debian_disk
+        cached = debian_disk.ensure_image()
+        shutil.copyfile(cached.image, payload)
+        image_id, args.size_mib = cached.image_id, os.path.getsize(payload) / (1 << 20)
+    else:
+        with open(payload, "wb") as out:
+            for _mib in range(args.size_mib):
+                out.write(os.urandom(1 << 20))
     tools = args.tools.split(",")
     counts = [int(x) for x in args.receivers.split(",")]
     results = {}
@@ -189,6 +224,7 @@ def main() -> int:
             hosts = [lab.add_host(f"r{i + 1}") for i in range(max(counts))]
             run = Run(lab, sender, hosts, payload, workdir, 9400)
             run.payload_digest = sha256(payload)
+            run.image_id = image_id
             for count in counts:
                 run.receivers = hosts[:count]
                 for loss in [float(x) for x in args.loss.split(",")]:
@@ -197,7 +233,7 @@ def main() -> int:
                         if loss:
                             host.drop_incoming_udp(loss)
                     for tool in tools:
-                        warm_memory(workdir, (count + 1) * args.size_mib)
+                        warm_memory(workdir, int((count + 1) * args.size_mib))
                         run.port += 10
                         if tool.startswith("fleetcast"):
                             result = run.fleetcast(tool == "fleetcast", args.timeout)

@@ -12,6 +12,8 @@ apt_packages=(
   parted gdisk fdisk dosfstools mtools ntfs-3g e2fsprogs xfsprogs btrfs-progs util-linux zstd
   iproute2 nftables udpcast uftp partclone libhivex-bin
   mdadm cryptsetup-bin lvm2  # stacked-storage wipe tests: mdadm --examine, luksFormat, pvcreate
+  # the lab's Debian root (demo, realistic-image test, benchmarks), built once and cached
+  mmdebstrap debian-archive-keyring
 )
 missing=()
 for p in "${apt_packages[@]}"; do

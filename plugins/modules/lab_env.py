@@ -75,6 +75,17 @@ options:
     description: Size of each participant's disk in MiB (sparse); at least the master's.
     type: int
     default: 192
+  master_system:
+    description:
+      - What the master's disk holds. V(toy) is a small stand-in (a few MiB of files around the
+        identity files), quick to build and to image. V(debian) is a real Debian bookworm root with
+        its kernel, initrd, systemd and OpenSSH (about 330 MB of files in ~10,000, an image of about
+        145 MB in chunks of very different compressed sizes), built once with C(mmdebstrap) and kept
+        in C(/var/cache/fleetcast/debian-root) (E(FLEETCAST_CACHE) moves it); the disks then grow to
+        what it needs (about 535 MiB), whatever O(master_disk_mib) and O(participant_disk_mib) say.
+    type: str
+    choices: [toy, debian]
+    default: toy
 extends_documentation_fragment:
   - fleetcast.imaging.attributes
   - fleetcast.imaging.attributes.check_none
@@ -153,6 +164,7 @@ def main():
             subnet=dict(type="str", default="10.231.7"),
             master_disk_mib=dict(type="int", default=160),
             participant_disk_mib=dict(type="int", default=192),
+            master_system=dict(type="str", choices=["toy", "debian"], default="toy"),
         ),
         supports_check_mode=False,
     )
@@ -171,7 +183,8 @@ def main():
                                subnet=params["subnet"],
                                master_disk_size=params["master_disk_mib"] * MiB,
                                participant_disk_size=params["participant_disk_mib"] * MiB,
-                               blank=params["blank"])
+                               blank=params["blank"],
+                               master_system=params["master_system"])
     except FleetcastError as err:
         module.fail_json(msg=str(err))
     except subprocess.CalledProcessError as err:

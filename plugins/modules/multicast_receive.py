@@ -20,8 +20,17 @@ description:
     enough, not mounted, held, or the boot medium) before anything is touched; then each device is
     wiped, partitioned, written, zeroed where the image says so, and verified.
   - With O(dest), the image file is written as C(DEST.partial) and renamed to O(dest) only once
-    its image id matches the one the sender announced; after a failure the C(.partial) file stays,
-    marked incomplete by its name.
+    its image id matches the one the sender announced. After a failure the C(.partial) file stays,
+    marked incomplete by its name, for a resume; except when the file system is full, then it is
+    removed (one sentence says so), so that a failed receive does not leave the disk full.
+  - With O(resume), a receive that was interrupted (the module killed, the sender stopped, the
+    network lost) continues from what it already verified when it is run again for the same image
+    (the same image id, layout and output). Every chunk it had written is read back and checked
+    against its SHA-256; those that match are kept and not needed again, the rest come from the
+    session. Disks are not wiped again (their partition tables must still be the image's, or the
+    restore starts over). What was written is tracked in a journal, C(DEST.partial.journal) or a
+    file in O(resume_dir), removed once the image is complete. The sender still sends every chunk
+    once; a resumed receiver lets them pass.
   - The result's RV(digest) is the image id computed from what this host verified and wrote.
   - In check mode nothing is joined or written; the interface, the devices or the destination
     directory are checked and the plan is reported.
@@ -41,22 +50,6 @@ options:
     description: With O(devices), grow the last partition (and an ext2/3/4 filesystem in it) to the end of the disk.
     type: bool
     default: false
-  interface:
-    description: Network interface on the imaging LAN; its IPv4 address is used.
-    type: str
-    default: eth0
-  group:
-    description: IPv4 multicast group of the session.
-    type: str
-    default: 239.255.42.1
-  port:
-    description: UDP port of the session.
-    type: int
-    default: 9000
-  session_key:
-    description: The session's secret key, the same as the sender's (a fresh random one per session).
-    type: str
-    required: true
   name:
     description:
       - Name this receiver reports to the sender (its inventory name), matched against the
@@ -72,22 +65,25 @@ options:
     description: Memory in MiB for objects being reassembled, verified and written; bounds the receiver's memory whatever the image size.
     type: int
     default: 48
-  offload:
-    description:
-      - Use UDP GRO (the kernel hands over runs of datagrams as one buffer) where the kernel offers
-        it. V(false) receives each datagram on its own (still many per C(recvmmsg) call); the
-        environment variable E(FLEETCAST_NO_OFFLOAD=1) does the same.
-    type: bool
-    default: true
   mode:
     description: Permissions of the image file written at O(dest).
     type: raw
     default: '0600'
+  resume:
+    description:
+      - Keep a journal of what was written and, when a previous receive of the same image onto the
+        same output was interrupted, continue from the chunks it verified (see the description).
+      - V(false) always starts over and keeps no journal.
+    type: bool
+    default: true
+  resume_dir:
+    description: With O(devices), directory of the resume journal (one file per set of devices).
+    type: path
+    default: /var/lib/fleetcast/resume
 extends_documentation_fragment:
+  - fleetcast.imaging.multicast_session
   - fleetcast.imaging.attributes
   - fleetcast.imaging.attributes.check_full
-requirements:
-  - python3-numpy, python3-zstandard and python3-cryptography on the target (Debian packages)
 notes:
   - Start receivers before the sender (for example with C(async)); a receiver that starts late
     still joins and completes, as long as the sender is still serving.
@@ -121,10 +117,15 @@ bytes:
   type: int
   sample: 536870912
 chunks:
-  description: Chunks written (the layout not counted).
+  description: Chunks written in this run (the layout not counted).
   returned: success
   type: int
   sample: 128
+resumed_chunks:
+  description: Chunks an interrupted earlier receive had written and that verified, so were kept (see O(resume)).
+  returned: success
+  type: int
+  sample: 0
 repairs_asked:
   description: Fragments and whole objects this receiver asked the sender for again.
   returned: success
@@ -166,120 +167,10 @@ plan:
   type: dict
 """
 
-import json
-import os
-import threading
-import time
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import FleetcastError, ImageError, ValidationError
-from ansible_collections.fleetcast.imaging.plugins.module_utils._image.format import ChunkRecord, ImageWriter, Manifest
-from ansible_collections.fleetcast.imaging.plugins.module_utils._image.restore import RestoreSession
-from ansible_collections.fleetcast.imaging.plugins.module_utils._image import format as image_format
-from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import requirements
-from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.netio import NUMPY_IMPORT_ERROR, interface_address
-from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.receiver import Receiver, ReceiverConfig
-
-
-class DiskSink(object):
-    """Objects of the session onto the disks through a RestoreSession (validated at object 0)."""
-
-    def __init__(self, devices, grow_last):
-        self.devices = devices
-        self.grow_last = grow_last
-        self.session = None
-        self.result = None
-        self.entries = {}
-        self.lock = threading.Lock()
-
-    @property
-    def chunks(self):
-        return len(self.entries)
-
-    def __call__(self, index, data):
-        if index == 0:
-            self.session = RestoreSession(json.loads(bytes(data)), self.devices, self.grow_last)
-            self.session.validate()
-            self.session.prepare()
-            return
-        record = ChunkRecord.from_bytes(data)
-        self.session.write(record)        # checks the chunk's own digest before writing
-        with self.lock:
-            self.entries[record.index] = record.entry()
-
-    def finish(self, announced):
-        # finish() checks that what was written has the announced image id, then grows and rereads.
-        entries = [self.entries[index] for index in sorted(self.entries)]
-        self.result = self.session.finish(Manifest(self.session.layout, entries, announced.hex()))
-        return bytes.fromhex(self.result.image_id)
-
-    def abort(self):
-        if self.session is not None:
-            self.session.abort()
-
-
-class FileSink(object):
-    """Objects of the session into an image file, renamed into place once complete."""
-
-    def __init__(self, dest, mode):
-        self.dest = dest
-        self.partial = dest + ".partial"
-        self.mode = mode
-        self.handle = None
-        self.writer = None
-        self.chunks = 0
-        self.lock = threading.Lock()
-
-    def __call__(self, index, data):
-        with self.lock:
-            if index == 0:
-                fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self.mode)
-                self.handle = os.fdopen(fd, "wb", buffering=1 << 20)
-                self.writer = ImageWriter(self.handle, json.loads(bytes(data)))
-                return
-            record = ChunkRecord.from_bytes(data)
-            record.decompress_verified()        # the chunk's own digest, before it is kept
-            self.writer.add(record)
-            self.chunks += 1
-
-    def finish(self, announced):
-        manifest = self.writer.close()
-        if manifest.image_id != announced.hex():
-            raise ImageError("The image received into %s has image id %s, not the announced %s; it stays as %s."
-                             % (self.dest, manifest.image_id, announced.hex(), self.partial))
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        self.handle = None
-        os.chmod(self.partial, self.mode)
-        os.replace(self.partial, self.dest)
-        return bytes.fromhex(manifest.image_id)
-
-    def abort(self):
-        if self.handle is not None:
-            self.handle.close()
-
-
-def check_plan(module, address):
-    params = module.params
-    if NUMPY_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("numpy (apt: python3-numpy)"), exception=NUMPY_IMPORT_ERROR)
-    if image_format.ZSTD_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("zstandard (apt: python3-zstandard)"),
-                         exception=image_format.ZSTD_IMPORT_ERROR)
-    plan = {"interface": params["interface"], "address": address, "group": params["group"], "port": params["port"]}
-    if params["devices"]:
-        from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import safety
-        for device in params["devices"]:
-            safety.check_target(device)
-        plan["devices"] = params["devices"]
-    else:
-        directory = os.path.dirname(os.path.abspath(params["dest"]))
-        if not os.access(directory, os.W_OK):
-            raise ValidationError("Directory %s is not writable, so %s cannot be received." % (directory, params["dest"]))
-        plan["dest"] = params["dest"]
-    return plan
+from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import FleetcastError
+from ansible_collections.fleetcast.imaging.plugins.module_utils._multicast import session
 
 
 def main():
@@ -297,44 +188,25 @@ def main():
             window_mib=dict(type="int", default=48),
             offload=dict(type="bool", default=True),
             mode=dict(type="raw", default="0600"),
+            resume=dict(type="bool", default=True),
+            resume_dir=dict(type="path", default="/var/lib/fleetcast/resume"),
         ),
         mutually_exclusive=[("devices", "dest")],
         required_one_of=[("devices", "dest")],
         supports_check_mode=True,
     )
-    params = module.params
-    started = time.monotonic()
-    sink = None
+    missing = session.missing_library(disks=bool(module.params["devices"]))
+    if missing:
+        module.fail_json(msg=missing_required_lib(missing[0]), exception=missing[1])
+    error = None
     try:
-        # Every library and tool the whole receive needs, in check mode and for real, before the
-        # session starts (the layout's own needs are checked again at object 0, before the wipe).
-        requirements.require(
-            ("numpy", "zstandard") + (("parted",) if params["devices"] else ()),
-            requirements.RESTORE_TOOLS if params["devices"] else (),
-            "receive onto %s" % ", ".join(params["devices"] or [params["dest"]]))
-        address = interface_address(params["interface"])
-        if module.check_mode:
-            module.exit_json(changed=True, plan=check_plan(module, address))
-        if params["devices"]:
-            sink = DiskSink(params["devices"], params["grow_last"])
-        else:
-            mode = int(params["mode"], 8) if isinstance(params["mode"], str) else int(params["mode"])
-            sink = FileSink(params["dest"], mode)
-        config = ReceiverConfig(
-            group=params["group"], port=params["port"], address=address,
-            session_key=params["session_key"].encode("utf-8"), name=params["name"] or address,
-            timeout=float(params["timeout"]), window_bytes=params["window_mib"] * 1024 * 1024,
-            offload=None if params["offload"] else False, layout_first=True)
-        result = Receiver(config, sink, finish=sink.finish).run()
+        report = session.receive(session.ReceiveSpec.from_options(module.params), module.check_mode)
     except FleetcastError as err:
-        if sink is not None:
-            sink.abort()
-        module.fail_json(msg=str(err))
-    module.exit_json(
-        changed=True, bytes=result.bytes, chunks=sink.chunks,
-        repairs_asked=result.fragment_requests + result.object_requests,
-        seconds=round(time.monotonic() - started, 3), digest=result.digest, sender=result.sender,
-        offload=result.gro, encrypted=result.encrypted, rejoins=result.rejoins)
+        error = str(err)
+    if error:
+        # Outside the except block, so that the user sees the sentence and not a traceback.
+        module.fail_json(msg=error)
+    module.exit_json(**report)
 
 
 if __name__ == "__main__":

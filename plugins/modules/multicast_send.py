@@ -50,26 +50,10 @@ options:
   spool_dir:
     description: With O(source_devices), where the temporary spool of captured chunks is kept (deleted at the end).
     type: path
-  interface:
-    description: Network interface on the imaging LAN; its IPv4 address is used.
-    type: str
-    default: eth0
-  group:
-    description: IPv4 multicast group of the session.
-    type: str
-    default: 239.255.42.1
-  port:
-    description: UDP port of the session (the sender receives the receivers' reports on it too).
-    type: int
-    default: 9000
   ttl:
     description: Multicast TTL; 1 keeps the session on the local network.
     type: int
     default: 1
-  session_key:
-    description: The session's secret key, the same as every receiver's. Use a fresh random one per session.
-    type: str
-    required: true
   expected:
     description: Receivers expected to join, by the name they report (their inventory name) or their address.
     type: list
@@ -97,13 +81,6 @@ options:
     description: Encrypt every chunk with AES-GCM (key derived from O(session_key) for this session).
     type: bool
     default: false
-  offload:
-    description:
-      - Use UDP GSO (the kernel cuts one large send into datagrams) where the kernel offers it.
-        V(false) sends each datagram on its own (still many per C(sendmmsg) call); the environment
-        variable E(FLEETCAST_NO_OFFLOAD=1) does the same.
-    type: bool
-    default: true
   progress_file:
     description:
       - File to keep replacing with a JSON progress object (C(bytes_done), C(bytes_total),
@@ -120,10 +97,9 @@ options:
     description: The image's signature file; defaults to O(image) with C(.sig) appended.
     type: path
 extends_documentation_fragment:
+  - fleetcast.imaging.multicast_session
   - fleetcast.imaging.attributes
   - fleetcast.imaging.attributes.check_full
-requirements:
-  - python3-numpy, python3-zstandard and python3-cryptography on the sender (Debian packages)
 seealso:
   - module: fleetcast.imaging.multicast_receive
   - module: fleetcast.imaging.progress
@@ -234,62 +210,10 @@ plan:
   type: dict
 """
 
-import json
-import os
-import tempfile
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import FleetcastError
-from ansible_collections.fleetcast.imaging.plugins.module_utils._image import capture as image_capture
-from ansible_collections.fleetcast.imaging.plugins.module_utils._image.format import ImageReader, canonical_json, image_id
-from ansible_collections.fleetcast.imaging.plugins.module_utils._image import format as image_format
-from ansible_collections.fleetcast.imaging.plugins.module_utils._image import signing
-from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.netio import NUMPY_IMPORT_ERROR, interface_address
-from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.sender import Sender, SenderConfig
-from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.source import ReaderSource, SpoolSource
-
-
-def image_source(path, public_key=None, signature=None):
-    """Object 0 is the layout; object i is chunk i - 1, read at random from the image file. With a
-    public key, the image's signature is checked first (a bad or missing one raises)."""
-    reader = ImageReader(path)
-    manifest = reader.manifest
-    if public_key:
-        try:
-            signing.verify(path, manifest.image_id, manifest.layout.get("origin"), public_key, signature)
-        except FleetcastError:
-            reader.close()
-            raise
-    source = ReaderSource(canonical_json(manifest.layout), reader.chunk_count + 1,
-                          lambda index: reader.record_bytes(index - 1), bytes.fromhex(manifest.image_id))
-    return source, reader, {"image": path, "image_id": manifest.image_id, "chunks": reader.chunk_count,
-                            "stored_bytes": manifest.stored_bytes}
-
-
-def live_source(params):
-    """The master's disks, captured as the session runs and spooled for repairs."""
-    layout, records = image_capture.capture(params["source_devices"], params["chunk_size_mib"] * 1024 * 1024,
-                                            params["compression_level"])
-    entries = []
-
-    def objects():
-        yield canonical_json(layout)
-        for record in records:
-            entries.append(record.entry())
-            yield record.to_bytes()
-
-    spool = SpoolSource(objects(), params["spool_dir"], lambda: bytes.fromhex(image_id(layout, entries)))
-    return spool, spool, {"source_devices": params["source_devices"]}
-
-
-def progress_writer(path):
-    def write(progress):
-        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".progress-")
-        with os.fdopen(handle, "w") as out:
-            json.dump(progress, out)
-        os.replace(temporary, path)
-    return write
+from ansible_collections.fleetcast.imaging.plugins.module_utils._multicast import session
 
 
 def main():
@@ -298,7 +222,7 @@ def main():
             image=dict(type="path"),
             source_devices=dict(type="list", elements="path"),
             chunk_size_mib=dict(type="int", default=4),
-            compression_level=dict(type="int", default=image_capture.LIVE_LEVEL),
+            compression_level=dict(type="int", default=3),
             spool_dir=dict(type="path"),
             interface=dict(type="str", default="eth0"),
             group=dict(type="str", default="239.255.42.1"),
@@ -320,52 +244,19 @@ def main():
         required_one_of=[("image", "source_devices")],
         supports_check_mode=True,
     )
-    params = module.params
-    if NUMPY_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("numpy (apt: python3-numpy)"), exception=NUMPY_IMPORT_ERROR)
-    if image_format.ZSTD_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("zstandard (apt: python3-zstandard)"),
-                         exception=image_format.ZSTD_IMPORT_ERROR)
-    if params["rate_mbit"] < 0 or params["min_receivers"] < 0 or params["max_wait"] < 0:
-        module.fail_json(msg="rate_mbit, min_receivers and max_wait must not be negative.")
-    holder = None
+    missing = session.missing_library()
+    if missing:
+        module.fail_json(msg=missing_required_lib(missing[0]), exception=missing[1])
+    failure, report = None, {}
     try:
-        address = interface_address(params["interface"])
-        session = {"interface": params["interface"], "address": address, "group": params["group"],
-                   "port": params["port"], "expected": params["expected"],
-                   "min_receivers": params["min_receivers"], "max_wait": params["max_wait"],
-                   "rate_mbit": params["rate_mbit"], "encrypt": params["encrypt"]}
-        if module.check_mode:
-            if params["image"]:
-                source, holder, what = image_source(params["image"], params["public_key"], params["signature"])
-            else:
-                layout = image_capture.describe(params["source_devices"], params["chunk_size_mib"] * 1024 * 1024)[0]
-                what = {"source_devices": params["source_devices"], "disks": len(layout.get("disks", []))}
-            session.update(what)
-            module.exit_json(changed=False, plan=session)
-        source, holder, what = (image_source(params["image"], params["public_key"], params["signature"])
-                                if params["image"] else live_source(params))
-        config = SenderConfig(
-            group=params["group"], port=params["port"], address=address,
-            session_key=params["session_key"].encode("utf-8"), ttl=params["ttl"],
-            expected=params["expected"], min_receivers=params["min_receivers"],
-            max_wait=float(params["max_wait"]), rate_cap=params["rate_mbit"] * 125000,
-            receiver_timeout=float(params["receiver_timeout"]), encrypt=params["encrypt"],
-            offload=None if params["offload"] else False,
-            progress=progress_writer(params["progress_file"]) if params["progress_file"] else None)
-        result = Sender(config, source).run()
+        report = session.serve(session.SendSpec.from_options(module.params), module.check_mode)
+    except session.SessionFailed as err:
+        failure, report = str(err), err.report
     except FleetcastError as err:
-        module.fail_json(msg=str(err))
-    finally:
-        if holder is not None:
-            holder.close()
-    receivers = [r.to_dict() for r in result.receivers]
-    done = [r for r in receivers if r["state"] == "done" and r["digest_matches"]]
-    report = dict(changed=bool(done), receivers=receivers, image_id=result.digest, objects=result.objects,
-                  bytes_sent=result.bytes, repair_datagrams=result.repair_datagrams, seconds=result.seconds,
-                  flow_holds=result.flow_holds, offload=result.gso, encrypted=result.encrypted)
-    if not done:
-        module.fail_json(msg="No receiver completed the session on %s:%s." % (params["group"], params["port"]), **report)
+        failure = str(err)
+    if failure:
+        # Outside the except blocks, so that the user sees the sentence and not a traceback.
+        module.fail_json(msg=failure, **report)
     module.exit_json(**report)
 
 

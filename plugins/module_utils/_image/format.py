@@ -293,6 +293,20 @@ class ImageWriter:
         self._closed = False
         self._write(header_bytes(layout))
 
+    @classmethod
+    def reopen(cls, fileobj: BinaryIO, layout: Dict[str, Any], entries: List[ChunkEntry],
+               position: int) -> "ImageWriter":
+        """Continue an unfinished image (a resumed receive): header and layout are already in the
+        file, `entries` are the records kept before `position`, where `fileobj` now stands."""
+        writer = cls.__new__(cls)
+        writer._file = fileobj
+        writer.layout = layout
+        writer._entries = {entry.index: entry for entry in entries}
+        writer._lock = threading.Lock()
+        writer._position = position
+        writer._closed = False
+        return writer
+
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:

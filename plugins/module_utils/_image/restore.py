@@ -318,6 +318,39 @@ class RestoreSession:
             self._sizes[disk["index"]] = target_plan.target_size
             self._shrink.prepare(target_plan, disk, self.scratch_dir)
 
+    def resume(self, held: List[ChunkEntry], threads: int = 0) -> List[ChunkEntry]:
+        """Continue an interrupted restore of this same image instead of prepare(): nothing is
+        wiped; every target must still carry the partition table the image gives it, and each chunk
+        of `held` whose range reads back with its digest counts as written (the others come again).
+        Returns the chunks kept. Raises ValidationError when the targets cannot be resumed."""
+        from .._disk import safety, table
+
+        if self.check_mode:
+            raise ValidationError("A check-mode restore session cannot write.")
+        plan = self.plan or self.validate()
+        for target_plan, disk in zip(plan.targets, self.layout["disks"]):
+            if disk["index"] in self._tables:
+                try:
+                    present = table.read_layout(target_plan.target).to_dict()
+                except FleetcastError:
+                    present = {}
+                if _table_key(present) != _table_key(self._tables[disk["index"]]):
+                    raise ValidationError(f"{target_plan.target} no longer carries the image's partition table, "
+                                          "so the interrupted restore cannot be resumed there.")
+        kept: List[ChunkEntry] = []
+        for target_plan, disk in zip(plan.targets, self.layout["disks"]):
+            entries = [entry for entry in held if entry.disk == disk["index"]]
+            kept += _matching(target_plan.target, entries, threads)
+        self._claims = safety.claim([target_plan.target for target_plan in plan.targets], self.protect)
+        for target_plan, held_target in zip(plan.targets, self._claims):
+            self._fds[target_plan.disk] = held_target.fd
+            self._sizes[target_plan.disk] = target_plan.target_size
+        with self._lock:
+            for entry in kept:
+                self._written[entry.index] = entry
+                self._kept_chunks += 1
+        return kept
+
     def write(self, record: ChunkRecord) -> bool:
         """Verify one chunk and write it (data) or zero its range (zero); thread-safe. A chunk
         already written is skipped (False)."""
@@ -537,6 +570,24 @@ def _first_mismatch(target: str, entries: List[ChunkEntry], threads: int = 0,
         return _first_false(check, entries, threads)
     finally:
         os.close(fd)
+
+
+def _matching(target: str, entries: List[ChunkEntry], threads: int = 0) -> List[ChunkEntry]:
+    """The chunks whose range on `target` hashes to their digest."""
+    fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+    good: List[ChunkEntry] = []
+
+    def check(entry: ChunkEntry) -> bool:
+        data = os.pread(fd, entry.length, entry.offset)
+        if len(data) == entry.length and hashlib.sha256(data).digest() == entry.digest:
+            good.append(entry)
+        return True
+
+    try:
+        _first_false(check, entries, threads)
+    finally:
+        os.close(fd)
+    return sorted(good, key=lambda entry: entry.index)
 
 
 def _first_false(check: Callable[[Any], bool], items: Iterable[Any], threads: int = 0) -> Optional[Any]:

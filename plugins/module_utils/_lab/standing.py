@@ -9,9 +9,11 @@ file in the lab directory as soon as it exists, so `destroy()` (a later process)
 what was made, even after a build that failed half-way. Destroy also sweeps namespaces carrying the
 lab's prefix and loop devices over files in the lab directory, and nothing else.
 
-Disks get content: the master a small but real Linux system (GPT, an EFI vfat partition and an
-ext4 root with hostname, machine-id, SSH host keys and netplan); each participant a dirty disk with
-an identity of its own in an ext4 root, plus other partitions, as a machine in use would have.
+Disks get content: the master a Linux system (GPT, an EFI vfat partition and an ext4 root with
+hostname, machine-id, SSH host keys and netplan): either a small stand-in (``master_system="toy"``,
+a few MiB, for quick tests) or a real Debian bookworm root with its kernel (``"debian"``, from the
+cached root of ``debian_root``; see ``debian_disk``); each participant a dirty disk with an identity
+of its own in an ext4 root, plus other partitions, as a machine in use would have.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ MiB = 1024 * 1024
 SECTOR = 512
 STATE_FILE = "state.json"
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{1,7}$")
+MASTER_SYSTEMS = ("toy", "debian")
 
 
 class LabError(FleetcastError):
@@ -70,6 +73,12 @@ class LabState:
         return os.path.join(self.directory, "images")
 
     @property
+    def resume_dir(self) -> str:
+        # The participants' resume journals (multicast_receive): lab hosts share this machine's
+        # files, so they are kept with the lab and go with it.
+        return os.path.join(self.directory, "resume")
+
+    @property
     def identity_dir(self) -> str:
         # The controller's identity store for the lab's hosts: it goes with the lab.
         return os.path.join(self.directory, "identity")
@@ -94,7 +103,7 @@ class LabState:
 
     def to_result(self) -> dict:
         return {"prefix": self.prefix, "directory": self.directory, "image_dir": self.image_dir,
-                "identity_dir": self.identity_dir,
+                "identity_dir": self.identity_dir, "resume_dir": self.resume_dir,
                 "hosts": {name: asdict(machine) for name, machine in self.machines.items()}}
 
 
@@ -118,12 +127,17 @@ def check_prefix(prefix: str) -> None:
 
 def build(prefix: str, directory: str, participants: List[str], server: str = "server",
           master: str = "master", subnet: str = "10.231.7", master_disk_size: int = 160 * MiB,
-          participant_disk_size: int = 192 * MiB, blank: List[str] = ()) -> LabState:
+          participant_disk_size: int = 192 * MiB, blank: List[str] = (), master_system: str = "toy") -> LabState:
     """Build the lab (or return the standing one with the same prefix); destroy on any failure.
 
     ``blank``: participants that are new computers, their disks all zeros (no system, no identity).
+    With master_system "debian" the disks grow to what the Debian root needs (participants at
+    least as large as the master).
     """
     check_prefix(prefix)
+    if master_system not in MASTER_SYSTEMS:
+        raise ValidationError(f"The lab's master system must be one of {', '.join(MASTER_SYSTEMS)}, "
+                              f"not {master_system!r}.")
     existing = LabState.load(directory)
     names = [server, master] + list(participants)
     if existing is not None:
@@ -142,7 +156,8 @@ def build(prefix: str, directory: str, participants: List[str], server: str = "s
     state.save()
     try:
         _build_network(state, server, master, participants)
-        _build_disks(state, master, participants, master_disk_size, participant_disk_size, list(blank))
+        _build_disks(state, master, participants, master_disk_size, participant_disk_size, list(blank),
+                     master_system)
     except BaseException:
         destroy(directory, prefix)
         raise
@@ -165,7 +180,7 @@ def _build_network(state: LabState, server: str, master: str, participants: List
 
 
 def _build_disks(state: LabState, master: str, participants: List[str], master_size: int,
-                 participant_size: int, blank: List[str]) -> None:
+                 participant_size: int, blank: List[str], master_system: str = "toy") -> None:
     for name in [master] + list(participants):
         machine = state.machines[name]
         path = os.path.join(state.directory, f"{name}.disk")
@@ -181,7 +196,13 @@ def _build_disks(state: LabState, master: str, participants: List[str], master_s
             continue
         machine.hostname = f"{name}.lab.fleetcast.test" if name == master else f"{name}-old"
         machine.machine_id = uuid.uuid4().hex
-        if name == master:
+        if name == master and master_system == "debian":
+            # debian_disk builds on this module: imported here, not at the top
+            from . import debian_disk  # pylint: disable=import-outside-toplevel
+
+            master_size = debian_disk.write_master(path, machine, state.subnet, min_size=master_size)
+            participant_size = max(participant_size, master_size)
+        elif name == master:
             write_master_system(path, machine, state.subnet)
         else:
             write_dirty_participant(path, machine, state.subnet)
@@ -322,7 +343,7 @@ def destroy(directory: str, prefix: Optional[str] = None) -> dict:
             if os.path.exists(path):
                 os.unlink(path)
                 removed["files"].append(path)
-        for made in (state.image_dir, state.identity_dir):
+        for made in (state.image_dir, state.identity_dir, state.resume_dir):
             if os.path.isdir(made):
                 shutil.rmtree(made)
                 removed["files"].append(made)

@@ -56,6 +56,8 @@ class BufferPool:
             stack = self.free.get(count)
             if stack:
                 rows = stack.pop()
+                if not stack:
+                    del self.free[count]
                 self.bytes -= rows.nbytes
                 return rows
             while self.bytes > max(0, room) and self.free:

@@ -26,7 +26,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from .._errors import TransportError
 from . import gcm, wire
@@ -81,6 +81,10 @@ class ReceiverConfig:
     window_bytes: int = 48 * 1024 * 1024
     offload: Optional[bool] = None
     layout_first: bool = False         # accept other objects only once object 0 was delivered
+    # resume: given the announced image id, a list of the objects the sink holds of that image;
+    # once object 0 was delivered (the sink may narrow the list in place until then) they count as
+    # delivered and are never asked for
+    resume: Optional[Callable[[bytes], Iterable[int]]] = None
 
 
 @dataclass
@@ -205,6 +209,8 @@ class Receiver:
         self.ended: Optional[int] = None
         self.done_acked = False
         self.digests: List[Tuple[int, bytes]] = []
+        self.held: Optional[List[int]] = None   # resume: objects the sink holds, until counted
+        self.resumed = 0
 
     def _use_batches(self) -> None:
         self.batch = batch_receiver(self.data_sock)
@@ -276,7 +282,8 @@ class Receiver:
                 if self.error is None:
                     self.sink(index, data)
                     self.delivered_bytes += data.nbytes if isinstance(data, memoryview) else len(data)
-                    self.delivered += 1
+                    with self.inflight_lock:     # resume() counts held objects from the loop
+                        self.delivered += 1
             except BaseException as err:
                 self.error = err
             finally:
@@ -378,6 +385,8 @@ class Receiver:
             if final:
                 self.final_count = known
                 self.image_id = image_id
+                if self.config.resume is not None and self.held is None:
+                    self.held = self.config.resume(wire.announced_image_id(image_id))
         elif kind == wire.META:
             first, count = wire.META_HEAD.unpack_from(body)
             offset = wire.META_HEAD.size
@@ -772,8 +781,14 @@ class Receiver:
                         f"No authenticated multicast session on {self._where()} within {self.config.timeout:g} s: "
                         "no sender is running there, or it uses a different session key.")
                 continue
+            if self.held and (self.delivered or not self.config.layout_first):
+                self._count_held()
             if self.final_count is not None and self.delivered >= self.final_count:
                 return
+            if self.ended == wire.END_ABORTED:
+                raise TransportError(
+                    f"Sender {self.sender[0]} aborted the session on {self._where()} (it was stopped or failed) "
+                    f"with {self.delivered} of {self.final_count} objects received here; the output is incomplete.")
             if self.ended is not None:
                 raise TransportError(
                     f"Sender {self.sender[0]} ended the session on {self._where()} before this receiver had "
@@ -788,6 +803,19 @@ class Receiver:
                 self._status(now)
                 # randomised spacing: receivers' reports spread out instead of arriving in bursts
                 next_status = now + STATUS_EVERY * (0.5 + random.random())
+
+    def _count_held(self) -> None:
+        """Objects an interrupted receive of the same image already verified: delivered, not asked
+        for. Only once the layout is in (the sink has opened its output); one that has started
+        reassembling meanwhile completes normally (the sink skips what it holds)."""
+        fresh = [index for index in self.held if 0 < index < len(self.state)
+                 and self.state[index] == MISSING and index not in self.window]
+        for index in fresh:
+            self.state[index] = PENDING
+        with self.inflight_lock:
+            self.delivered += len(fresh)
+        self.resumed = len(fresh)
+        self.held = []
 
     def _heartbeat(self, finished: threading.Event) -> None:
         body = self._status_head(0, 0, 0)

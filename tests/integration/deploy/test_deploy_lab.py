@@ -39,6 +39,9 @@ def _playbook(lab, name, *extra, timeout=240):
             # A distinct port per run, and a rate cap so that the transfer lasts long enough to
             # be cut half-way (the lab's image is small).
             "-e", f"imaging_port={lab['port']}", "-e", "multicast_image_rate_mbit=16",
+            # the small stand-in master: this test is about the pipeline, test_realistic_image
+            # deploys the Debian one
+            "-e", "imaging_lab_master_system=toy",
             "-e", "multicast_image_receiver_timeout=8", "-e", "multicast_image_poll_interval=1"]
     return subprocess.run(argv + list(extra), capture_output=True, text=True, env=env, timeout=timeout,
                           check=False)
