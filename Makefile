@@ -13,8 +13,8 @@ bootstrap:
 # lab.yml tears the lab down itself; the second run only matters if the playbook could not even
 # start, and then it removes whatever a previous build left.
 demo: bootstrap
-	@$(VENV)/bin/ansible-playbook -i playbooks/lab/inventory.yml playbooks/lab.yml; rc=$$?; \
-	$(VENV)/bin/ansible-playbook -i playbooks/lab/inventory.yml playbooks/lab.yml --tags lab_teardown >/dev/null 2>&1; \
+	@$(VENV)/bin/ansible-playbook -i playbooks/inventory/lab.yml playbooks/lab.yml; rc=$$?; \
+	$(VENV)/bin/ansible-playbook -i playbooks/inventory/lab.yml playbooks/lab.yml --tags lab_teardown >/dev/null 2>&1; \
 	exit $$rc
 
 test: bootstrap

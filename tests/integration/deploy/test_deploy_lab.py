@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 PLAYBOOKS = os.path.join(ROOT, "playbooks")
-INVENTORY = os.path.join(PLAYBOOKS, "lab", "inventory.yml")
+INVENTORY = os.path.join(PLAYBOOKS, "inventory", "lab.yml")
 PARTICIPANTS = ("p1", "p2", "p3")
 CUT_HOST = "p2"
 
@@ -36,7 +36,8 @@ def _playbook(lab, name, *extra, timeout=240):
             # A distinct port per run, and a rate cap so that the transfer lasts long enough to
             # be cut half-way (the lab's image is small).
             "-e", f"imaging_port={lab['port']}", "-e", "multicast_image_rate_mbit=16",
-            "-e", "multicast_image_receiver_timeout=8", "-e", "multicast_image_poll_interval=1"]
+            "-e", "multicast_image_receiver_timeout=8", "-e", "multicast_image_poll_interval=1",
+            "-e", f"imaging_report_dir={lab['reports']}"]
     return subprocess.run(argv + list(extra), capture_output=True, text=True, env=env, timeout=timeout,
                           check=False)
 
@@ -49,14 +50,20 @@ def _recap(stdout):
 
 
 def _summary(stdout):
-    """{host: summary line} from the last summary table printed."""
+    """{host: summary line} from the last summary table printed (a debug list of lines: each
+    line is a YAML list item, quoted where YAML needs it), plus 'Report' -> its line."""
     block = stdout[stdout.rindex("host         result"):]
     rows = {}
-    for line in block.splitlines()[1:]:
+    for raw in block.splitlines()[1:]:
+        line = re.sub(r"^\s*-\s", "", raw).strip()
+        if line[:1] in ("'", '"'):
+            line = line[1:-1].replace("''", "'") if line[0] == "'" else json.loads(line)
         fields = line.split()
-        if not fields or fields[0] not in PARTICIPANTS:
+        if fields and fields[0] == "Report:":
+            rows["Report"] = line
             break
-        rows[fields[0]] = line.strip()
+        if fields and fields[0] in PARTICIPANTS:
+            rows[fields[0]] = line.strip()
     return rows
 
 
@@ -130,6 +137,7 @@ class ReceivePathCutter(threading.Thread):
 def lab(tmp_path_factory):
     directory = tmp_path_factory.mktemp("deploylab") / "lab"
     lab = {"name": "fct" + os.urandom(2).hex(), "directory": str(directory),
+           "reports": str(tmp_path_factory.mktemp("reports")),
            "port": 20000 + int.from_bytes(os.urandom(2), "big") % 20000}
     try:
         built = _playbook(lab, "lab.yml", "--tags", "lab_build")
@@ -171,6 +179,26 @@ def test_check_mode_changes_nothing_and_says_what_it_would_do(lab):
         assert re.match(rf"{name}\s+planned\s+[1-9]\d*\s+0\s+no\s+no\s+-\s+check mode: nothing was written$",
                         rows[name]), rows
     assert not os.path.exists(os.path.join(lab["directory"], "identity", "p1.json"))
+    # The run's report is kept and linked from the summary; it holds every host's plan.
+    page, data = re.match(r"Report: (\S+\.md) \(data: (\S+\.json)\)$", rows["Report"]).groups()
+    report = json.loads(open(data, encoding="utf-8").read())
+    assert report["run"]["check_mode"] is True and os.path.dirname(page) == lab["reports"]
+    assert [host["outcome"] for host in report["hosts"]] == ["planned"] * len(PARTICIPANTS)
+
+
+@pytest.mark.timeout(150)
+def test_a_limited_run_keeps_its_summary(lab):
+    # The guide's re-run for one host: --limit with the server kept in. The summary and the
+    # report cover the participants inside the limit only.
+    run = _playbook(lab, "deploy.yml", "--check", "--limit", "p3:imaging_server")
+    assert run.returncode == 0, run.stdout[-4000:]
+    rows = _summary(run.stdout)
+    assert set(rows) == {"p3", "Report"}, rows
+    assert re.match(r"p3\s+planned\s", rows["p3"]), rows
+    data = re.match(r"Report: \S+ \(data: (\S+\.json)\)$", rows["Report"]).group(1)
+    report = json.loads(open(data, encoding="utf-8").read())
+    assert report["run"]["limit"] == "p3:imaging_server"
+    assert [host["name"] for host in report["hosts"]] == ["p3"]
 
 
 @pytest.mark.timeout(200)
@@ -224,3 +252,12 @@ def test_deploy_with_one_receive_path_cut_half_way(lab):
     assert f"{CUT_HOST}: {lab['machines'][CUT_HOST]['disk_device']} holds its own identity" not in flat
     # The cut host's disk is not claimed to be anything: it must not hold its identity re-applied.
     assert "yes" not in rows[CUT_HOST].split("FAILED", 1)[0]
+    # The kept report says the same, with the reason and the stages, and the digests of the others.
+    data = re.match(r"Report: \S+ \(data: (\S+\.json)\)$", rows["Report"]).group(1)
+    report = {host["name"]: host for host in json.loads(open(data, encoding="utf-8").read())["hosts"]}
+    assert report[CUT_HOST]["outcome"] == "failed" and report[CUT_HOST]["failed_stage"] == "multicast"
+    assert report[CUT_HOST]["reason"] and report[CUT_HOST]["stages"]["identity re-apply"] == "not run"
+    for name in ("p1", "p3"):
+        assert report[name]["outcome"] == "ok" and report[name]["digest_verified"]
+        assert re.fullmatch(r"[0-9a-f]{64}", report[name]["digest"])
+        assert report[name]["identity"]["checks"] == {"hostname": True, "machine_id": True, "ssh_fingerprints": True}
