@@ -48,14 +48,22 @@ options:
     default: deploy
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
-    details: The report is written in check mode too, recording the plan.
+    details: The report is written in check mode too, recording the plan; no managed host is changed.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+  action:
+    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
+    support: full
+  async:
+    description: Supports being used with the C(async) keyword.
     support: none
   platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
     platforms: posix
-  action:
-    support: full
 notes:
   - Runs on the controller only (an action plugin); use it with C(run_once).
 seealso:

@@ -118,30 +118,31 @@ def build(hosts: list[dict], run: dict) -> dict:
 
 
 def summary_lines(report: dict) -> list[str]:
-    """The table the run prints: one line per participant, then where the report is kept."""
-    lines = [_COLUMNS % ("host", "result", "bytes", "seconds", "identity", "digest", "fsck")]
+    """The summary the run prints: the table (one short row per participant, so that no callback
+    folds it), then each failure with its reason, the totals and where the report is kept."""
+    lines = [(_COLUMNS % ("host", "result", "bytes", "seconds", "identity", "digest", "fsck")).rstrip()]
     for host in report["hosts"]:
-        why = ""
-        if host["outcome"] == "failed":
-            why = f"at {host['failed_stage']}: {host['reason']}"
-        elif host["reason"]:
-            why = host["reason"]
-        line = _COLUMNS % (
+        lines.append((_COLUMNS % (
             host["name"], host["outcome"].upper() if host["outcome"] == "failed" else host["outcome"],
             "-" if host["bytes"] is None else host["bytes"],
             "-" if host["seconds"] is None else host["seconds"],
             "yes" if host["identity"]["reapplied"] else "no",
             "yes" if host["digest_verified"] else "no",
-            "clean" if host["fsck"]["clean"] else "-")
-        lines.append((line + "  " + why) if why else line.rstrip())
+            "clean" if host["fsck"]["clean"] else "-")).rstrip())
     if not report["hosts"]:
         lines.append("(no participant in this run)")
+    for host in report["hosts"]:
+        if host["outcome"] == "failed":
+            lines.append(f"{host['name']} failed at {host['failed_stage']}: {host['reason']}")
+    if report["run"].get("check_mode"):
+        lines.append("Check mode: nothing was written; the table shows the plan.")
     totals = report["totals"]
     lines.append(f"{totals['hosts']} participant(s): {totals['ok']} ok, {totals['planned']} planned, "
                  f"{totals['failed']} failed, {totals['skipped']} skipped")
     files = report.get("files") or {}
     if files.get("markdown"):
-        lines.append(f"Report: {files['markdown']} (data: {files['json']})")
+        lines.append(f"Report: {files['markdown']}")
+        lines.append(f"Data: {files['json']}")
     return lines
 
 
