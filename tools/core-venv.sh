@@ -15,7 +15,7 @@ if [ ! -x "$venv/bin/ansible-test" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wan
   rm -rf "$venv"
   /usr/bin/python3 -m venv --system-site-packages "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "ansible-core==$release.*" \
-    -r "$here/tools/requirements-core.txt" >&2
+    -r "$here/tools/requirements-core.txt" > "$venv.log" 2>&1 || { cat "$venv.log" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
 echo "$venv"

@@ -39,13 +39,14 @@ for release in "$@"; do
   mkdir -p "$tree"
   (cd "$here" && git ls-files -co --exclude-standard -z | xargs -0 -I{} cp --parents -P {} "$tree" 2>/dev/null || true)
   log="$here/.build/sanity-$release.log"
-  (cd "$tree" && git init -q . && git add -A >/dev/null &&
-    "$venv/bin/ansible-test" sanity --local --requirements --python 3.11 --skip-test pslint) > "$log" 2>&1 || {
-      echo "sanity: ansible-core $release FAILED ($log):"
-      grep -E '^(ERROR|FATAL)' "$log" || tail -40 "$log"
-      status=1
-    }
+  if (cd "$tree" && git init -q . && git add -A >/dev/null &&
+      "$venv/bin/ansible-test" sanity --local --requirements --python 3.11 --skip-test pslint) > "$log" 2>&1; then
+    echo "sanity: ansible-test sanity clean under ansible-core $("$venv/bin/python" -c 'import ansible.release as r; print(r.__version__)') ($(grep -c '^Running sanity test' "$log") tests)"
+  else
+    echo "sanity: ansible-core $release FAILED ($log):"
+    grep -E '^(ERROR|FATAL)' "$log" || tail -40 "$log"
+    status=1
+  fi
   rm -rf "$scratch"
-  [ $status -eq 0 ] && echo "sanity: ansible-test sanity clean under ansible-core $("$venv/bin/python" -c 'import ansible.release as r; print(r.__version__)') ($(grep -c '^Running sanity test' "$log") tests)"
 done
 exit $status

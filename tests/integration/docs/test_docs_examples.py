@@ -24,8 +24,8 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BIN = os.path.dirname(sys.executable)
 LAB_INVENTORY = os.path.join(ROOT, "playbooks", "inventory", "lab.yml")
-DOCS = ["README.md"] + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"),
-                                                                         recursive=True))
+DOCS = ["README.md"] + sorted(os.path.relpath(path, ROOT)
+                              for path in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True))
 FENCE = re.compile(r"^```(\S*)[^\n]*\n(.*?)^```", re.M | re.S)
 
 
@@ -136,8 +136,8 @@ def _tool(argv):
 def check_playbook(argv, ctx):
     # Every ansible-playbook command is syntax-checked; real runs of the lab, deploy and capture
     # playbooks are the lab tests (tests/integration/deploy, tests/integration/release).
-    argv = [os.path.join(BIN, "ansible-playbook")] + [ctx["inventory"] if a == "inventory.yml" else a
-                                                       for a in argv[1:]] + ["--syntax-check"]
+    words = [ctx["inventory"] if word == "inventory.yml" else word for word in argv[1:]]
+    argv = [os.path.join(BIN, "ansible-playbook")] + words + ["--syntax-check"]
     proc = _run(argv)
     return None if proc.returncode == 0 else f"syntax check failed: {proc.stdout[-800:]} {proc.stderr[-800:]}"
 
