@@ -97,6 +97,8 @@ def test_summary_lines_and_the_kept_report(tmp_path):
     report = json.loads(open(data, encoding="utf-8").read())
     assert [host["name"] for host in report["hosts"]] == ["p1", "p2", "p3"]
     assert report["run"]["image"]["image_id"] == "ab" * 32 and report["run"]["limit"] is None
+    # The run's start is the controller process's; times are ISO 8601 UTC, so they sort.
+    assert report["run"]["started"] and report["run"]["started"] <= report["run"]["finished"]
     assert report["hosts"][0]["identity"]["checks"] == {"hostname": True, "machine_id": True}
     assert report["hosts"][1]["stages"]["multicast"] == "failed"
     text = open(page, encoding="utf-8").read()
