@@ -117,7 +117,10 @@ class ActionModule(ActionBase):
         job_id = None
         finished = False
         last_progress = None
-        self._task.async_val = args["timeout"]
+        # The async wrapper's own limit is only a backstop, a little later than ours: our loop
+        # cancels the job and says so; a poll that takes long (a loaded host) must not let the
+        # wrapper's bare "Timeout exceeded" come first.
+        self._task.async_val = args["timeout"] + max(30, int(4 * args["poll_interval"]))
         try:
             start = self._execute_module(module_name=module, module_args=module_args,
                                          task_vars=task_vars, wrap_async=True)
@@ -136,6 +139,9 @@ class ActionModule(ActionBase):
                     last_progress = self._read_progress(progress_path) or last_progress
                 if status.get("finished"):
                     finished = True
+                    if status.get("failed") and status.get("msg") == "Timeout exceeded":
+                        raise AnsibleActionFail(f"{module} on {host} did not finish within "
+                                                f"{args['timeout']} seconds and was cancelled.")
                     for key in ("ansible_job_id", "started", "finished", "results_file"):
                         status.pop(key, None)
                     result.update(status)
