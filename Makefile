@@ -4,8 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
 export ANSIBLE_CONFIG := $(CURDIR)/tests/ansible.cfg
+# The ansible-core releases the collection supports (meta/runtime.yml); `make test` checks the
+# oldest and the newest, `make test-cores` every one.
+CORE_RELEASES := $(shell grep -v '^\#' tools/ansible-versions.txt)
+CORE_ENDS := $(sort $(firstword $(CORE_RELEASES)) $(lastword $(CORE_RELEASES)))
 
-.PHONY: bootstrap demo test unit integration sanity lint bench clean
+.PHONY: bootstrap demo test unit integration sanity lint cores test-cores release bench clean
 
 bootstrap:
 	@tools/bootstrap.sh
@@ -13,13 +17,13 @@ bootstrap:
 # lab.yml tears the lab down itself; the second run only matters if the playbook could not even
 # start, and then it removes whatever a previous build left.
 demo: bootstrap
-	@$(VENV)/bin/ansible-playbook -i playbooks/lab/inventory.yml playbooks/lab.yml; rc=$$?; \
-	$(VENV)/bin/ansible-playbook -i playbooks/lab/inventory.yml playbooks/lab.yml --tags lab_teardown >/dev/null 2>&1; \
+	@$(VENV)/bin/ansible-playbook -i playbooks/inventory/lab.yml playbooks/lab.yml; rc=$$?; \
+	$(VENV)/bin/ansible-playbook -i playbooks/inventory/lab.yml playbooks/lab.yml --tags lab_teardown >/dev/null 2>&1; \
 	exit $$rc
 
 test: bootstrap
 	$(PY) -m pytest -p no:cacheprovider tests
-	$(MAKE) --no-print-directory sanity lint
+	$(MAKE) --no-print-directory sanity lint cores
 
 unit: bootstrap
 	$(PY) -m pytest -p no:cacheprovider tests/unit
@@ -28,7 +32,20 @@ integration: bootstrap
 	$(PY) -m pytest -p no:cacheprovider tests/integration
 
 sanity: bootstrap
-	@tools/sanity.sh
+	@tools/sanity.sh $(CORE_ENDS)
+
+# The unit tests that exercise ansible-core, under the oldest and newest supported releases.
+cores: bootstrap
+	@tools/core-tests.sh $(CORE_ENDS)
+
+# Every supported ansible-core release: sanity and the unit tests that exercise ansible-core.
+test-cores: bootstrap
+	@tools/sanity.sh $(CORE_RELEASES)
+	@tools/core-tests.sh $(CORE_RELEASES)
+
+# Release notes for galaxy.yml's version (docs/releasing.md).
+release: bootstrap
+	@tools/release.sh
 
 lint: bootstrap
 	@tools/lint.sh

@@ -8,7 +8,7 @@ venv="$here/.venv"
 
 apt_packages=(
   python3 python3-venv python3-dev python3-parted python3-zstandard python3-hivex python3-numpy
-  python3-cryptography python3-jmespath python3-yaml libparted-dev pkg-config gcc openssh-client
+  python3-cryptography python3-yaml libparted-dev pkg-config gcc openssh-client
   parted gdisk fdisk dosfstools mtools ntfs-3g e2fsprogs xfsprogs btrfs-progs util-linux zstd
   iproute2 nftables udpcast uftp partclone libhivex-bin
   mdadm cryptsetup-bin lvm2  # stacked-storage wipe tests: mdadm --examine, luksFormat, pvcreate

@@ -11,9 +11,10 @@ import time
 
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_text
-from ansible.parsing.plugin_docs import read_docstring
 from ansible.plugins.action import ActionBase
+from ansible.plugins.loader import fragment_loader
 from ansible.utils.display import Display
+from ansible.utils.plugin_docs import get_docstring
 
 display = Display()
 
@@ -116,7 +117,10 @@ class ActionModule(ActionBase):
         job_id = None
         finished = False
         last_progress = None
-        self._task.async_val = args["timeout"]
+        # The async wrapper's own limit is only a backstop, a little later than ours: our loop
+        # cancels the job and says so; a poll that takes long (a loaded host) must not let the
+        # wrapper's bare "Timeout exceeded" come first.
+        self._task.async_val = args["timeout"] + max(30, int(4 * args["poll_interval"]))
         try:
             start = self._execute_module(module_name=module, module_args=module_args,
                                          task_vars=task_vars, wrap_async=True)
@@ -135,6 +139,9 @@ class ActionModule(ActionBase):
                     last_progress = self._read_progress(progress_path) or last_progress
                 if status.get("finished"):
                     finished = True
+                    if status.get("failed") and status.get("msg") == "Timeout exceeded":
+                        raise AnsibleActionFail(f"{module} on {host} did not finish within "
+                                                f"{args['timeout']} seconds and was cancelled.")
                     for key in ("ansible_job_id", "started", "finished", "results_file"):
                         status.pop(key, None)
                     result.update(status)
@@ -157,12 +164,20 @@ class ActionModule(ActionBase):
         return result
 
     def _documents_option(self, module: str, option: str) -> bool:
-        """Whether the module's documentation lists `option` (so passing it cannot break it)."""
-        context = self._shared_loader_obj.module_loader.find_plugin_with_context(
-            module, collection_list=self._task.collections)
-        if not context.resolved or not context.plugin_resolved_path:
+        """Whether the module's documentation lists `option` (so passing it cannot break it),
+        read as ansible-doc reads it: doc fragments merged in. Any failure to read it counts as
+        'not documented' (the progress lines then show the elapsed time only)."""
+        try:
+            context = self._shared_loader_obj.module_loader.find_plugin_with_context(
+                module, collection_list=self._task.collections)
+            if not context.resolved or not context.plugin_resolved_path:
+                return False
+            doc = get_docstring(context.plugin_resolved_path, fragment_loader, verbose=False, ignore_errors=True,
+                                collection_name=context.plugin_resolved_collection or None,
+                                is_module=True, plugin_type="module")[0] or {}
+        except Exception as exc:  # an ansible-core whose loader API differs: degrade, do not fail the task
+            display.vvv(f"progress: cannot read the documentation of {module}: {exc}")
             return False
-        doc = read_docstring(context.plugin_resolved_path, verbose=False, ignore_errors=True).get("doc") or {}
         return option in (doc.get("options") or {})
 
     def _job_status(self, job_id: str, mode: str, task_vars: dict) -> dict:

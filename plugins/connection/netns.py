@@ -70,7 +70,7 @@ all:
     p1:
       ansible_connection: fleetcast.imaging.netns
       ansible_netns_name: fclab-p1
-
+---
 # the same, by prefix: each host's namespace is fclab-<inventory name>, also under delegate_to
 all:
   vars:

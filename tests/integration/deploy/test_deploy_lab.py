@@ -10,9 +10,11 @@ import json
 import os
 import re
 import subprocess
+import textwrap
 import threading
 
 import pytest
+import yaml
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._lab import loopdisk, standing
 from ansible_collections.fleetcast.imaging.plugins.module_utils._lab.netlab import LabHost
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 PLAYBOOKS = os.path.join(ROOT, "playbooks")
-INVENTORY = os.path.join(PLAYBOOKS, "lab", "inventory.yml")
+INVENTORY = os.path.join(PLAYBOOKS, "inventory", "lab.yml")
 PARTICIPANTS = ("p1", "p2", "p3")
 SESSION_KEY = os.urandom(32).hex()
 VAULT_PASSWORD = "fleetcast-" + os.urandom(12).hex()
@@ -42,7 +44,8 @@ def _playbook(lab, name, *extra, timeout=240):
             # the small stand-in master: this test is about the pipeline, test_realistic_image
             # deploys the Debian one
             "-e", "imaging_lab_master_system=toy",
-            "-e", "multicast_image_receiver_timeout=8", "-e", "multicast_image_poll_interval=1"]
+            "-e", "multicast_image_receiver_timeout=8", "-e", "multicast_image_poll_interval=1",
+            "-e", f"imaging_report_dir={lab['reports']}"]
     return subprocess.run(argv + list(extra), capture_output=True, text=True, env=env, timeout=timeout,
                           check=False)
 
@@ -55,14 +58,26 @@ def _recap(stdout):
 
 
 def _summary(stdout):
-    """{host: summary line} from the last summary table printed."""
-    block = stdout[stdout.rindex("host         result"):]
-    rows = {}
-    for line in block.splitlines()[1:]:
-        fields = line.split()
-        if not fields or fields[0] not in PARTICIPANTS + (BLANK,):
+    """{host: table row, 'failures': {host: reason line}, 'Report': path, 'Data': path} from the
+    last summary printed (a debug list of lines, which the YAML result format may fold)."""
+    heads = [m.start() for m in re.finditer(r"^\s*- '?host {9}result", stdout, re.M)]
+    assert heads, "no summary printed:\n" + stdout[-3000:]
+    start = stdout.rindex("msg:", 0, heads[-1])
+    block = []
+    for line in stdout[start:].splitlines():
+        if block and not line.strip():
             break
-        rows[fields[0]] = line.strip()
+        block.append(line)
+    lines = yaml.safe_load(textwrap.dedent("\n".join(block)))["msg"]
+    rows = {"failures": {}}
+    for line in lines[1:]:
+        fields = line.split()
+        if fields[0] in ("Report:", "Data:"):
+            rows[fields[0][:-1]] = fields[1]
+        elif fields[0] in PARTICIPANTS + (BLANK,) and fields[1] == "failed":
+            rows["failures"][fields[0]] = line
+        elif fields[0] in PARTICIPANTS + (BLANK,):
+            rows[fields[0]] = line
     return rows
 
 
@@ -136,6 +151,7 @@ class ReceivePathCutter(threading.Thread):
 def lab(tmp_path_factory):
     directory = tmp_path_factory.mktemp("deploylab") / "lab"
     lab = {"name": "fct" + os.urandom(2).hex(), "directory": str(directory),
+           "reports": str(tmp_path_factory.mktemp("reports")),
            "port": 20000 + int.from_bytes(os.urandom(2), "big") % 20000}
     try:
         built = _playbook(lab, "lab.yml", "--tags", "lab_build")
@@ -178,9 +194,29 @@ def test_check_mode_changes_nothing_and_says_what_it_would_do(lab):
     rows = _summary(run.stdout)
     for name in PARTICIPANTS:
         # Nothing was written, so nothing is claimed: planned, no identity, no digest, no fsck.
-        assert re.match(rf"{name}\s+planned\s+[1-9]\d*\s+0\s+no\s+no\s+-\s+check mode: nothing was written$",
-                        rows[name]), rows
+        assert re.match(rf"{name}\s+planned\s+[1-9]\d*\s+0\s+no\s+no\s+-$", rows[name]), rows
     assert not os.path.exists(os.path.join(lab["directory"], "identity", "p1.json"))
+    # The run's report is kept and linked from the summary; it holds every host's plan.
+    assert "Check mode: nothing was written; the table shows the plan." in run.stdout
+    page, data = rows["Report"], rows["Data"]
+    assert page.endswith(".md") and os.path.isfile(page)
+    report = json.loads(open(data, encoding="utf-8").read())
+    assert report["run"]["check_mode"] is True and os.path.dirname(page) == lab["reports"]
+    assert [host["outcome"] for host in report["hosts"]] == ["planned"] * len(PARTICIPANTS + (BLANK,))
+
+
+@pytest.mark.timeout(150)
+def test_a_limited_run_keeps_its_summary(lab):
+    # The guide's re-run for one host: --limit with the server kept in. The summary and the
+    # report cover the participants inside the limit only.
+    run = _playbook(lab, "deploy.yml", "--check", "--limit", "p3:imaging_server")
+    assert run.returncode == 0, run.stdout[-4000:]
+    rows = _summary(run.stdout)
+    assert set(rows) == {"p3", "failures", "Report", "Data"} and not rows["failures"], rows
+    assert re.match(r"p3\s+planned\s", rows["p3"]), rows
+    report = json.loads(open(rows["Data"], encoding="utf-8").read())
+    assert report["run"]["limit"] == "p3:imaging_server"
+    assert [host["name"] for host in report["hosts"]] == ["p3"]
 
 
 @pytest.mark.timeout(360)
@@ -211,8 +247,9 @@ def test_deploy_with_one_receive_path_cut_half_way(lab):
         assert recap[name]["failed"] == 0 and recap[name]["unreachable"] == 0, out[-4000:]
 
     rows = _summary(out)
-    print("\n".join(rows.values()))
-    assert re.match(rf"{CUT_HOST}\s+FAILED\s+.*at multicast: \S+", rows[CUT_HOST]), rows
+    print("\n".join(str(value) for value in rows.values()))
+    assert re.match(rf"{CUT_HOST}\s+FAILED\s", rows[CUT_HOST]), rows
+    assert re.match(rf"{CUT_HOST} failed at multicast: \S+", rows["failures"][CUT_HOST]), rows
     for name in ("p1", "p3", BLANK):
         assert re.match(rf"{name}\s+ok\s+[1-9]\d*\s+[\d.]+\s+yes\s+yes\s+clean$", rows[name]), rows
     assert re.search(rf"{CUT_HOST} failed at multicast: .+", out)
@@ -242,6 +279,14 @@ def test_deploy_with_one_receive_path_cut_half_way(lab):
     assert f"{CUT_HOST}: {lab['machines'][CUT_HOST]['disk_device']} holds its own identity" not in flat
     # The cut host's disk is not claimed to be anything: it must not hold its identity re-applied.
     assert "yes" not in rows[CUT_HOST].split("FAILED", 1)[0]
+    # The kept report says the same, with the reason and the stages, and the digests of the others.
+    report = {host["name"]: host for host in json.loads(open(rows["Data"], encoding="utf-8").read())["hosts"]}
+    assert report[CUT_HOST]["outcome"] == "failed" and report[CUT_HOST]["failed_stage"] == "multicast"
+    assert report[CUT_HOST]["reason"] and report[CUT_HOST]["stages"]["identity re-apply"] == "not run"
+    for name in ("p1", "p3"):
+        assert report[name]["outcome"] == "ok" and report[name]["digest_verified"]
+        assert re.fullmatch(r"[0-9a-f]{64}", report[name]["digest"])
+        assert report[name]["identity"]["checks"] == {"hostname": True, "machine_id": True, "ssh_fingerprints": True}
     _check_blank_participant(lab, out)
 
 

@@ -3,6 +3,7 @@ per poll, its own result comes back; on timeout the job's processes really end."
 import os
 import re
 import subprocess
+import sys
 import textwrap
 import time
 
@@ -60,7 +61,7 @@ def _playbook(tmp_path, tasks):
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "tests", "ansible.cfg"),
                ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
                ANSIBLE_NOCOLOR="1", LC_ALL="C.UTF-8")
-    return subprocess.run([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), "-i", "localhost,",
+    return subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,",
                            str(tmp_path / "play.yml")], capture_output=True, text=True, env=env,
                           timeout=120, cwd=tmp_path, check=False)
 
@@ -77,7 +78,7 @@ def _popen_playbook(tmp_path, tasks):
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "tests", "ansible.cfg"),
                ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
                ANSIBLE_NOCOLOR="1", LC_ALL="C.UTF-8")
-    return subprocess.Popen([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), "-i", "localhost,",
+    return subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,",
                              str(tmp_path / "play.yml")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, cwd=tmp_path)
 
@@ -155,7 +156,7 @@ def test_a_module_without_the_progress_option_runs_with_elapsed_time_only(tmp_pa
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "tests", "ansible.cfg"),
                ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
                ANSIBLE_NOCOLOR="1", LC_ALL="C.UTF-8")
-    proc = subprocess.Popen([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), "-i", "localhost,",
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,",
                              str(tmp_path / "play.yml")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, cwd=tmp_path)
     seen = []

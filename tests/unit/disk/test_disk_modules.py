@@ -2,6 +2,7 @@
 import json
 import os
 import subprocess
+import sys
 
 from disk_helpers import blkid, sh
 
@@ -14,7 +15,7 @@ def ansible(module, args, *flags):
                ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
                ANSIBLE_STDOUT_CALLBACK="minimal", ANSIBLE_CALLBACK_RESULT_FORMAT="json",
                ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
-    proc = subprocess.run([os.path.join(ROOT, ".venv", "bin", "ansible"), "localhost", "-m",
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible"), "localhost", "-m",
                            f"fleetcast.imaging.{module}", "-a", json.dumps(args), *flags],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False)
     # minimal prints "localhost | SUCCESS => {...}" and, with --diff, the diff text before it
