@@ -171,6 +171,8 @@ class _Pipeline:
 
     def _done(self, future: "Future") -> None:
         self.slots.release()
+        if future.cancelled():  # stop() after an error: nothing ran, nothing to report
+            return
         error = future.exception()
         if error is not None and self.error is None:
             self.error = error
