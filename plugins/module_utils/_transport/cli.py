@@ -17,7 +17,7 @@ import json
 import os
 import struct
 import sys
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from .._errors import FleetcastError
 from .netio import interface_address
@@ -26,16 +26,22 @@ from .source import ReaderSource
 OFFSET = struct.Struct(">Q")
 
 
-def file_source(path: str, object_size: int) -> ReaderSource:
+def file_source(path: str, object_size: int, sizes: Sequence[int] = ()) -> ReaderSource:
+    """Objects of `object_size` bytes, or of `sizes` in turn (cycled until the file is covered):
+    real images are chunks of many compressed sizes, and so must tests and benchmarks be."""
     fd = os.open(path, os.O_RDONLY)
     size = os.fstat(fd).st_size
-    count = -(-size // object_size) + 1
+    pattern = [int(value) for value in sizes if int(value) > 0] or [object_size]
+    bounds: List[int] = [0]         # object i (from 1) covers bounds[i-1]..bounds[i]
+    while bounds[-1] < size:
+        bounds.append(min(size, bounds[-1] + pattern[(len(bounds) - 1) % len(pattern)]))
+    count = len(bounds)             # object 0 (the description) and one per extent
     first = json.dumps({"size": size, "object_size": object_size}).encode()
 
     def read(index: int) -> bytearray:
         # one buffer, read into in place: no concatenation copy of the object
-        offset = (index - 1) * object_size
-        length = min(object_size, size - offset)
+        offset = bounds[index - 1]
+        length = bounds[index] - offset
         record = bytearray(OFFSET.size + length)
         OFFSET.pack_into(record, 0, offset)
         if os.preadv(fd, [memoryview(record)[OFFSET.size:]], offset) != length:
@@ -100,6 +106,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     send = sub.choices["send"]
     send.add_argument("--file", required=True)
     send.add_argument("--object-size", type=int, default=4 * 1024 * 1024)
+    send.add_argument("--object-sizes", default="",
+                      help="comma-separated object sizes used in turn (varied sizes, as an image's chunks)")
     send.add_argument("--expected", default="")
     send.add_argument("--min-receivers", type=int, default=1)
     send.add_argument("--max-wait", type=float, default=30.0)
@@ -123,7 +131,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 expected=[e for e in args.expected.split(",") if e], min_receivers=args.min_receivers,
                 max_wait=args.max_wait, rate_cap=args.rate, receiver_timeout=args.receiver_timeout,
                 encrypt=args.encrypt, offload=offload)
-            result = Sender(config, file_source(args.file, args.object_size)).run().to_dict()
+            sizes = [int(value) for value in args.object_sizes.split(",") if value]
+            result = Sender(config, file_source(args.file, args.object_size, sizes)).run().to_dict()
         else:
             sink = FileSink(args.output)
             from .receiver import Receiver, ReceiverConfig  # pylint: disable=import-outside-toplevel

@@ -56,6 +56,11 @@ class BufferPool:
             stack = self.free.get(count)
             if stack:
                 rows = stack.pop()
+                if not stack:
+                    # never leave an empty list behind: the eviction below pops from whatever
+                    # list comes first (an empty one crashed the sender of every image whose
+                    # chunks vary in size, "pop from empty list")
+                    del self.free[count]
                 self.bytes -= rows.nbytes
                 return rows
             while self.bytes > max(0, room) and self.free:
