@@ -30,6 +30,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from .._errors import TransportError
 from . import gcm, wire
+from .dmac import DatagramMac
 from .mmsg import MSG_TRUNC, batch_receiver
 from .netio import (NUMPY_IMPORT_ERROR, BufferPool, disable_gro, gro_segment_size, np, receiver_sockets,
                     renew_membership, udp_receive_errors)
@@ -61,7 +62,7 @@ FALLBACK_HEADER = struct.Struct(">IQIII")
 
 # the data header as six native 32-bit words; word 4 is the fragment number, whose big-endian
 # bytes for every possible fragment are precomputed as native words
-HEADER_WORDS = wire.DATA_HEADER_SIZE // 4
+HEADER_WORDS = wire.DATA_HEADER.size // 4     # the fields, not the tag (it differs per row)
 FRAGMENT_WORD = 4
 
 FRAGMENT_WORDS = None if NUMPY_IMPORT_ERROR else np.arange(MAX_FRAGMENTS + 1, dtype=">u4").view(np.uint32)
@@ -103,6 +104,7 @@ class ReceiveResult:
     rejoins: int = 0                   # times the group went silent and its membership was reported again
     gro_dropped: bool = False          # GRO was offered but coalesced nothing, so batches were used
     mmsg: bool = False                 # without GRO: recvmmsg took many datagrams per call
+    forged_datagrams: int = 0          # data datagrams of this session whose tag was wrong (dropped)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -163,6 +165,11 @@ class Receiver:
         self.view = memoryview(self.buffer)
         self.array = np.frombuffer(self.buffer, dtype=np.uint8)
         self.payload_view = self.array[wire.DATA_HEADER_SIZE:wire.DATAGRAM]   # of a single datagram
+        self.single_row = self.array[:wire.DATAGRAM].reshape(1, wire.DATAGRAM)
+        self.dmac: Optional[DatagramMac] = None
+        self.singles = 0                   # authentic data datagrams that arrived one per call
+        self.coalesced = 0                 # GRO buffers that held several authentic datagrams
+        self.forged = 0                    # data datagrams of this session whose tag was wrong
         self.recent: Tuple[int, int, Optional[_Partial]] = (-1, 0, None)   # the object last filled
         self.candidates: Dict[int, _Candidate] = {}
         self.keys: Optional[wire.SessionKeys] = None
@@ -209,14 +216,16 @@ class Receiver:
     def _use_batches(self) -> None:
         self.batch = batch_receiver(self.data_sock)
         if self.batch is not None:      # each row and its payload as views, for `_one`
-            self.batch_rows = list(self.batch.rows)
-            self.batch_payloads = [row[wire.DATA_HEADER_SIZE:] for row in self.batch_rows]
+            self.batch_rows = [self.batch.rows[number:number + 1] for number in range(self.batch.capacity)]
+            self.batch_payloads = [row[0, wire.DATA_HEADER_SIZE:] for row in self.batch_rows]
 
     def _gro_coalesces(self) -> bool:
-        """False once GRO has handed over GRO_PROBE data datagrams one by one: the kernel offers
-        the option but the device does not coalesce (no GRO on the NIC or a veth without NAPI).
-        Then GRO is turned off and recvmmsg takes many datagrams per call instead."""
-        if self.datagrams < GRO_PROBE or self.receive_calls < self.datagrams:
+        """False once GRO has handed over GRO_PROBE authentic data datagrams one by one and never
+        several in one buffer: the kernel offers the option but the device does not coalesce (no
+        GRO on the NIC or a veth without NAPI). Then GRO is turned off and recvmmsg takes many
+        datagrams per call instead. Only authentic datagrams count: stray or forged single
+        datagrams say nothing about the path and must not switch GRO off."""
+        if self.singles < GRO_PROBE or self.coalesced:
             return True
         if disable_gro(self.data_sock):
             self.gro = False
@@ -356,6 +365,7 @@ class Receiver:
         self.candidates.clear()
         self.prefix = struct.pack(">BBHQ", wire.DATA, wire.VERSION, 0, self.keys.session_id)
         self.prefix_head = struct.unpack(">I", self.prefix[:4])[0]
+        self.dmac = DatagramMac(self.keys.data, wire.DATAGRAM)
         self.last_from_sender = time.monotonic()
 
     def _grow(self, count: int) -> None:
@@ -532,15 +542,34 @@ class Receiver:
             expected = np.repeat(words[:1], size, axis=0)
             expected[:, FRAGMENT_WORD] = FRAGMENT_WORDS[first:first + size]
             if (words == expected).all():
-                self._object_rows(index, count, first, size, rows, now)
-                return
+                # and every row's own tag: nothing forged moves any state past this line
+                valid = self.dmac.check_run(rows, index, first)
+                if valid.all():
+                    if size > 1:
+                        self.coalesced += 1
+                    self._object_rows(index, count, first, size, rows, now)
+                    return
+                self.forged += size - int(np.count_nonzero(valid))
+                rows = rows[valid]
+                if not len(rows):
+                    return
         heads = rows.view(HEADER_ROW)[:, 0]       # strided views of the header fields, no copies
-        keep = (heads["prefix"] == self.prefix_head) & (heads["session"] == self.keys.session_id)
+        keep = ((heads["prefix"] == self.prefix_head) & (heads["session"] == self.keys.session_id)
+                & (heads["fragment"] < heads["count"]) & (heads["count"] <= MAX_FRAGMENTS))
         if not keep.all():
             rows = rows[keep]
             if not len(rows):
                 return
             heads = rows.view(HEADER_ROW)[:, 0]
+        valid = self.dmac.check(rows, heads["object"], heads["fragment"])
+        if not valid.all():
+            self.forged += len(valid) - int(np.count_nonzero(valid))
+            rows = rows[valid]
+            if not len(rows):
+                return
+            heads = rows.view(HEADER_ROW)[:, 0]
+        if len(rows) > 1:
+            self.coalesced += 1
         objects = heads["object"]
         starts = np.flatnonzero(np.diff(objects)) + 1
         bounds = [0] + starts.tolist() + [len(objects)]
@@ -582,12 +611,18 @@ class Receiver:
             if partial.remaining == 0:
                 self._complete(index, partial)
 
-    def _one(self, datagram, payload, now: float) -> None:
-        """One datagram without GRO: as little Python per datagram as can be (it is the fallback
-        path's cost); consecutive datagrams of one object skip the window lookup."""
-        head, session_id, index, fragment, count = FALLBACK_HEADER.unpack_from(datagram)
-        if head != self.prefix_head or session_id != self.keys.session_id:
+    def _one(self, row, payload, now: float) -> None:
+        """One datagram (`row`: it as a 1 x DATAGRAM array) without GRO: as little Python per
+        datagram as can be (it is the fallback path's cost); consecutive datagrams of one object
+        skip the window lookup."""
+        head, session_id, index, fragment, count = FALLBACK_HEADER.unpack_from(row[0])
+        if (head != self.prefix_head or session_id != self.keys.session_id or fragment >= count
+                or count > MAX_FRAGMENTS):
             return
+        if not self.dmac.check_run(row, index, fragment)[0]:
+            self.forged += 1
+            return
+        self.singles += 1
         recent_index, recent_count, partial = self.recent
         if index != recent_index or count != recent_count or partial is None or partial.complete:
             partial = self._partial(index, count, now)
@@ -686,7 +721,7 @@ class Receiver:
             kernel_drops=udp_receive_errors() - self.kernel_drops_base, window_drops=self.window_drops,
             rejected_objects=self.rejected_objects, datagrams=self.datagrams, rejoins=self.rejoins,
             gro_dropped=self.gro_dropped,
-            receive_calls=self.receive_calls, mmsg=self.batch is not None)
+            receive_calls=self.receive_calls, mmsg=self.batch is not None, forged_datagrams=self.forged)
 
     def _where(self) -> str:
         return f"{self.config.group}:{self.config.port}"
@@ -731,8 +766,8 @@ class Receiver:
                     if self.keys is not None:
                         self.receive_calls += 1
                         self.datagrams += 1
-                        self._one(self.buffer, self.payload_view, now)
-                        if self.gro and self.datagrams == GRO_PROBE:
+                        self._one(self.single_row, self.payload_view, now)
+                        if self.gro and self.singles >= GRO_PROBE:
                             self._gro_coalesces()
                 elif size >= wire.DATAGRAM and self.buffer[0] == wire.DATA:
                     if self.keys is not None:

@@ -27,6 +27,7 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from .._errors import TransportError
 from . import gcm, wire
+from .dmac import DatagramMac
 from .mmsg import BATCH, batch_sender
 from .netio import GSO_MAX_SEGMENTS, BufferPool, np, sender_socket
 from .source import ObjectSource
@@ -139,14 +140,16 @@ class _Prepared:
     __slots__ = ("index", "rows", "wire_length", "digest")
 
     def __init__(self, index: int, session_id: int, data: bytes, digest: bytes,
-                 pool: Optional[BufferPool] = None) -> None:
+                 pool: Optional[BufferPool] = None, signer: Optional[DatagramMac] = None) -> None:
         """`data`: the object as it goes on the wire (ciphertext and tag if encrypted);
-        `digest`: its authenticator (GMAC tag, or the AES-GCM tag), which META carries."""
+        `digest`: its authenticator (GMAC tag, or the AES-GCM tag), which META carries;
+        `signer`: the session's datagram MAC (without one, the tags stay zero: tests only)."""
         count = wire.fragments_of(len(data))
         # every byte is set below, so a reused buffer carries nothing over
         rows = pool.take(count, POOL_BYTES) if pool else np.empty((count, wire.DATAGRAM), dtype=np.uint8)
-        rows[:, :wire.DATA_HEADER_SIZE] = np.frombuffer(wire.DATA_HEADER.pack(
+        rows[:, :wire.DATA_HEADER.size] = np.frombuffer(wire.DATA_HEADER.pack(
             wire.DATA, wire.VERSION, 0, session_id, index, 0, count), dtype=np.uint8)
+        rows[:, wire.DATA_HEADER.size:wire.DATA_HEADER_SIZE] = 0
         rows[:, 16:20] = np.arange(count, dtype=">u4").view(np.uint8).reshape(count, 4)
         flat = np.frombuffer(data, dtype=np.uint8)
         whole = len(data) // wire.PAYLOAD
@@ -155,6 +158,8 @@ class _Prepared:
         if whole < count:             # the last fragment: its bytes, then zero padding
             rows[whole, wire.DATA_HEADER_SIZE:wire.DATA_HEADER_SIZE + len(tail)] = tail
             rows[whole, wire.DATA_HEADER_SIZE + len(tail):] = 0
+        if signer is not None:
+            signer.sign(rows, index)
         self.index = index
         self.rows = rows
         self.wire_length = len(data)
@@ -169,6 +174,7 @@ class Sender:
         self.keys = wire.SessionKeys.derive(config.session_key, self.session_id)
         self.cipher = gcm.ObjectCipher(self.keys.enc) if config.encrypt else None
         self.mac = gcm.ObjectMac(self.keys.auth)
+        self.signer = DatagramMac(self.keys.data, wire.DATAGRAM)
         self.sock, self.gso = sender_socket(config.address, config.port, config.ttl, config.offload)
         self.sock.setblocking(False)
         self.destination = (config.group, config.port)
@@ -222,7 +228,7 @@ class Sender:
         if known is not None and known[1] != digest:
             # never sent: a second tag under the same nonce stays in this process
             raise TransportError(f"Object {index} changed while the session was serving it.")
-        return _Prepared(index, self.session_id, data, digest, self.pool)
+        return _Prepared(index, self.session_id, data, digest, self.pool, self.signer)
 
     def _remember(self, prepared: _Prepared) -> None:
         self.meta[prepared.index] = (prepared.wire_length, prepared.digest)
@@ -521,8 +527,10 @@ class Sender:
                 self.object_queued.add(wanted)
                 heapq.heappush(self.object_queue, wanted)
         elif what == wire.REQ_META:
-            for wanted in range(index, min(index + min(amount, 256), self.next_index)):
-                self.meta_queue.add(wanted)
+            # also the object going out right now (its META may have been lost)
+            for wanted in range(index, index + min(amount, 256)):
+                if wanted in self.meta:
+                    self.meta_queue.add(wanted)
 
     # --- the loop --------------------------------------------------------------------------------
     def _joined_expected(self) -> Set[str]:
