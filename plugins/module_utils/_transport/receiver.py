@@ -50,6 +50,9 @@ GATHER = 0.001                # without GRO, once the socket is drained: let dat
 VECTOR_FROM = 10              # from this many datagrams in a recvmmsg batch, `_rows` beats `_one`
 MAX_FRAGMENTS = (64 * 1024 * 1024) // wire.PAYLOAD + 1     # refuse objects over 64 MiB
 BUFFER = 65536 + 4096
+DATA_SILENCE = 5.0            # the sender sent objects, none of their datagrams came for this long: give up
+STALE_PARTIAL = 2.0           # an object with holes that heard nothing this long yields its room
+DONE_EVERY = 0.1
 
 # the data header as numpy fields: rows of a GRO buffer viewed through it need no copies
 HEADER_ROW = None if NUMPY_IMPORT_ERROR else np.dtype({
@@ -105,6 +108,7 @@ class ReceiveResult:
     gro_dropped: bool = False          # GRO was offered but coalesced nothing, so batches were used
     mmsg: bool = False                 # without GRO: recvmmsg took many datagrams per call
     forged_datagrams: int = 0          # data datagrams of this session whose tag was wrong (dropped)
+    evicted_objects: int = 0           # objects with holes that yielded their room (fetched again)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -191,6 +195,12 @@ class Receiver:
         self.inflight = 0                  # bytes held by the window and the two queues
         self.inflight_lock = threading.Lock()
         self.requested: Dict[int, float] = {}
+        self.request_backoff: Dict[int, float] = {}   # objects asked for whole that never came: hold-off
+        self.last_data = 0.0               # when the last authentic data datagram came
+        self.sent_through_at_data = 0      # the sender's first-pass position then
+        self.report_to: List[Tuple[str, int]] = []
+        self.data_seen = False             # any authentic data datagram at all
+        self.evicted = 0                   # objects with holes that yielded their room, fetched again later
         self.lowest_missing = 0
         self.delivered = 0
         self.delivered_bytes = 0
@@ -292,12 +302,19 @@ class Receiver:
                 self._release(rows)      # the sink is done with the view: the buffer is reused
 
     # --- control ---------------------------------------------------------------------------------
-    def _send(self, kind: int, body: bytes) -> None:
+    def _send(self, kind: int, body: bytes, keys: Optional[wire.SessionKeys] = None,
+              to: Optional[List[Tuple[str, int]]] = None) -> None:
+        """A control message to the sender, unicast and to the group's report port: a host that
+        sends with the sender's Ethernet address makes a switch forward unicast meant for the
+        sender to itself, but the group reaches every member port whatever the switch learnt.
+        The sender's replay window takes each sequence number once."""
         self.seq += 1
-        try:
-            self.control_sock.sendto(wire.pack_control(self.keys, kind, self.seq, body), self.sender)
-        except (BlockingIOError, OSError):
-            pass   # control is retried by the next status round
+        datagram = wire.pack_control(keys or self.keys, kind, self.seq, body)
+        for destination in to or self.report_to:
+            try:
+                self.control_sock.sendto(datagram, destination)
+            except (BlockingIOError, OSError):
+                pass   # control is retried by the next status round
 
     def _control_datagram(self, datagram: bytes, source: Tuple[str, int]) -> None:
         head = wire.peek_control(datagram)
@@ -344,12 +361,8 @@ class Receiver:
             candidate.announce = body
         if kind == wire.ANNOUNCE and now - candidate.asked >= JOIN_EVERY:
             candidate.asked = now
-            self.seq += 1
             join = wire.JOIN_BODY.pack(self.receiver_id, candidate.nonce) + self.config.name.encode()[:64]
-            try:
-                self.control_sock.sendto(wire.pack_control(candidate.keys, wire.JOIN, self.seq, join), source)
-            except OSError:
-                pass
+            self._send(wire.JOIN, join, candidate.keys, [source, self._report_port()])
         elif kind == wire.WELCOME:
             receiver_id, nonce = wire.WELCOME_BODY.unpack_from(body)
             if receiver_id == self.receiver_id and nonce == candidate.nonce:
@@ -362,11 +375,15 @@ class Receiver:
         self.keys = candidate.keys
         self.mac = gcm.ObjectMac(self.keys.auth)
         self.sender = candidate.sender
+        self.report_to = [self.sender, self._report_port()]
         self.candidates.clear()
         self.prefix = struct.pack(">BBHQ", wire.DATA, wire.VERSION, 0, self.keys.session_id)
         self.prefix_head = struct.unpack(">I", self.prefix[:4])[0]
         self.dmac = DatagramMac(self.keys.data, wire.DATAGRAM)
-        self.last_from_sender = time.monotonic()
+        self.last_from_sender = self.last_data = time.monotonic()
+
+    def _report_port(self) -> Tuple[str, int]:
+        return (self.config.group, self.config.port + 1)
 
     def _grow(self, count: int) -> None:
         if count > len(self.state):
@@ -433,6 +450,8 @@ class Receiver:
         if self.meta:
             average = max(wire.PAYLOAD, sum(entry[0] for entry in list(self.meta.values())[-16:]) // min(16, len(self.meta)))
         allowance = max(0, room // average - len(self.window))
+        if not self.data_seen:
+            allowance = min(allowance, 1)   # data may not reach us at all: ask for one object, not a window
         while self.lowest_missing < len(self.state) and self.state[self.lowest_missing] != MISSING:
             self.lowest_missing += 1
         index = self.lowest_missing
@@ -441,10 +460,13 @@ class Receiver:
             limit = min(limit, 1)
         run_start, run_length = -1, 0
         while index < limit and allowance > 0 and len(requests) < budget:
+            holdoff = self.request_backoff.get(index, OBJECT_REQUEST_HOLDOFF)
             wanted = (self.state[index] == MISSING and index not in self.window
-                      and now - self.requested.get(index, 0.0) > OBJECT_REQUEST_HOLDOFF)
+                      and now - self.requested.get(index, 0.0) > holdoff)
             if wanted:
                 self.requested[index] = now
+                # asked again and again, never a datagram of it: ask less and less often
+                self.request_backoff[index] = min(4.0, holdoff * 2)
                 allowance -= 1
                 self.object_requests += 1
                 if run_start >= 0 and run_start + run_length == index:
@@ -503,10 +525,15 @@ class Receiver:
             return None
         size = count * wire.PAYLOAD
         with self.inflight_lock:
+            short = self.inflight + size > self.config.window_bytes
+        if short and not self._evict_stale(now):
+            return None
+        with self.inflight_lock:
             if self.inflight + size > self.config.window_bytes:
                 return None
             self.inflight += size
             room = self.config.window_bytes - self.inflight
+        self.request_backoff.pop(index, None)
         newest = index >= self.frontier
         partial = _Partial(self.pool.take(count, room), now, newest)
         self.window[index] = partial
@@ -516,6 +543,22 @@ class Receiver:
             if self._holes_lost(previous):
                 self.status_due = True   # a later object started: its holes were lost
         return partial
+
+    def _evict_stale(self, now: float) -> bool:
+        """Let go of the object with holes that has heard nothing for longest, if that is over
+        STALE_PARTIAL: its repairs are not coming (the sender dropped us for a while, or moved on)
+        and its room is wanted. It is asked for again later, whole. True if one was let go."""
+        stale = [(partial.last_seen, index) for index, partial in self.window.items()
+                 if not partial.complete and now - partial.last_seen > STALE_PARTIAL]
+        if not stale:
+            return False
+        index = min(stale)[1]
+        partial = self.window.pop(index)
+        partial.complete = True              # `recent` may still point at it
+        self.requested.pop(index, None)
+        self.evicted += 1
+        self._release(partial.rows)
+        return True
 
     def _holes_lost(self, index: int) -> bool:
         """Whether first-pass object `index`, whose holes were not asked for yet, is known to have
@@ -587,6 +630,7 @@ class Receiver:
     def _object_rows(self, index: int, count: int, first: int, size: int, rows, now: float,
                      fragments=None, counts=None) -> None:
         """Rows of one object: fragments first .. first+size-1, or (not consecutive) `fragments`."""
+        self.last_data, self.sent_through_at_data, self.data_seen = now, self.sent_through, True
         partial = self._partial(index, count, now)
         if partial is None:
             if index < len(self.state) and self.state[index] == MISSING:
@@ -623,6 +667,7 @@ class Receiver:
             self.forged += 1
             return
         self.singles += 1
+        self.last_data, self.sent_through_at_data, self.data_seen = now, self.sent_through, True
         recent_index, recent_count, partial = self.recent
         if index != recent_index or count != recent_count or partial is None or partial.complete:
             partial = self._partial(index, count, now)
@@ -711,6 +756,9 @@ class Receiver:
                 digest = wire.transport_digest([(self.meta[i][0] - (gcm.TAG_SIZE if self.cipher else 0), self.meta[i][1])
                                                 for i in range(self.final_count or 0)])
             self._report_done(digest)
+        except BaseException as err:
+            self._leave(err)
+            raise
         finally:
             self.control_sock.close()
         return ReceiveResult(
@@ -721,7 +769,8 @@ class Receiver:
             kernel_drops=udp_receive_errors() - self.kernel_drops_base, window_drops=self.window_drops,
             rejected_objects=self.rejected_objects, datagrams=self.datagrams, rejoins=self.rejoins,
             gro_dropped=self.gro_dropped,
-            receive_calls=self.receive_calls, mmsg=self.batch is not None, forged_datagrams=self.forged)
+            receive_calls=self.receive_calls, mmsg=self.batch is not None, forged_datagrams=self.forged,
+            evicted_objects=self.evicted)
 
     def _where(self) -> str:
         return f"{self.config.group}:{self.config.port}"
@@ -813,6 +862,14 @@ class Receiver:
                 raise TransportError(
                     f"Sender {self.sender[0]} ended the session on {self._where()} before this receiver had "
                     f"every object ({self.delivered} of {self.final_count}); the output is incomplete.")
+            if (self.sent_through > self.sent_through_at_data and now - self.last_data > DATA_SILENCE
+                    and now - self.last_from_sender < 1.0):
+                total = self.final_count if self.final_count is not None else "?"
+                raise TransportError(
+                    f"Sender {self.sender[0]} is heard on {self._where()}, but none of the data it sent reached this "
+                    f"host for {DATA_SILENCE:g} s ({self.delivered} of {total} objects received): its "
+                    f"{wire.DATAGRAM}-byte datagrams do not get through (a smaller MTU on this path, or a filter); "
+                    "the output is incomplete.")
             if now - self.last_from_sender > self.config.timeout:
                 total = self.final_count if self.final_count is not None else "?"
                 raise TransportError(
@@ -823,6 +880,16 @@ class Receiver:
                 self._status(now)
                 # randomised spacing: receivers' reports spread out instead of arriving in bursts
                 next_status = now + STATUS_EVERY * (0.5 + random.random())
+
+    def _leave(self, err: BaseException) -> None:
+        """Tell the sender this receiver gives up, and why, so that it reports the reason and
+        nobody waits for a receiver that is gone."""
+        if self.keys is None:
+            return
+        reason = str(err) or type(err).__name__
+        body = wire.LEAVE_BODY.pack(self.receiver_id) + reason.encode("utf-8", "replace")[:300]
+        for _attempt in range(3):
+            self._send(wire.LEAVE, body)
 
     def _heartbeat(self, finished: threading.Event) -> None:
         body = self._status_head(0, 0, 0)
@@ -838,17 +905,17 @@ class Receiver:
             self._control_datagram(datagram, source)
 
     def _report_done(self, digest: bytes) -> None:
+        """DONE until the sender acknowledges it or ends the session, for up to `timeout`: a
+        receiver that stopped reporting early would be dropped by the sender although it wrote
+        every byte (one that cannot reach the sender for that long is no better off)."""
         body = wire.DONE_BODY.pack(self.receiver_id, self.delivered, digest)
         control = self.control_sock
-        for _attempt in range(50):
+        give_up = time.monotonic() + self.config.timeout
+        while time.monotonic() < give_up:
             if self.done_acked or self.ended is not None:
                 return
-            self.seq += 1
-            try:
-                control.sendto(wire.pack_control(self.keys, wire.DONE, self.seq, body), self.sender)
-            except OSError:
-                return
-            deadline = time.monotonic() + 0.1
+            self._send(wire.DONE, body)
+            deadline = time.monotonic() + DONE_EVERY
             while time.monotonic() < deadline and not self.done_acked:
                 try:
                     control.settimeout(max(0.001, deadline - time.monotonic()))

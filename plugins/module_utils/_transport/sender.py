@@ -29,7 +29,7 @@ from .._errors import TransportError
 from . import gcm, wire
 from .dmac import DatagramMac
 from .mmsg import BATCH, batch_sender
-from .netio import GSO_MAX_SEGMENTS, BufferPool, np, sender_socket
+from .netio import GSO_MAX_SEGMENTS, BufferPool, np, report_socket, sender_socket
 from .source import ObjectSource
 
 HOLDOFF = 0.06                 # a fragment is not sent again within this many seconds
@@ -61,6 +61,7 @@ class SenderConfig:
     start_rate: int = 500 * 1000 ** 2
     min_rate: int = 2 * 1000 ** 2
     receiver_timeout: float = 5.0
+    progress_timeout: float = 30.0     # a receiver that reports but gets nowhere this long is dropped
     encrypt: bool = False
     offload: Optional[bool] = None
     progress: Optional[Callable[[dict], None]] = None   # called about once a second
@@ -70,7 +71,7 @@ class SenderConfig:
 class ReceiverReport:
     name: str
     address: str
-    state: str                       # done | dropped | never_joined | incomplete
+    state: str                       # done | dropped | failed (it left, with its reason) | never_joined | incomplete
     digest: str = ""
     digest_matches: bool = False
     reason: str = ""
@@ -79,6 +80,7 @@ class ReceiverReport:
     objects: int = 0
     requests: int = 0
     holds: int = 0                   # objects whose first sending waited for this receiver's room
+    readmitted: int = 0              # times it was dropped and then served again (it came back)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -132,6 +134,10 @@ class _Peer:
     suspended: bool = False          # lacked room for over MAX_HOLD: not pacing until it catches up
     holds: int = 0                   # objects whose first sending waited for its room
     held_for: int = -1               # the last of them
+    progress: Tuple[int, int, int] = (0, 0, 0)   # (delivered, bytes, frontier) when it last changed
+    progress_at: float = 0.0
+    stalled: bool = False            # dropped for making no progress: served again once it does
+    readmitted: int = 0              # times it was dropped and came back
 
 
 class _Prepared:
@@ -177,6 +183,11 @@ class Sender:
         self.signer = DatagramMac(self.keys.data, wire.DATAGRAM)
         self.sock, self.gso = sender_socket(config.address, config.port, config.ttl, config.offload)
         self.sock.setblocking(False)
+        try:
+            self.reports = report_socket(config.group, config.port, config.address)
+        except TransportError:
+            self.sock.close()
+            raise
         self.destination = (config.group, config.port)
         # without GSO, sendmmsg where libc has it; else one sendto per datagram (the last resort)
         self.batch = batch_sender(self.sock, self.destination)
@@ -284,7 +295,7 @@ class Sender:
 
     def _idle(self, timeout: float) -> None:
         """Wait for a receiver's message or a prepared object, at most `timeout` seconds."""
-        readable = select.select([self.sock, self._wake_read], [], [], timeout)[0]
+        readable = select.select([self.sock, self.reports, self._wake_read], [], [], timeout)[0]
         if self._wake_read in readable:
             try:
                 os.read(self._wake_read, 4096)
@@ -436,19 +447,22 @@ class Sender:
 
     # --- control from receivers -----------------------------------------------------------------
     def _receive_control(self) -> None:
-        for _attempt in range(64):
-            try:
-                datagram, address = self.sock.recvfrom(2048)
-            except (BlockingIOError, InterruptedError):
-                return
-            opened = wire.open_control(self.keys, datagram)
-            if opened is None:
-                continue
-            kind, _flags, seq, body = opened
-            try:
-                self._handle(kind, seq, body, address)
-            except struct.error:
-                continue   # authentic but malformed: ignore rather than trust any of it
+        for sock in (self.sock, self.reports):
+            for _attempt in range(64):
+                try:
+                    datagram, address = sock.recvfrom(2048)
+                except (BlockingIOError, InterruptedError):
+                    break
+                opened = wire.open_control(self.keys, datagram)
+                if opened is None:
+                    continue
+                kind, _flags, seq, body = opened
+                if kind < wire.JOIN:
+                    continue   # our own kind of message, sent back at us: not a receiver's
+                try:
+                    self._handle(kind, seq, body, address)
+                except struct.error:
+                    continue   # authentic but malformed: ignore rather than trust any of it
 
     def _match_name(self, name: str, address: str) -> str:
         for expected in self.config.expected:
@@ -478,11 +492,25 @@ class Sender:
         peer = self.peers.get(receiver_id)
         if peer is None or not peer.window.accept(seq):
             return
-        if peer.state == "dropped" and kind != wire.DONE:
-            return                # a DONE still counts: the receiver was slow, not dead
+        if peer.state == "failed":
+            return                # it left, with its own reason
         peer.last_heard = now
         if kind == wire.STATUS:
             _rid, delivered, _lowest, overflow, done_bytes, frontier, free, count = wire.STATUS_HEAD.unpack_from(body)
+            progress = (delivered, done_bytes, frontier)
+            if progress != peer.progress:
+                peer.progress, peer.progress_at = progress, now
+            if peer.state == "dropped":
+                # Back (it was silent: a pause, a cut path) or getting somewhere again (it was
+                # stalled): served what it lacks from the carousel, without pacing the others.
+                # One dropped for making no progress is not served until it makes some, so that a
+                # receiver data cannot reach (its MTU) does not keep the carousel busy for nothing.
+                if peer.stalled and delivered <= peer.delivered:
+                    return
+                peer.state, peer.reason, peer.finished_at = "active", "", None
+                peer.stalled, peer.paces = False, False
+                peer.progress_at = now
+                peer.readmitted += 1
             peer.delivered = delivered
             peer.bytes_done = done_bytes
             peer.overflow = overflow
@@ -503,6 +531,12 @@ class Sender:
                 peer.delivered = count
                 peer.finished_at = now
             self._control(wire.DONE_ACK, wire.DONE_ACK_BODY.pack(receiver_id), to=peer.address)
+        elif kind == wire.LEAVE:
+            if peer.state != "done":
+                reason = body[wire.LEAVE_BODY.size:wire.LEAVE_BODY.size + 300].decode("utf-8", "replace")
+                peer.state = "failed"
+                peer.reason = reason or "it left the session"
+                peer.finished_at = now
 
     def _request(self, what: int, index: int, first: int, amount: int, now: float) -> None:
         available = self.source.available()
@@ -553,11 +587,21 @@ class Sender:
 
     def _check_peers(self, now: float) -> None:
         for peer in self.peers.values():
-            if peer.state == "active" and now - peer.last_heard > self.config.receiver_timeout:
+            if peer.state != "active":
+                continue
+            if now - peer.last_heard > self.config.receiver_timeout:
                 peer.state = "dropped"
                 peer.finished_at = now
                 peer.reason = (f"no message for {self.config.receiver_timeout:g} s "
                                f"(had {peer.delivered} objects)")
+            elif (peer.delivered < self.next_index and now - max(peer.progress_at, peer.joined_at) > self.config.progress_timeout):
+                # it reports, but lacks objects sent long ago and got none of them: data does not
+                # reach it (a smaller MTU, a filter) or it cannot take any; nobody waits for it
+                peer.state = "dropped"
+                peer.stalled = True
+                peer.finished_at = now
+                peer.reason = (f"reported for {self.config.progress_timeout:g} s without receiving anything "
+                               f"(had {peer.delivered} of the {self.next_index} objects sent)")
 
     def _adjust_rate(self, now: float) -> None:
         # Receivers report datagrams their kernel dropped for want of buffer and data they had no
@@ -614,7 +658,7 @@ class Sender:
                 if not sending:
                     sending = self._ready_to_start(elapsed)
                     if not sending:
-                        select.select([self.sock], [], [], 0.02)
+                        select.select([self.sock, self.reports], [], [], 0.02)
                         continue
                 if now - last_rate >= RATE_EVERY:
                     self._adjust_rate(now)
@@ -640,6 +684,7 @@ class Sender:
             with self._prefetch_ready:
                 self._prefetch_ready.notify_all()
             self.sock.close()
+            self.reports.close()
             for worker in workers:
                 worker.join(5.0)
             if not any(worker.is_alive() for worker in workers):
@@ -708,7 +753,7 @@ class Sender:
                 digest_matches=peer.digest == digest, reason=peer.reason,
                 joined_at=round(peer.joined_at - (time.monotonic() - seconds), 3),
                 finished_at=None if peer.finished_at is None else round(peer.finished_at - (time.monotonic() - seconds), 3),
-                objects=peer.delivered, requests=peer.requests, holds=peer.holds))
+                objects=peer.delivered, requests=peer.requests, holds=peer.holds, readmitted=peer.readmitted))
         for name in self.config.expected:
             if name not in seen:
                 reports.append(ReceiverReport(name=name, address="", state="never_joined",
