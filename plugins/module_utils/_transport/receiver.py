@@ -49,6 +49,7 @@ GRO_PROBE = 4096              # data datagrams after which GRO that never coales
 GATHER = 0.001                # without GRO, once the socket is drained: let datagrams gather
 VECTOR_FROM = 10              # from this many datagrams in a recvmmsg batch, `_rows` beats `_one`
 MAX_FRAGMENTS = (64 * 1024 * 1024) // wire.PAYLOAD + 1     # refuse objects over 64 MiB
+AHEAD = 4096                  # objects past the announced count a datagram may name (a live source grows)
 BUFFER = 65536 + 4096
 DATA_SILENCE = 5.0            # the sender sent objects, none of their datagrams came for this long: give up
 STALE_PARTIAL = 2.0           # an object with holes that heard nothing this long yields its room
@@ -510,7 +511,7 @@ class Receiver:
 
     def _partial(self, index: int, count: int, now: float) -> Optional[_Partial]:
         if index >= len(self.state):
-            if self.final_count is not None or index > self.known + 4096:
+            if self.final_count is not None or index >= self.known + AHEAD:
                 return None
             self._grow(index + 1)
         if self.state[index] != MISSING:
@@ -577,7 +578,7 @@ class Receiver:
         size = rows.shape[0]
         head, session_id, index, first, count = FALLBACK_HEADER.unpack_from(rows[0])
         if (head == self.prefix_head and session_id == self.keys.session_id
-                and first + size <= count <= MAX_FRAGMENTS):
+                and first + size <= count <= MAX_FRAGMENTS and index < self.known + AHEAD):
             # The usual buffer: consecutive fragments of one object. Checked exactly, in one
             # comparison of every row's 24-byte header (as six native words) against the headers
             # those fragments must have: about 7 us, where field-by-field checks cost 25-30 us.
@@ -598,7 +599,8 @@ class Receiver:
                     return
         heads = rows.view(HEADER_ROW)[:, 0]       # strided views of the header fields, no copies
         keep = ((heads["prefix"] == self.prefix_head) & (heads["session"] == self.keys.session_id)
-                & (heads["fragment"] < heads["count"]) & (heads["count"] <= MAX_FRAGMENTS))
+                & (heads["fragment"] < heads["count"]) & (heads["count"] <= MAX_FRAGMENTS)
+                & (heads["object"] < self.known + AHEAD))     # cheap bounds before the tag check
         if not keep.all():
             rows = rows[keep]
             if not len(rows):
@@ -661,7 +663,7 @@ class Receiver:
         skip the window lookup."""
         head, session_id, index, fragment, count = FALLBACK_HEADER.unpack_from(row[0])
         if (head != self.prefix_head or session_id != self.keys.session_id or fragment >= count
-                or count > MAX_FRAGMENTS):
+                or count > MAX_FRAGMENTS or index >= self.known + AHEAD):
             return
         if not self.dmac.check_run(row, index, fragment)[0]:
             self.forged += 1

@@ -1,13 +1,10 @@
 # Acceptance tests of the transport engine: real processes in network namespaces, real multicast
 # through a bridge, real loss from nftables; every output compared byte for byte.
 import os
-import pathlib
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -55,17 +52,6 @@ def _assert_all_done(report, names):
         assert by_name[name]["state"] == "done", by_name[name]
         assert by_name[name]["digest_matches"], by_name[name]
         assert by_name[name]["digest"] == report["digest"]
-
-
-@pytest.fixture
-def memory_dir():
-    """A directory in tmpfs where there is one: 2 GiB of outputs measure the transport, not the
-    machine's disk writeback."""
-    path = tempfile.mkdtemp(prefix="fleetcast-transport-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    try:
-        yield pathlib.Path(path)
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_three_receivers_get_512_mib_byte_exact(netlab, memory_dir):
