@@ -22,12 +22,13 @@ import struct
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from .._errors import TransportError
 from . import gcm, wire
 from .dmac import DatagramMac
+from .membership import Membership, Policy, ReceiverReport  # noqa: F401  (ReceiverReport: the result's type)
 from .mmsg import BATCH, batch_sender
 from .netio import GSO_MAX_SEGMENTS, BufferPool, np, report_socket, sender_socket
 from .source import ObjectSource
@@ -42,7 +43,6 @@ PREFETCH = 3
 PREFETCH_WORKERS = 1           # two outran three receivers on two cores: drops, repairs, no gain
 POOL_BYTES = 4 * 4 * 1024 * 1024   # buffers of evicted objects kept for the next ones
 MAX_RATE = 10 * 1000 ** 3
-START_CREDIT = 16 * 1024 * 1024    # window bytes assumed free at a receiver before its first STATUS
 PACING_SILENCE = 0.3               # a receiver silent this long no longer holds the first pass back
 MAX_HOLD = 1.0                     # nor does one that lacked room for longer than this (until it catches up)
 
@@ -68,25 +68,6 @@ class SenderConfig:
 
 
 @dataclass
-class ReceiverReport:
-    name: str
-    address: str
-    state: str                       # done | dropped | failed (it left, with its reason) | never_joined | incomplete
-    digest: str = ""
-    digest_matches: bool = False
-    reason: str = ""
-    joined_at: Optional[float] = None
-    finished_at: Optional[float] = None
-    objects: int = 0
-    requests: int = 0
-    holds: int = 0                   # objects whose first sending waited for this receiver's room
-    readmitted: int = 0              # times it was dropped and then served again (it came back)
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-@dataclass
 class SendResult:
     receivers: List[ReceiverReport]
     objects: int
@@ -107,37 +88,6 @@ class SendResult:
         value = dict(self.__dict__)
         value["receivers"] = [r.to_dict() for r in self.receivers]
         return value
-
-
-@dataclass
-class _Peer:
-    receiver_id: int
-    name: str
-    address: Tuple[str, int]
-    joined_at: float
-    last_heard: float
-    window: wire.ReplayWindow = field(default_factory=wire.ReplayWindow)
-    state: str = "active"
-    digest: bytes = b""
-    reason: str = ""
-    finished_at: Optional[float] = None
-    delivered: int = 0
-    overflow: int = 0
-    overflow_seen: int = 0
-    requests: int = 0
-    bytes_done: int = 0
-    frontier: int = 0                # one past the highest object it has started
-    free: int = START_CREDIT         # bytes of window it has free (as of its last STATUS)
-    paces: bool = True               # its room limits the first pass (not a late joiner)
-    floor: int = 0                   # objects before this one it is not expected to hold
-    short_since: float = 0.0         # when it started lacking room for the next object
-    suspended: bool = False          # lacked room for over MAX_HOLD: not pacing until it catches up
-    holds: int = 0                   # objects whose first sending waited for its room
-    held_for: int = -1               # the last of them
-    progress: Tuple[int, int, int] = (0, 0, 0)   # (delivered, bytes, frontier) when it last changed
-    progress_at: float = 0.0
-    stalled: bool = False            # dropped for making no progress: served again once it does
-    readmitted: int = 0              # times it was dropped and came back
 
 
 class _Prepared:
@@ -192,7 +142,11 @@ class Sender:
         # without GSO, sendmmsg where libc has it; else one sendto per datagram (the last resort)
         self.batch = batch_sender(self.sock, self.destination)
         self.seq = 0
-        self.peers: Dict[int, _Peer] = {}
+        self.members = Membership(Policy(
+            where=f"{config.group}:{config.port}", expected=config.expected, min_receivers=config.min_receivers,
+            max_wait=config.max_wait, receiver_timeout=config.receiver_timeout,
+            progress_timeout=config.progress_timeout))
+        self.peers = self.members.peers
         self.meta: Dict[int, Tuple[int, bytes]] = {}
         self.cache: "OrderedDict[int, _Prepared]" = OrderedDict()
         self.pool = BufferPool(wire.DATAGRAM)
@@ -459,84 +413,12 @@ class Sender:
                 kind, _flags, seq, body = opened
                 if kind < wire.JOIN:
                     continue   # our own kind of message, sent back at us: not a receiver's
-                try:
-                    self._handle(kind, seq, body, address)
-                except struct.error:
-                    continue   # authentic but malformed: ignore rather than trust any of it
-
-    def _match_name(self, name: str, address: str) -> str:
-        for expected in self.config.expected:
-            if expected in (name, address):
-                return expected
-        return name or address
-
-    def _handle(self, kind: int, seq: int, body: bytes, address: Tuple[str, int]) -> None:
-        now = time.monotonic()
-        if kind == wire.JOIN:
-            receiver_id, nonce = wire.JOIN_BODY.unpack_from(body)
-            name = body[wire.JOIN_BODY.size:].decode("utf-8", "replace")
-            peer = self.peers.get(receiver_id)
-            if peer is None:
-                peer = _Peer(receiver_id, self._match_name(name, address[0]), address, now, now)
-                # a late joiner catches up from the carousel; it does not hold back the others
-                peer.paces = self.next_index == 0
-                if not peer.window.accept(seq):
-                    return
-                self.peers[receiver_id] = peer
-            elif not peer.window.accept(seq):
-                return
-            peer.last_heard = now
-            self._control(wire.WELCOME, wire.WELCOME_BODY.pack(receiver_id, nonce), to=peer.address)
-            return
-        receiver_id = struct.unpack_from(">Q", body)[0]
-        peer = self.peers.get(receiver_id)
-        if peer is None or not peer.window.accept(seq):
-            return
-        if peer.state == "failed":
-            return                # it left, with its own reason
-        peer.last_heard = now
-        if kind == wire.STATUS:
-            _rid, delivered, _lowest, overflow, done_bytes, frontier, free, count = wire.STATUS_HEAD.unpack_from(body)
-            progress = (delivered, done_bytes, frontier)
-            if progress != peer.progress:
-                peer.progress, peer.progress_at = progress, now
-            if peer.state == "dropped":
-                # Back (it was silent: a pause, a cut path) or getting somewhere again (it was
-                # stalled): served what it lacks from the carousel, without pacing the others.
-                # One dropped for making no progress is not served until it makes some, so that a
-                # receiver data cannot reach (its MTU) does not keep the carousel busy for nothing.
-                if peer.stalled and delivered <= peer.delivered:
-                    return
-                peer.state, peer.reason, peer.finished_at = "active", "", None
-                peer.stalled, peer.paces = False, False
-                peer.progress_at = now
-                peer.readmitted += 1
-            peer.delivered = delivered
-            peer.bytes_done = done_bytes
-            peer.overflow = overflow
-            peer.frontier = frontier
-            peer.free = free
-            offset = wire.STATUS_HEAD.size
-            for _entry in range(min(count, wire.REQUESTS_PER_STATUS)):
-                what, index, first, amount = wire.REQUEST.unpack_from(body, offset)
-                offset += wire.REQUEST.size
-                peer.requests += 1
-                self._request(what, index, first, amount, now)
-        elif kind == wire.DONE:
-            _rid, count, digest = wire.DONE_BODY.unpack_from(body)
-            if peer.state != "done":
-                peer.state = "done"
-                peer.reason = ""
-                peer.digest = digest
-                peer.delivered = count
-                peer.finished_at = now
-            self._control(wire.DONE_ACK, wire.DONE_ACK_BODY.pack(receiver_id), to=peer.address)
-        elif kind == wire.LEAVE:
-            if peer.state != "done":
-                reason = body[wire.LEAVE_BODY.size:wire.LEAVE_BODY.size + 300].decode("utf-8", "replace")
-                peer.state = "failed"
-                peer.reason = reason or "it left the session"
-                peer.finished_at = now
+                now = time.monotonic()
+                replies, requests = self.members.message(kind, seq, body, address, now, self.next_index)
+                for reply, reply_body, destination in replies:
+                    self._control(reply, reply_body, to=destination)
+                for what, index, first, amount in requests:
+                    self._request(what, index, first, amount, now)
 
     def _request(self, what: int, index: int, first: int, amount: int, now: float) -> None:
         available = self.source.available()
@@ -567,52 +449,12 @@ class Sender:
                     self.meta_queue.add(wanted)
 
     # --- the loop --------------------------------------------------------------------------------
-    def _joined_expected(self) -> Set[str]:
-        names = {peer.name for peer in self.peers.values()}
-        return {name for name in self.config.expected if name in names}
-
-    def _ready_to_start(self, elapsed: float) -> bool:
-        joined = len(self.peers)
-        if self.config.expected and len(self._joined_expected()) == len(set(self.config.expected)):
-            return True
-        if not self.config.expected and joined >= self.config.min_receivers:
-            return True
-        if elapsed >= self.config.max_wait:
-            if joined >= self.config.min_receivers:
-                return True
-            raise TransportError(
-                f"Only {joined} of the required {self.config.min_receivers} receivers joined the session on "
-                f"{self.config.group}:{self.config.port} within {self.config.max_wait:g} s.")
-        return False
-
-    def _check_peers(self, now: float) -> None:
-        for peer in self.peers.values():
-            if peer.state != "active":
-                continue
-            if now - peer.last_heard > self.config.receiver_timeout:
-                peer.state = "dropped"
-                peer.finished_at = now
-                peer.reason = (f"no message for {self.config.receiver_timeout:g} s "
-                               f"(had {peer.delivered} objects)")
-            elif (peer.delivered < self.next_index and now - max(peer.progress_at, peer.joined_at) > self.config.progress_timeout):
-                # it reports, but lacks objects sent long ago and got none of them: data does not
-                # reach it (a smaller MTU, a filter) or it cannot take any; nobody waits for it
-                peer.state = "dropped"
-                peer.stalled = True
-                peer.finished_at = now
-                peer.reason = (f"reported for {self.config.progress_timeout:g} s without receiving anything "
-                               f"(had {peer.delivered} of the {self.next_index} objects sent)")
-
     def _adjust_rate(self, now: float) -> None:
         # Receivers report datagrams their kernel dropped for want of buffer and data they had no
         # window room for (rare under credit flow control): that is congestion (a receiver or its
         # disk cannot keep up), unlike random loss on the wire, which repairs fix without slowing
         # anyone.
-        congested = False
-        for peer in self.peers.values():
-            if peer.state == "active" and peer.overflow > peer.overflow_seen:
-                congested = True
-            peer.overflow_seen = peer.overflow
+        congested = self.members.congested()
         cap = self.config.rate_cap or MAX_RATE
         if congested and now >= self.cut_until:
             self.rate = max(self.config.min_rate, int(self.rate * 0.7))
@@ -628,12 +470,7 @@ class Sender:
     def _finished(self, final: Optional[int], elapsed: float) -> bool:
         if final is None or self.next_index < final:
             return False
-        active = [p for p in self.peers.values() if p.state == "active"]
-        if active or not self.peers:
-            return False
-        if self.config.expected and len(self._joined_expected()) < len(set(self.config.expected)):
-            return elapsed >= self.config.max_wait
-        return True
+        return self.members.finished(elapsed)
 
     def run(self) -> SendResult:
         started_at = time.monotonic()
@@ -653,10 +490,10 @@ class Sender:
                 if now - last_announce >= ANNOUNCE_EVERY:
                     self._announce(final)
                     last_announce = now
-                    self._check_peers(now)
+                    self.members.tick(now, self.next_index)
                 self._receive_control()
                 if not sending:
-                    sending = self._ready_to_start(elapsed)
+                    sending = self.members.ready(elapsed)
                     if not sending:
                         select.select([self.sock, self.reports], [], [], 0.02)
                         continue
@@ -742,22 +579,7 @@ class Sender:
         entries = [self.meta[i] for i in range(count) if i in self.meta]
         plain = [(length - (gcm.TAG_SIZE if self.cipher else 0), digest) for length, digest in entries]
         digest = self.source.image_id() or wire.transport_digest(plain)
-        reports: List[ReceiverReport] = []
-        seen: Set[str] = set()
-        for peer in self.peers.values():
-            seen.add(peer.name)
-            seen.add(peer.address[0])
-            state = peer.state if peer.state != "active" else "incomplete"
-            reports.append(ReceiverReport(
-                name=peer.name, address=peer.address[0], state=state, digest=peer.digest.hex(),
-                digest_matches=peer.digest == digest, reason=peer.reason,
-                joined_at=round(peer.joined_at - (time.monotonic() - seconds), 3),
-                finished_at=None if peer.finished_at is None else round(peer.finished_at - (time.monotonic() - seconds), 3),
-                objects=peer.delivered, requests=peer.requests, holds=peer.holds, readmitted=peer.readmitted))
-        for name in self.config.expected:
-            if name not in seen:
-                reports.append(ReceiverReport(name=name, address="", state="never_joined",
-                                              reason="never joined the session"))
+        reports = self.members.reports(digest, time.monotonic() - seconds)
         return SendResult(receivers=reports, objects=count, bytes=self.bytes,
                           datagrams_sent=self.datagrams, repair_datagrams=self.repair_datagrams,
                           whole_object_resends=self.resends, seconds=round(seconds, 3),

@@ -203,7 +203,9 @@ def test_killed_receiver_is_dropped_and_the_others_finish(netlab, tmp_path):
     expected, payload, sender_host, hosts, outputs, receivers = _lab_session(netlab, tmp_path, 96 * MiB, 3)
     started = time.monotonic()
     # 40 MB/s: the stream lasts over two seconds, so the kill lands mid-stream.
-    sender = start_sender(sender_host, payload, extra=["--expected", "r1,r2,r3", "--rate", "40000000"])
+    # (8 s of patience: on a loaded two-core machine the 2.5 s stream can take over 5 s)
+    sender = start_sender(sender_host, payload, extra=["--expected", "r1,r2,r3", "--rate", "40000000",
+                                                       "--receiver-timeout", "8"])
     wait_for(lambda: os.path.exists(str(outputs[1]) + ".partial"), 20, "r2 to start writing")
     receivers[1].send_signal(signal.SIGKILL)
     killed_at = time.monotonic() - started
@@ -213,7 +215,7 @@ def test_killed_receiver_is_dropped_and_the_others_finish(netlab, tmp_path):
     assert by_name["r2"]["state"] == "dropped"
     assert "no message for" in by_name["r2"]["reason"]
     # the sender's clock starts a little after ours: this bound is conservative
-    assert by_name["r2"]["finished_at"] - killed_at <= 10
+    assert by_name["r2"]["finished_at"] - killed_at <= 13
     _assert_all_done(report, ["r1", "r3"])
     # nobody waited for the dead one: the others were done before it was even declared dead
     assert max(by_name[n]["finished_at"] for n in ("r1", "r3")) < by_name["r2"]["finished_at"]
