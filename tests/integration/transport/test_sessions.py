@@ -331,7 +331,8 @@ def test_forged_and_replayed_datagrams_change_no_byte(netlab, tmp_path):
 
     # an earlier session with the same key, recorded by the attacker
     recorder = attack("record", 4)
-    time.sleep(0.3)
+    # the snooping switch forwards the group to the recorder only once it has its membership
+    wait_for(lambda: "evil" in netlab.memberships(GROUP), 10, "the switch to learn the recorder's membership")
     first = [start_receiver(h, tmp_path / f"first-{h.name}") for h in hosts]
     code = finish(start_sender(sender_host, old_payload, extra=["--min-receivers", "2", "--rate", "20000000"]))[0]
     assert code == 0
