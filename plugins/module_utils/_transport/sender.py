@@ -11,6 +11,10 @@ goes to the group once however many receivers lost it. New objects go out only w
 receiver has window room for them (credit from its STATUS). A receiver silent for ``receiver_timeout``
 is dropped; nobody ever waits for it. The rate has a cap and backs off when receivers report
 datagrams their kernel had to drop.
+
+The protocol's decisions are made by the sans-I/O core: ``membership`` (who takes part), ``flow``
+(credit and rate); this class is their driver (sockets, GSO/mmsg, pacing, the prefetch worker)
+and still holds the repair scheduler (``_request``, ``_serve_one``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 from .._errors import TransportError
 from . import gcm, wire
 from .dmac import DatagramMac
+from .flow import FlowGate, RateControl
 from .membership import Membership, Policy, ReceiverReport  # noqa: F401  (ReceiverReport: the result's type)
 from .mmsg import BATCH, batch_sender
 from .netio import GSO_MAX_SEGMENTS, BufferPool, np, report_socket, sender_socket
@@ -42,9 +47,6 @@ CACHE_OBJECTS = 16
 PREFETCH = 3
 PREFETCH_WORKERS = 1           # two outran three receivers on two cores: drops, repairs, no gain
 POOL_BYTES = 4 * 4 * 1024 * 1024   # buffers of evicted objects kept for the next ones
-MAX_RATE = 10 * 1000 ** 3
-PACING_SILENCE = 0.3               # a receiver silent this long no longer holds the first pass back
-MAX_HOLD = 1.0                     # nor does one that lacked room for longer than this (until it catches up)
 
 
 @dataclass
@@ -158,16 +160,14 @@ class Sender:
         self.object_sent: Dict[int, float] = {}
         self.meta_queue: Set[int] = set()
         self.next_index = 0                # first pass position
-        self.rate = min(config.rate_cap or MAX_RATE, config.start_rate)
+        self.rates = RateControl(config.rate_cap, config.start_rate, config.min_rate)
+        self.rate = self.rates.rate
+        self.flow = FlowGate()
         self.pace_time = 0.0
-        self.cut_until = 0.0
-        self.congested_once = False
         self.datagrams = 0
         self.repair_datagrams = 0
         self.resends = 0
         self.bytes = 0
-        self.holds = 0                     # first-pass objects that waited for a receiver's room
-        self.held_for = -1
         self._prefetched: Dict[int, _Prepared] = {}
         self._prefetch_claimed = 0         # next first-pass index a prefetch worker takes on
         self._prefetch_taken = 0           # next first-pass index the loop sends
@@ -264,43 +264,9 @@ class Sender:
             prepared = self._prefetched.get(self._prefetch_taken)
         if prepared is None:
             return True                  # nothing to decide yet
-        now = time.monotonic()
-        index = prepared.index
-        room = True
-        for peer in self.peers.values():
-            if peer.state != "active" or not peer.paces or now - peer.last_heard > PACING_SILENCE:
-                continue
-            if peer.suspended:
-                # It held the others long enough. It paces again once it receives objects sent
-                # since (what it missed meanwhile it fetches through repairs and the carousel);
-                # until then, pacing on it would cost another hold per few objects.
-                if peer.frontier > peer.floor:
-                    peer.suspended = False
-                    peer.floor = index
-                    peer.short_since = 0.0
-                continue
-            needed = prepared.rows.shape[0] * wire.PAYLOAD
-            for sent in range(max(peer.frontier, peer.floor), index):
-                entry = self.meta.get(sent)
-                if entry is not None:
-                    needed += wire.fragments_of(entry[0]) * wire.PAYLOAD
-            if needed <= peer.free:
-                peer.short_since = 0.0
-                continue
-            if not peer.short_since:
-                peer.short_since = now
-            if now - peer.short_since > MAX_HOLD:
-                peer.suspended = True
-                peer.floor = index
-                continue
-            if peer.held_for != index:     # counted once per object it held back
-                peer.held_for = index
-                peer.holds += 1
-            room = False
-        if not room and self.held_for != index:
-            self.held_for = index
-            self.holds += 1
-        return room
+        entry = self.meta.get
+        return self.flow.room(self.peers.values(), prepared.index, prepared.rows.shape[0],
+                              lambda sent: (entry(sent) or (None,))[0], time.monotonic())
 
     def _next_first_pass(self) -> Optional[_Prepared]:
         with self._prefetch_ready:
@@ -450,22 +416,7 @@ class Sender:
 
     # --- the loop --------------------------------------------------------------------------------
     def _adjust_rate(self, now: float) -> None:
-        # Receivers report datagrams their kernel dropped for want of buffer and data they had no
-        # window room for (rare under credit flow control): that is congestion (a receiver or its
-        # disk cannot keep up), unlike random loss on the wire, which repairs fix without slowing
-        # anyone.
-        congested = self.members.congested()
-        cap = self.config.rate_cap or MAX_RATE
-        if congested and now >= self.cut_until:
-            self.rate = max(self.config.min_rate, int(self.rate * 0.7))
-            # reports already on their way describe the old rate: one cut per reaction time
-            self.cut_until = now + 0.3
-            self.congested_once = True
-        elif not congested:
-            # fast growth until the first sign of congestion, then a gentle probe: every overshoot
-            # costs datagrams dropped at the receivers and sent again
-            growth = 1.03 if self.congested_once else 1.15
-            self.rate = min(cap, int(self.rate * growth) + 1000 ** 2)
+        self.rate = self.rates.update(now, self.members.congested())
 
     def _finished(self, final: Optional[int], elapsed: float) -> bool:
         if final is None or self.next_index < final:
@@ -583,6 +534,6 @@ class Sender:
         return SendResult(receivers=reports, objects=count, bytes=self.bytes,
                           datagrams_sent=self.datagrams, repair_datagrams=self.repair_datagrams,
                           whole_object_resends=self.resends, seconds=round(seconds, 3),
-                          final_rate=self.rate, flow_holds=self.holds, gso=self.gso, encrypted=self.cipher is not None,
+                          final_rate=self.rate, flow_holds=self.flow.holds, gso=self.gso, encrypted=self.cipher is not None,
                           digest=digest.hex(), session_id=f"{self.session_id:016x}",
                           mmsg=self.batch is not None and not self.gso)
