@@ -284,7 +284,6 @@ class Reassembly:
                 self._object_rows(int(objects[begin]), count, first, size, rows[begin:end], now,
                                   fragments=fragments, counts=counts)
 
-
     def one(self, row, payload, now: float) -> None:
         """One datagram (`row`: it as a 1 x DATAGRAM array) without GRO: as little Python per
         datagram as can be (it is the fallback path's cost); consecutive datagrams of one object
@@ -316,7 +315,6 @@ class Reassembly:
             if partial.remaining == 0:
                 self._complete(index, partial)
 
-
     def _object_rows(self, index: int, count: int, first: int, size: int, rows, now: float,
                      fragments=None, counts=None) -> None:
         """Rows of one object: fragments first .. first+size-1, or (not consecutive) `fragments`."""
@@ -344,7 +342,6 @@ class Reassembly:
             partial.remaining = partial.count - int(np.count_nonzero(partial.got))
             if partial.remaining == 0:
                 self._complete(index, partial)
-
 
     def _partial(self, index: int, count: int, now: float) -> Optional[Partial]:
         if index >= len(self.state):
@@ -382,7 +379,6 @@ class Reassembly:
                 self.status_due = True   # a later object started: its holes were lost
         return partial
 
-
     def _complete(self, index: int, partial: Partial) -> None:
         partial.complete = True
         meta = self.meta.get(index)
@@ -396,7 +392,6 @@ class Reassembly:
             return
         self.state[index] = PENDING
         self.deliver(index, partial, wire_length, digest)
-
 
     def _evict_stale(self, now: float) -> bool:
         """Let go of the object with holes that has heard nothing for longest, if that is over
@@ -414,7 +409,6 @@ class Reassembly:
         self.release(partial.rows)
         return True
 
-
     def _holes_lost(self, index: int) -> bool:
         """Whether first-pass object `index`, whose holes were not asked for yet, is known to have
         lost them: the first pass sends objects whole and in order, so that is once a later object
@@ -425,7 +419,6 @@ class Reassembly:
         partial = self.window.get(index)
         return (partial is not None and partial.newest and not partial.complete and not partial.asked
                 and (index + 1 < self.frontier or index < self.sent_through))
-
 
     def release(self, rows: "np.ndarray") -> None:
         """Rows of an object done with (written, rejected or let go) back to the pool. Any thread."""

@@ -39,12 +39,13 @@ STATUS_EVERY = 0.025
 JOIN_EVERY = 0.2
 REJOIN_AFTER = 0.5            # nothing from the group this long (announcements come every 0.1 s): join again,
 REJOIN_MAX = 8.0              # then after twice as long each time, up to this
-GRO_PROBE = 4096              # data datagrams after which GRO that never coalesced is given up
+GRO_PROBE = 4096              # authentic single datagrams after which GRO that never coalesced is given up
 GATHER = 0.001                # without GRO, once the socket is drained: let datagrams gather
 VECTOR_FROM = 10              # from this many datagrams in a recvmmsg batch, `_rows` beats `_one`
 BUFFER = 65536 + 4096
 DATA_SILENCE = 5.0            # the sender sent objects, none of their datagrams came for this long: give up
 DONE_EVERY = 0.1
+
 
 @dataclass
 class ReceiverConfig:
@@ -57,8 +58,9 @@ class ReceiverConfig:
     window_bytes: int = 48 * 1024 * 1024
     offload: Optional[bool] = None
     layout_first: bool = False         # accept other objects only once object 0 was delivered
-    have: Sequence[int] = ()           # objects already verified (a resumed output): not received again;
-                                       # pass `finish` too (the session digest needs every object's META)
+    # objects already verified (a resumed output): not received again; pass `finish` too (the
+    # session digest of a plain session needs every object's META)
+    have: Sequence[int] = ()
 
 
 @dataclass
@@ -349,8 +351,10 @@ class Receiver:
     # --- data ------------------------------------------------------------------------------------
     def _rows(self, rows, now: float) -> None:
         self.core.rows(rows, now)
+
     def _one(self, row, payload, now: float) -> None:
         self.core.one(row, payload, now)
+
     def _batch(self, count: int, now: float) -> None:
         """The datagrams of one recvmmsg call. A batch of data only goes to `_rows` in one call; a
         short one, or one with control datagrams among the data, datagram by datagram (the fixed

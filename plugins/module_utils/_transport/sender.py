@@ -13,34 +13,31 @@ is dropped; nobody ever waits for it. The rate has a cap and backs off when rece
 datagrams their kernel had to drop.
 
 The protocol's decisions are made by the sans-I/O core: ``membership`` (who takes part), ``flow``
-(credit and rate); this class is their driver (sockets, GSO/mmsg, pacing, the prefetch worker)
-and still holds the repair scheduler (``_request``, ``_serve_one``).
+(credit and rate), ``repair`` (what to resend next); this class is their driver (sockets,
+GSO/mmsg, pacing, the prefetch worker, the object cache).
 """
 
 from __future__ import annotations
 
-import heapq
 import os
 import select
 import struct
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .._errors import TransportError
 from . import gcm, wire
 from .dmac import DatagramMac
 from .flow import FlowGate, RateControl
-from .membership import Membership, Policy, ReceiverReport  # noqa: F401  (ReceiverReport: the result's type)
+from .repair import RepairScheduler
+from .membership import Membership, Policy, ReceiverReport
 from .mmsg import BATCH, batch_sender
 from .netio import GSO_MAX_SEGMENTS, BufferPool, np, report_socket, sender_socket
 from .source import ObjectSource
 
-HOLDOFF = 0.06                 # a fragment is not sent again within this many seconds
-OBJECT_HOLDOFF = 0.25
-CLOCKS = 1024                  # objects whose per-fragment send times are remembered
 ANNOUNCE_EVERY = 0.1
 RATE_EVERY = 0.1
 CACHE_OBJECTS = 16
@@ -152,13 +149,7 @@ class Sender:
         self.meta: Dict[int, Tuple[int, bytes]] = {}
         self.cache: "OrderedDict[int, _Prepared]" = OrderedDict()
         self.pool = BufferPool(wire.DATAGRAM)
-        # when each fragment last went out (inf: queued, not yet sent), for the repair hold-off
-        self.clocks: "OrderedDict[int, np.ndarray]" = OrderedDict()
-        self.fragment_queue: Deque[Tuple[int, int, int]] = deque()
-        self.object_queue: List[int] = []
-        self.object_queued: Set[int] = set()
-        self.object_sent: Dict[int, float] = {}
-        self.meta_queue: Set[int] = set()
+        self.repairs = RepairScheduler()
         self.next_index = 0                # first pass position
         self.rates = RateControl(config.rate_cap, config.start_rate, config.min_rate)
         self.rate = self.rates.rate
@@ -342,25 +333,13 @@ class Sender:
         self.datagrams += rows.shape[0]
         self.bytes += size
 
-    def _clock(self, index: int, count: int) -> np.ndarray:
-        clock = self.clocks.get(index)
-        if clock is None:
-            clock = self.clocks[index] = np.zeros(count, dtype=np.float64)
-            while len(self.clocks) > CLOCKS:
-                self.clocks.popitem(last=False)
-        else:
-            self.clocks.move_to_end(index)
-        return clock
-
     def _send_fragments(self, prepared: _Prepared, first: int, end: int, repair: bool) -> None:
         step = GSO_MAX_SEGMENTS if self.gso else BATCH if self.batch is not None else 16
-        clock = self._clock(prepared.index, prepared.rows.shape[0])
+        count = prepared.rows.shape[0]
         for start in range(first, end, step):
             stop = min(end, start + step)
             self._send_rows(prepared.rows[start:stop])
-            # The hold-off keeps a repair from going out twice for several receivers' NACKs; a
-            # first-pass fragment is repairable at once (receivers ask as soon as it is lost).
-            clock[start:stop] = time.monotonic() - (0.0 if repair else HOLDOFF)
+            self.repairs.sent(prepared.index, count, start, stop, time.monotonic(), repair)
             if repair:
                 self.repair_datagrams += stop - start
             self._receive_control()
@@ -387,32 +366,9 @@ class Sender:
                     self._request(what, index, first, amount, now)
 
     def _request(self, what: int, index: int, first: int, amount: int, now: float) -> None:
-        available = self.source.available()
-        if what == wire.REQ_FRAGMENTS:
-            if index >= self.next_index or index not in self.meta:
-                return
-            clock = self._clock(index, wire.fragments_of(self.meta[index][0]))
-            end = min(first + amount, len(clock))
-            if first >= end:
-                return
-            due = np.flatnonzero(now - clock[first:end] > HOLDOFF) + first
-            if not len(due):
-                return
-            clock[due] = np.inf          # queued: NACKs for it are suppressed until it went out
-            breaks = np.flatnonzero(np.diff(due) != 1) + 1
-            for run in np.split(due, breaks):
-                self.fragment_queue.append((index, int(run[0]), int(run[-1]) + 1))
-        elif what == wire.REQ_OBJECTS:
-            for wanted in range(index, min(index + min(amount, 64), self.next_index, available)):
-                if wanted in self.object_queued or now - self.object_sent.get(wanted, 0.0) < OBJECT_HOLDOFF:
-                    continue
-                self.object_queued.add(wanted)
-                heapq.heappush(self.object_queue, wanted)
-        elif what == wire.REQ_META:
-            # also the object going out right now (its META may have been lost)
-            for wanted in range(index, index + min(amount, 256)):
-                if wanted in self.meta:
-                    self.meta_queue.add(wanted)
+        meta = self.meta
+        self.repairs.request(what, index, first, amount, now, self.next_index, self.source.available(),
+                             lambda i: wire.fragments_of(meta[i][0]) if i in meta else None)
 
     # --- the loop --------------------------------------------------------------------------------
     def _adjust_rate(self, now: float) -> None:
@@ -493,23 +449,17 @@ class Sender:
 
     def _serve_one(self, final: Optional[int]) -> bool:
         """Send the most urgent thing there is; False if there was nothing to send."""
-        if self.meta_queue:
-            indexes = sorted(i for i in self.meta_queue if i in self.meta)
-            self.meta_queue.clear()
-            self._send_meta(indexes)
-            return True
-        if self.fragment_queue:
-            index, first, end = self.fragment_queue.popleft()
-            self._send_fragments(self._object(index), first, end, repair=True)
-            return True
-        if self.object_queue:
-            index = heapq.heappop(self.object_queue)
-            self.object_queued.discard(index)
-            self.object_sent[index] = time.monotonic()
-            prepared = self._object(index)
-            self._send_meta([index])
-            self.resends += 1
-            self._send_fragments(prepared, 0, prepared.rows.shape[0], repair=True)
+        job = self.repairs.next(time.monotonic())
+        if job is not None:
+            if job[0] == "meta":
+                self._send_meta(job[1])
+            elif job[0] == "fragments":
+                self._send_fragments(self._object(job[1]), job[2], job[3], repair=True)
+            else:                       # a whole object: the carousel
+                prepared = self._object(job[1])
+                self._send_meta([job[1]])
+                self.resends += 1
+                self._send_fragments(prepared, 0, prepared.rows.shape[0], repair=True)
             return True
         if final is None or self.next_index < final:
             if not self._room_for_next():

@@ -153,9 +153,9 @@ class _Sorting(Receiver):
     def _rows(self, rows, now):
         self.seen.append(("rows", len(rows), rows[:, 1].tolist()))
 
-    def _one(self, datagram, payload, now):
+    def _one(self, row, payload, now):
         assert len(payload) == wire.PAYLOAD
-        self.seen.append(("one", int(datagram[0, 1])))
+        self.seen.append(("one", int(row[0, 1])))
 
     def _control_datagram(self, datagram, source):
         self.seen.append(("control", datagram, source))

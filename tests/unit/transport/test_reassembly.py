@@ -1,6 +1,5 @@
 # The receiver's reassembly and loss-repair core, fed with datagrams laid out and tagged by the
 # sender's own code and a fake clock: no sockets, no threads, no sleeping.
-import os
 import random
 
 import numpy as np
