@@ -41,6 +41,7 @@ from .source import ObjectSource
 ANNOUNCE_EVERY = 0.1
 RATE_EVERY = 0.1
 CACHE_OBJECTS = 16
+CONTROL_PER_CALL = 1024        # receivers' datagrams read per socket between two sends
 PREFETCH = 3
 PREFETCH_WORKERS = 1           # two outran three receivers on two cores: drops, repairs, no gain
 POOL_BYTES = 4 * 4 * 1024 * 1024   # buffers of evicted objects kept for the next ones
@@ -345,9 +346,13 @@ class Sender:
             self._receive_control()
 
     # --- control from receivers -----------------------------------------------------------------
-    def _receive_control(self) -> None:
+    def _receive_control(self, limit: int = CONTROL_PER_CALL) -> None:
+        """Receivers' messages waiting on both sockets, up to `limit` per socket. A host flooding
+        the sender with forged control makes the queue long: each costs a recvfrom and an HMAC
+        (about 5 us), so the loop reads many per call, or genuine reports would wait behind forged
+        ones for seconds and their receivers be taken for silent."""
         for sock in (self.sock, self.reports):
-            for _attempt in range(64):
+            for _attempt in range(limit):
                 try:
                     datagram, address = sock.recvfrom(2048)
                 except (BlockingIOError, InterruptedError):
@@ -411,7 +416,11 @@ class Sender:
                     self.config.progress(self.progress(final))
                     last_progress = now
                 if self._finished(final, elapsed):
-                    break
+                    # a DONE (or a report that revives a dropped receiver) may still be queued
+                    # behind other datagrams: read everything waiting, then decide again
+                    self._receive_control(limit=1 << 20)
+                    if self._finished(final, elapsed):
+                        break
                 if not self._serve_one(final):
                     self._idle(0.005)
             for _repeat in range(3):

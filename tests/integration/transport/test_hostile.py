@@ -73,7 +73,7 @@ def test_fuzzed_forged_and_flooded_session_ends_byte_exact_for_everyone(netlab, 
     by_name = {r["name"]: r for r in report["receivers"]}
     assert sorted(by_name) == ["r1", "r2"], report
     for name in ("r1", "r2"):
-        assert by_name[name]["state"] == "done" and by_name[name]["digest_matches"], by_name[name]
+        assert by_name[name]["state"] == "done" and by_name[name]["digest_matches"], json.dumps(by_name[name])
     forged = 0
     for process, output in zip(receivers, outputs):
         code, result = finish(process)
