@@ -157,6 +157,12 @@ class Reassembly:
         self.requested.pop(index, None)
         self.lowest_missing = min(self.lowest_missing, index)
 
+    def lacking(self) -> bool:
+        """Whether an object the sender has sent once is still missing here."""
+        while self.lowest_missing < len(self.state) and self.state[self.lowest_missing] != MISSING:
+            self.lowest_missing += 1
+        return self.lowest_missing < self.sent_through
+
     def room(self) -> int:
         with self.inflight_lock:
             return self.window_bytes - self.inflight

@@ -531,7 +531,9 @@ class Receiver:
                 raise TransportError(
                     f"Sender {self.sender[0]} ended the session on {self._where()} before this receiver had "
                     f"every object ({core.delivered} of {core.final_count}); the output is incomplete.")
-            if (core.sent_through > core.sent_through_at_data and now - core.last_data > DATA_SILENCE
+            # (not "the sender moved on since our last data": its announcement that it sent an
+            # object whole comes after the object, and a live source may then pause for long)
+            if (core.lacking() and now - core.last_data > DATA_SILENCE
                     and now - self.last_from_sender < 1.0):
                 total = core.final_count if core.final_count is not None else "?"
                 raise TransportError(
