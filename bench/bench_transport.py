@@ -5,7 +5,7 @@
 and the plain fallback) against udpcast and uftp, at each loss level, in the same run.
 
 Run as root: .venv/bin/python bench/bench_transport.py [--size-mib 1024] [--receivers 1,3] [--loss 0,2]
-             [--payload random|debian]
+             [--payload random|debian] [--durable DIR] [--object-sizes LIST]
 
 --payload debian sends the lab's cached Debian image (a real root with its kernel, about 145 MB in
 chunks of very different compressed sizes; built once, see docs/user-guide.md) instead of random
@@ -25,6 +25,11 @@ Command lines used (all on eth0 of lab namespaces, MTU 1500, same group/port sch
              (plus --no-offload on both sides for the fallback path)
 Before each measurement, tmpfs is filled with as much as that run will hold and emptied, so that no
 tool pays for the virtual machine faulting that memory in.
+With --durable DIR the outputs go to DIR (a directory on a real disk, not tmpfs) and every tool's
+time runs until its data is durable: after the last receiver exits, ``syncfs`` on DIR (fleetcast's
+receivers fsync before they report done, udpcast and uftp do not; the sync is timed for all, so
+the comparison is to durable bytes for everyone). --object-sizes gives fleetcast varied object
+sizes (as an image's compressed chunks), e.g. 3072,4194304,65536,1048576.
 Times are wall-clock from the sender's start to the last receiver's completion; receiver CPU
 (user+system) and peak RSS come from wait4() on each receiver process (the largest of the
 receivers), sender CPU likewise. Every output is checked against the payload's SHA-256; a run that
@@ -35,6 +40,7 @@ loss level; the summary gives fleetcast's time over udpcast's and over uftp's fo
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import os
 import shutil
@@ -61,6 +67,16 @@ def sha256(path: str) -> str:
         for block in iter(lambda: source.read(8 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def syncfs(directory: str) -> None:
+    """syncfs(2) on the filesystem holding `directory` (only its dirty pages, not the machine's)."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        if ctypes.CDLL(None, use_errno=True).syncfs(descriptor) != 0:
+            os.sync()
+    finally:
+        os.close(descriptor)
 
 
 def warm_memory(directory: str, mib: int) -> None:
@@ -90,9 +106,10 @@ def wait_usage(process: subprocess.Popen, deadline: float):
 
 
 class Run:
-    def __init__(self, lab, sender, receivers, payload, workdir, port):
+    def __init__(self, lab, sender, receivers, payload, workdir, port, durable=False, object_sizes=""):
         self.lab, self.sender, self.receivers = lab, sender, receivers
         self.payload, self.workdir, self.port = payload, workdir, port
+        self.durable, self.object_sizes = durable, object_sizes
 
     def outputs(self, tool):
         directory = os.path.join(self.workdir, tool)
@@ -116,6 +133,11 @@ class Run:
             usages = [wait_usage(p, deadline) for p in receivers]
             elapsed = time.monotonic() - started
             sender_usage = wait_usage(sender, deadline + 10)
+        if self.durable:
+            # to durable bytes: what is still in the page cache goes to the disk now, timed
+            sync_started = time.monotonic()
+            syncfs(self.workdir)
+            elapsed += time.monotonic() - sync_started
         exact = all(os.path.exists(o) and self.exact(o) for o in outputs)
         return {"seconds": elapsed, "ok": exact and sender_usage[0] == 0, "sender_cpu": sender_usage[1],
                 "cpu": max(u[1] for u in usages), "rss": max(u[2] for u in usages)}
@@ -150,7 +172,8 @@ class Run:
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                      for h, out in zip(self.receivers, outputs)],
             lambda: self.sender.popen(ENGINE + ["send", "--file", self.payload, "--min-receivers",
-                                                str(len(self.receivers))] + common, env=ENV,
+                                                str(len(self.receivers))] + common
+                                      + (["--object-sizes", self.object_sizes] if self.object_sizes else []), env=ENV,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
             outputs, timeout)
 
@@ -200,9 +223,12 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--payload", choices=["random", "debian"], default="random",
                         help="random bytes of --size-mib, or the lab's cached Debian image")
+    parser.add_argument("--durable", default="", help="outputs in this directory (a real disk), timed until synced")
+    parser.add_argument("--object-sizes", default="", help="fleetcast's object sizes in turn (varied, as an image's chunks)")
     args = parser.parse_args()
-    # tmpfs: the benchmark measures the transports, not this machine's disk writeback
-    workdir = tempfile.mkdtemp(prefix="fleetcast-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    # tmpfs: the benchmark measures the transports, not this machine's disk writeback (unless --durable)
+    base = args.durable or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
+    workdir = tempfile.mkdtemp(prefix="fleetcast-bench-", dir=base)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # so the lab is torn down
     payload = os.path.join(workdir, "payload.bin")
     image_id = ""
@@ -222,7 +248,7 @@ def main() -> int:
         with NetLab() as lab:
             sender = lab.add_host("srv")
             hosts = [lab.add_host(f"r{i + 1}") for i in range(max(counts))]
-            run = Run(lab, sender, hosts, payload, workdir, 9400)
+            run = Run(lab, sender, hosts, payload, workdir, 9400, bool(args.durable), args.object_sizes)
             run.payload_digest = sha256(payload)
             run.image_id = image_id
             for count in counts:
@@ -233,7 +259,8 @@ def main() -> int:
                         if loss:
                             host.drop_incoming_udp(loss)
                     for tool in tools:
-                        warm_memory(workdir, int((count + 1) * args.size_mib))
+                        if not args.durable:
+                            warm_memory(workdir, int((count + 1) * args.size_mib))
                         run.port += 10
                         if tool.startswith("fleetcast"):
                             result = run.fleetcast(tool == "fleetcast", args.timeout)

@@ -17,14 +17,16 @@ description:
   - Starts when every O(expected) receiver has joined, or when O(min_receivers) have and
     O(max_wait) seconds have passed. There is no per-slice barrier; receivers report losses and the
     sender repairs them (once per loss for the whole group), then serves what late or restarted
-    receivers still miss. A receiver silent for O(receiver_timeout) seconds is dropped without
-    slowing the others.
+    receivers still miss. A receiver silent for O(receiver_timeout) seconds, or reporting for 30 s
+    without receiving anything, is dropped without slowing the others, and served again if it comes
+    back while the session runs.
   - The rate is capped by O(rate_mbit) and backs off while receivers report datagrams they had to drop.
   - Control messages are authenticated with keys derived from O(session_key) for this session only;
     O(encrypt) also encrypts every chunk with AES-GCM.
   - The module fails if the session could not start, or if no receiver completed. It succeeds
     otherwise and reports every receiver as V(done) (with the digest it reported and whether it
-    matches the image id), V(dropped) (why and when), V(never_joined) or V(incomplete).
+    matches the image id), V(dropped) (why and when), V(failed) (it gave up, with its own reason),
+    V(never_joined) or V(incomplete).
   - In check mode the image (or the master's disks) is read for its size and image id and the plan
     is reported; nothing is sent.
 author: fleetcast.imaging developers (@fleetcast)
@@ -140,7 +142,7 @@ receivers:
       description: Its address.
       type: str
     state:
-      description: V(done), V(dropped), V(never_joined) or V(incomplete).
+      description: V(done), V(dropped), V(failed), V(never_joined) or V(incomplete).
       type: str
     digest:
       description: The digest (image id) the receiver computed from what it wrote.
@@ -149,7 +151,7 @@ receivers:
       description: Whether that digest is the image id.
       type: bool
     reason:
-      description: Why it was dropped or never joined.
+      description: Why it was dropped, failed or never joined.
       type: str
     joined_at:
       description: Seconds from the start when it joined.
@@ -165,6 +167,9 @@ receivers:
       type: int
     holds:
       description: Objects whose first sending waited for room at this receiver (flow control).
+      type: int
+    readmitted:
+      description: Times it was dropped and then served again because it came back.
       type: int
   sample:
     - {name: pc1, address: 10.0.0.11, state: done, digest: 9f2c, digest_matches: true, reason: ""}

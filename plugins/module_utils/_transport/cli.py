@@ -17,25 +17,31 @@ import json
 import os
 import struct
 import sys
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from .._errors import FleetcastError
 from .netio import interface_address
-from .source import ReaderSource
+from .source import ReaderSource, SpoolSource
 
 OFFSET = struct.Struct(">Q")
 
 
-def file_source(path: str, object_size: int) -> ReaderSource:
+def file_source(path: str, object_size: int, sizes: Sequence[int] = ()) -> ReaderSource:
+    """Objects of `object_size` bytes, or of `sizes` in turn (cycled until the file is covered):
+    real images are chunks of many compressed sizes, and so must tests and benchmarks be."""
     fd = os.open(path, os.O_RDONLY)
     size = os.fstat(fd).st_size
-    count = -(-size // object_size) + 1
+    pattern = [int(value) for value in sizes if int(value) > 0] or [object_size]
+    bounds: List[int] = [0]         # object i (from 1) covers bounds[i-1]..bounds[i]
+    while bounds[-1] < size:
+        bounds.append(min(size, bounds[-1] + pattern[(len(bounds) - 1) % len(pattern)]))
+    count = len(bounds)             # object 0 (the description) and one per extent
     first = json.dumps({"size": size, "object_size": object_size}).encode()
 
     def read(index: int) -> bytearray:
         # one buffer, read into in place: no concatenation copy of the object
-        offset = (index - 1) * object_size
-        length = min(object_size, size - offset)
+        offset = bounds[index - 1]
+        length = bounds[index] - offset
         record = bytearray(OFFSET.size + length)
         OFFSET.pack_into(record, 0, offset)
         if os.preadv(fd, [memoryview(record)[OFFSET.size:]], offset) != length:
@@ -43,6 +49,26 @@ def file_source(path: str, object_size: int) -> ReaderSource:
         return record
 
     return ReaderSource(first, count, read)
+
+
+def stream_source(stream, object_size: int, sizes: Sequence[int] = ()) -> SpoolSource:
+    """Objects from a stream (``--file -``: standard input) as it is written, like a live capture:
+    the session's object count is known only at the end of the stream."""
+    pattern = [int(value) for value in sizes if int(value) > 0] or [object_size]
+
+    def produce():
+        yield json.dumps({"size": -1, "object_size": object_size, "stream": True}).encode()
+        offset = 0
+        number = 0
+        while True:
+            data = stream.read(pattern[number % len(pattern)])     # blocks until that much or the end
+            if not data:
+                return
+            yield OFFSET.pack(offset) + data
+            offset += len(data)
+            number += 1
+
+    return SpoolSource(produce())
 
 
 class FileSink:
@@ -63,7 +89,8 @@ class FileSink:
         fd = self._open()
         if index == 0:
             self.size = int(json.loads(bytes(data))["size"])
-            os.ftruncate(fd, self.size)
+            if self.size >= 0:           # -1: a stream, whose size nobody knew
+                os.ftruncate(fd, self.size)
             return
         (offset,) = OFFSET.unpack_from(data)
         os.pwrite(fd, memoryview(data)[OFFSET.size:], offset)
@@ -98,13 +125,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         command.add_argument("--interface", default="eth0")
         command.add_argument("--no-offload", action="store_true")
     send = sub.choices["send"]
-    send.add_argument("--file", required=True)
+    send.add_argument("--file", required=True, help="the file to send; - for standard input, sent as it is written")
     send.add_argument("--object-size", type=int, default=4 * 1024 * 1024)
+    send.add_argument("--object-sizes", default="",
+                      help="comma-separated object sizes used in turn (varied sizes, as an image's chunks)")
     send.add_argument("--expected", default="")
     send.add_argument("--min-receivers", type=int, default=1)
     send.add_argument("--max-wait", type=float, default=30.0)
     send.add_argument("--rate", type=int, default=0, help="cap in bytes per second")
     send.add_argument("--receiver-timeout", type=float, default=5.0)
+    send.add_argument("--progress-timeout", type=float, default=30.0)
     send.add_argument("--encrypt", action="store_true")
     receive = sub.choices["receive"]
     receive.add_argument("--output", required=True)
@@ -122,8 +152,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                 group=args.group, port=args.port, address=address, session_key=_key(),
                 expected=[e for e in args.expected.split(",") if e], min_receivers=args.min_receivers,
                 max_wait=args.max_wait, rate_cap=args.rate, receiver_timeout=args.receiver_timeout,
+                progress_timeout=args.progress_timeout,
                 encrypt=args.encrypt, offload=offload)
-            result = Sender(config, file_source(args.file, args.object_size)).run().to_dict()
+            sizes = [int(value) for value in args.object_sizes.split(",") if value]
+            if args.file == "-":
+                source = stream_source(sys.stdin.buffer, args.object_size, sizes)
+            else:
+                source = file_source(args.file, args.object_size, sizes)
+            result = Sender(config, source).run().to_dict()
         else:
             sink = FileSink(args.output)
             from .receiver import Receiver, ReceiverConfig  # pylint: disable=import-outside-toplevel

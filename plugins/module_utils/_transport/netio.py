@@ -57,6 +57,9 @@ class BufferPool:
             if stack:
                 rows = stack.pop()
                 if not stack:
+                    # never leave an empty list behind: the eviction below pops from whatever
+                    # list comes first (an empty one crashed the sender of every image whose
+                    # chunks vary in size, "pop from empty list")
                     del self.free[count]
                 self.bytes -= rows.nbytes
                 return rows
@@ -127,6 +130,22 @@ def sender_socket(address: str, port: int, ttl: int, offload: Optional[bool]) ->
     return sock, gso
 
 
+def report_socket(group: str, port: int, address: str) -> socket.socket:
+    """The sender's second way in: receivers send every report both to the sender's address and to
+    (group, port + 1). A host sending with the sender's Ethernet address makes a learning switch
+    forward the unicast reports to itself; group traffic reaches every member port regardless."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((group, port + 1))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _membership(group, address))
+        sock.setblocking(False)
+    except OSError as err:
+        sock.close()
+        raise TransportError(f"Cannot join multicast group {group}:{port + 1} on {address} for receivers' reports ({err.strerror}).") from None
+    return sock
+
+
 def receiver_sockets(group: str, port: int, address: str, offload: Optional[bool]) -> Tuple[socket.socket, socket.socket, bool]:
     """(group socket, control socket, GRO in use) of a receiver on the interface with `address`."""
     data = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -137,6 +156,9 @@ def receiver_sockets(group: str, port: int, address: str, offload: Optional[bool
         data.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _membership(group, address))
         _big_buffers(data, socket.SO_RCVBUF)
         control.bind((address, 0))
+        # reports also go to the group's report port (see `report_socket`), on this interface
+        control.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address))
+        control.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
         control.setblocking(False)
     except OSError as err:
         data.close()

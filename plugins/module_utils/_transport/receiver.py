@@ -26,48 +26,25 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .._errors import TransportError
 from . import gcm, wire
 from .mmsg import MSG_TRUNC, batch_receiver
-from .netio import (NUMPY_IMPORT_ERROR, BufferPool, disable_gro, gro_segment_size, np, receiver_sockets,
-                    renew_membership, udp_receive_errors)
+from .netio import disable_gro, gro_segment_size, np, receiver_sockets, renew_membership, udp_receive_errors
+from .reassembly import MISSING, Reassembly
 
 
 STATUS_EVERY = 0.025
-NACK_AFTER = 0.015            # an object silent this long with holes gets its holes asked for
-NACK_RETRY = 0.05
-STATUS_DATAGRAMS = 4          # at most this many STATUS datagrams per round
-OBJECT_REQUEST_HOLDOFF = 0.3
 JOIN_EVERY = 0.2
-WINDOW_UPDATE = 8 * 1024 * 1024   # room last reported below this: report freed room at once
 REJOIN_AFTER = 0.5            # nothing from the group this long (announcements come every 0.1 s): join again,
 REJOIN_MAX = 8.0              # then after twice as long each time, up to this
-GRO_PROBE = 4096              # data datagrams after which GRO that never coalesced is given up
+GRO_PROBE = 4096              # authentic single datagrams after which GRO that never coalesced is given up
 GATHER = 0.001                # without GRO, once the socket is drained: let datagrams gather
 VECTOR_FROM = 10              # from this many datagrams in a recvmmsg batch, `_rows` beats `_one`
-MAX_FRAGMENTS = (64 * 1024 * 1024) // wire.PAYLOAD + 1     # refuse objects over 64 MiB
 BUFFER = 65536 + 4096
-
-# the data header as numpy fields: rows of a GRO buffer viewed through it need no copies
-HEADER_ROW = None if NUMPY_IMPORT_ERROR else np.dtype({
-    "names": ["prefix", "session", "object", "fragment", "count"],
-    "formats": [">u4", ">u8", ">u4", ">u4", ">u4"],
-    "offsets": [0, 4, 12, 16, 20], "itemsize": wire.DATAGRAM})
-
-# the data header as (type/version/flags, session id, object, fragment, count) in one unpack
-FALLBACK_HEADER = struct.Struct(">IQIII")
-
-# the data header as six native 32-bit words; word 4 is the fragment number, whose big-endian
-# bytes for every possible fragment are precomputed as native words
-HEADER_WORDS = wire.DATA_HEADER_SIZE // 4
-FRAGMENT_WORD = 4
-
-FRAGMENT_WORDS = None if NUMPY_IMPORT_ERROR else np.arange(MAX_FRAGMENTS + 1, dtype=">u4").view(np.uint32)
-
-# object states
-MISSING, PENDING, DELIVERED = 0, 1, 2
+DATA_SILENCE = 5.0            # the sender sent objects, none of their datagrams came for this long: give up
+DONE_EVERY = 0.1
 
 
 @dataclass
@@ -85,6 +62,9 @@ class ReceiverConfig:
     # once object 0 was delivered (the sink may narrow the list in place until then) they count as
     # delivered and are never asked for
     resume: Optional[Callable[[bytes], Iterable[int]]] = None
+    # objects already verified (a resumed output): not received again; pass `finish` too (the
+    # session digest of a plain session needs every object's META)
+    have: Sequence[int] = ()
 
 
 @dataclass
@@ -107,24 +87,11 @@ class ReceiveResult:
     rejoins: int = 0                   # times the group went silent and its membership was reported again
     gro_dropped: bool = False          # GRO was offered but coalesced nothing, so batches were used
     mmsg: bool = False                 # without GRO: recvmmsg took many datagrams per call
+    forged_datagrams: int = 0          # data datagrams of this session whose tag was wrong (dropped)
+    evicted_objects: int = 0           # objects with holes that yielded their room (fetched again)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-class _Partial:
-    __slots__ = ("rows", "got", "remaining", "count", "last_seen", "complete", "newest", "asked")
-
-    def __init__(self, rows: np.ndarray, now: float, newest: bool):
-        count = rows.shape[0]
-        self.rows = rows
-        self.got = np.zeros(count, dtype=bool)
-        self.remaining = count
-        self.count = count
-        self.last_seen = now
-        self.complete = False
-        self.newest = newest             # started as the newest object: sent in the first pass
-        self.asked = False               # its holes were asked for at least once
 
 
 class _Candidate:
@@ -160,43 +127,24 @@ class Receiver:
         if not self.gro:
             self._use_batches()
         self.gro_dropped = False           # GRO was on but coalesced nothing: batches instead
-        self.pool = BufferPool(wire.PAYLOAD)
         self.datagrams = 0
         self.receive_calls = 0
         self.buffer = bytearray(BUFFER)
         self.view = memoryview(self.buffer)
         self.array = np.frombuffer(self.buffer, dtype=np.uint8)
         self.payload_view = self.array[wire.DATA_HEADER_SIZE:wire.DATAGRAM]   # of a single datagram
-        self.recent: Tuple[int, int, Optional[_Partial]] = (-1, 0, None)   # the object last filled
+        self.single_row = self.array[:wire.DATAGRAM].reshape(1, wire.DATAGRAM)
         self.candidates: Dict[int, _Candidate] = {}
         self.keys: Optional[wire.SessionKeys] = None
+        self.core: Optional[Reassembly] = None     # the session's data state, once joined
         self.mac: Optional[gcm.ObjectMac] = None
-        self.prefix = b""
-        self.prefix_head = 0
         self.sender: Tuple[str, int] = ("", 0)
         self.sender_window = wire.ReplayWindow()
         self.seq = 0
         self.cipher = None
         self.encrypted = False
         self.image_id = b""
-        self.final_count: Optional[int] = None
-        self.known = 0
-        self.sent_through = 0
-        self.state = bytearray()
-        self.meta: Dict[int, Tuple[int, bytes]] = {}
-        self.window: Dict[int, _Partial] = {}
-        self.inflight = 0                  # bytes held by the window and the two queues
-        self.inflight_lock = threading.Lock()
-        self.requested: Dict[int, float] = {}
-        self.lowest_missing = 0
-        self.delivered = 0
-        self.delivered_bytes = 0
-        self.fragment_requests = 0
-        self.object_requests = 0
-        self.window_drops = 0
-        self.frontier = 0                  # one past the highest object started (the sender's credit base)
-        self.status_due = False            # report at once (lost fragments, or room the sender waits for)
-        self.reported_free = config.window_bytes
+        self.report_to: List[Tuple[str, int]] = []
         self.rejoins = 0                   # times the group went silent and was joined again
         self.foreign_versions: set = set()  # wire versions of announcements we cannot speak
         self.rejected_objects = 0
@@ -215,14 +163,16 @@ class Receiver:
     def _use_batches(self) -> None:
         self.batch = batch_receiver(self.data_sock)
         if self.batch is not None:      # each row and its payload as views, for `_one`
-            self.batch_rows = list(self.batch.rows)
-            self.batch_payloads = [row[wire.DATA_HEADER_SIZE:] for row in self.batch_rows]
+            self.batch_rows = [self.batch.rows[number:number + 1] for number in range(self.batch.capacity)]
+            self.batch_payloads = [row[0, wire.DATA_HEADER_SIZE:] for row in self.batch_rows]
 
     def _gro_coalesces(self) -> bool:
-        """False once GRO has handed over GRO_PROBE data datagrams one by one: the kernel offers
-        the option but the device does not coalesce (no GRO on the NIC or a veth without NAPI).
-        Then GRO is turned off and recvmmsg takes many datagrams per call instead."""
-        if self.datagrams < GRO_PROBE or self.receive_calls < self.datagrams:
+        """False once GRO has handed over GRO_PROBE authentic data datagrams one by one and never
+        several in one buffer: the kernel offers the option but the device does not coalesce (no
+        GRO on the NIC or a veth without NAPI). Then GRO is turned off and recvmmsg takes many
+        datagrams per call instead. Only authentic datagrams count: stray or forged single
+        datagrams say nothing about the path and must not switch GRO off."""
+        if self.core.singles < GRO_PROBE or self.core.coalesced:
             return True
         if disable_gro(self.data_sock):
             self.gro = False
@@ -231,14 +181,9 @@ class Receiver:
         return False
 
     # --- stages ----------------------------------------------------------------------------------
-    def _release(self, rows: np.ndarray) -> None:
-        with self.inflight_lock:
-            self.inflight -= rows.nbytes
-        self.pool.give(rows)
-        if self.reported_free < WINDOW_UPDATE:
-            # the sender may be waiting for room it does not know about yet: tell it now, not at
-            # the next status slot (up to 37 ms away)
-            self.status_due = True
+    def _deliver(self, index: int, partial, wire_length: int, digest: bytes) -> None:
+        """A reassembled object, to the verifier."""
+        self.to_verify.put((index, partial, wire_length, digest))
 
     def _verify(self) -> None:
         while True:
@@ -262,13 +207,13 @@ class Receiver:
                 else:
                     valid = hmac.compare_digest(self.mac.tag(wire.object_nonce(index), data), digest)
                 if not valid:          # forged or damaged: ask again
-                    self._release(rows)
+                    self.core.release(rows)
                     self.rejected.put(index)
                     continue
                 self.to_write.put((index, data, rows))
             except BaseException as err:
                 self.error = err
-                self._release(rows)
+                self.core.release(rows)
                 self.to_write.put(None)
                 return
 
@@ -281,21 +226,27 @@ class Receiver:
             try:
                 if self.error is None:
                     self.sink(index, data)
-                    self.delivered_bytes += data.nbytes if isinstance(data, memoryview) else len(data)
-                    with self.inflight_lock:     # resume() counts held objects from the loop
-                        self.delivered += 1
+                    with self.core.inflight_lock:     # _count_held() counts held objects from the loop
+                        self.core.delivered_object(data.nbytes if isinstance(data, memoryview) else len(data))
             except BaseException as err:
                 self.error = err
             finally:
-                self._release(rows)      # the sink is done with the view: the buffer is reused
+                self.core.release(rows)      # the sink is done with the view: the buffer is reused
 
     # --- control ---------------------------------------------------------------------------------
-    def _send(self, kind: int, body: bytes) -> None:
+    def _send(self, kind: int, body: bytes, keys: Optional[wire.SessionKeys] = None,
+              to: Optional[List[Tuple[str, int]]] = None) -> None:
+        """A control message to the sender, unicast and to the group's report port: a host that
+        sends with the sender's Ethernet address makes a switch forward unicast meant for the
+        sender to itself, but the group reaches every member port whatever the switch learnt.
+        The sender's replay window takes each sequence number once."""
         self.seq += 1
-        try:
-            self.control_sock.sendto(wire.pack_control(self.keys, kind, self.seq, body), self.sender)
-        except (BlockingIOError, OSError):
-            pass   # control is retried by the next status round
+        datagram = wire.pack_control(keys or self.keys, kind, self.seq, body)
+        for destination in to or self.report_to:
+            try:
+                self.control_sock.sendto(datagram, destination)
+            except (BlockingIOError, OSError):
+                pass   # control is retried by the next status round
 
     def _control_datagram(self, datagram: bytes, source: Tuple[str, int]) -> None:
         head = wire.peek_control(datagram)
@@ -342,12 +293,8 @@ class Receiver:
             candidate.announce = body
         if kind == wire.ANNOUNCE and now - candidate.asked >= JOIN_EVERY:
             candidate.asked = now
-            self.seq += 1
             join = wire.JOIN_BODY.pack(self.receiver_id, candidate.nonce) + self.config.name.encode()[:64]
-            try:
-                self.control_sock.sendto(wire.pack_control(candidate.keys, wire.JOIN, self.seq, join), source)
-            except OSError:
-                pass
+            self._send(wire.JOIN, join, candidate.keys, [source, self._report_port()])
         elif kind == wire.WELCOME:
             receiver_id, nonce = wire.WELCOME_BODY.unpack_from(body)
             if receiver_id == self.receiver_id and nonce == candidate.nonce:
@@ -360,43 +307,34 @@ class Receiver:
         self.keys = candidate.keys
         self.mac = gcm.ObjectMac(self.keys.auth)
         self.sender = candidate.sender
+        self.report_to = [self.sender, self._report_port()]
         self.candidates.clear()
-        self.prefix = struct.pack(">BBHQ", wire.DATA, wire.VERSION, 0, self.keys.session_id)
-        self.prefix_head = struct.unpack(">I", self.prefix[:4])[0]
-        self.last_from_sender = time.monotonic()
+        self.core = Reassembly(self.keys.session_id, self.keys.data, self.config.window_bytes,
+                               self._deliver, self.config.layout_first)
+        self.core.skip(self.config.have)
+        self.last_from_sender = self.core.last_data = time.monotonic()
 
-    def _grow(self, count: int) -> None:
-        if count > len(self.state):
-            self.state.extend(bytes(count - len(self.state)))
+    def _report_port(self) -> Tuple[str, int]:
+        return (self.config.group, self.config.port + 1)
 
     def _handle(self, kind: int, body: bytes) -> None:
         if kind == wire.ANNOUNCE:
             known, sent_through, final, encrypted, payload, _r, image_id = wire.ANNOUNCE_BODY.unpack_from(body)
             if payload != wire.PAYLOAD:
                 raise TransportError(f"Sender {self.sender[0]} uses datagrams of another size ({payload}); versions differ.")
-            self.known = max(self.known, known)
-            self.sent_through = max(self.sent_through, min(sent_through, known))
-            if self._holes_lost(self.frontier - 1):
-                self.status_due = True   # sent whole, still with holes: they were lost
-            self._grow(self.known)
+            self.core.announce(known, sent_through, bool(final))
             if encrypted and self.cipher is None:
                 self.cipher = gcm.ObjectCipher(self.keys.enc)
             self.encrypted = bool(encrypted)
             if final:
-                self.final_count = known
                 self.image_id = image_id
                 if self.config.resume is not None and self.held is None:
                     self.held = self.config.resume(wire.announced_image_id(image_id))
         elif kind == wire.META:
             first, count = wire.META_HEAD.unpack_from(body)
-            offset = wire.META_HEAD.size
-            for index in range(first, first + min(count, wire.META_PER_MESSAGE)):
-                if index not in self.meta:
-                    self.meta[index] = wire.META_ENTRY.unpack_from(body, offset)
-                offset += wire.META_ENTRY.size
-                partial = self.window.get(index)
-                if partial is not None and partial.complete:
-                    self._complete(index, partial)
+            entries = [wire.META_ENTRY.unpack_from(body, wire.META_HEAD.size + number * wire.META_ENTRY.size)
+                       for number in range(min(count, wire.META_PER_MESSAGE))]
+            self.core.meta_entries(first, entries)
         elif kind == wire.END:
             self.ended = wire.END_BODY.unpack_from(body)[0]
         elif kind == wire.DONE_ACK:
@@ -404,216 +342,27 @@ class Receiver:
                 self.done_acked = True
 
     def _status(self, now: float) -> None:
-        requests: List[bytes] = []
-        # several STATUS datagrams per round if need be: scattered single losses make many runs
-        budget = wire.REQUESTS_PER_STATUS * STATUS_DATAGRAMS
-        for index, partial in list(self.window.items()):
-            if len(requests) >= budget:
-                break
-            if partial.complete:
-                requests.append(wire.REQUEST.pack(wire.REQ_META, index, 0, 1))
-                continue
-            if partial.newest and not partial.asked:
-                if not self._holes_lost(index):
-                    continue             # a first-pass object still on its way
-            elif now - partial.last_seen < NACK_AFTER:
-                continue
-            partial.asked = True
-            missing = np.flatnonzero(~partial.got)
-            breaks = np.flatnonzero(np.diff(missing) != 1) + 1
-            for run in np.split(missing, breaks)[:budget - len(requests)]:
-                requests.append(wire.REQUEST.pack(wire.REQ_FRAGMENTS, index, int(run[0]), len(run)))
-                self.fragment_requests += len(run)
-            partial.last_seen = now + NACK_RETRY    # ask again only if the repair does not come
-        # Whole objects the sender has passed that we never started: as many as the window holds.
-        with self.inflight_lock:
-            room = self.config.window_bytes - self.inflight
-        average = 4 * 1024 * 1024
-        if self.meta:
-            average = max(wire.PAYLOAD, sum(entry[0] for entry in list(self.meta.values())[-16:]) // min(16, len(self.meta)))
-        allowance = max(0, room // average - len(self.window))
-        while self.lowest_missing < len(self.state) and self.state[self.lowest_missing] != MISSING:
-            self.lowest_missing += 1
-        index = self.lowest_missing
-        limit = min(self.sent_through, len(self.state))
-        if self.config.layout_first and not self.delivered:
-            limit = min(limit, 1)
-        run_start, run_length = -1, 0
-        while index < limit and allowance > 0 and len(requests) < budget:
-            wanted = (self.state[index] == MISSING and index not in self.window
-                      and now - self.requested.get(index, 0.0) > OBJECT_REQUEST_HOLDOFF)
-            if wanted:
-                self.requested[index] = now
-                allowance -= 1
-                self.object_requests += 1
-                if run_start >= 0 and run_start + run_length == index:
-                    run_length += 1
-                else:
-                    if run_start >= 0:
-                        requests.append(wire.REQUEST.pack(wire.REQ_OBJECTS, run_start, 0, run_length))
-                    run_start, run_length = index, 1
-            index += 1
-        if run_start >= 0:
-            requests.append(wire.REQUEST.pack(wire.REQ_OBJECTS, run_start, 0, run_length))
+        requests, credit = self.core.requests(now)
         # The sender sends new objects only while every receiver has room for them (frontier and
-        # free bytes below), so a full window rarely drops data; drops left are congestion.
-        drops = udp_receive_errors() - self.kernel_drops_base + self.window_drops
-        # no room while the sink prepares the disks for the layout: anything else would be dropped
-        credit = 0 if self.config.layout_first and not self.delivered else room
+        # free bytes), so a full window rarely drops data; drops left are congestion.
+        drops = udp_receive_errors() - self.kernel_drops_base + self.core.window_drops
         step = wire.REQUESTS_PER_STATUS
         for first in range(0, max(1, len(requests)), step):
             batch = requests[first:first + step]
             self._send(wire.STATUS, self._status_head(drops, credit, len(batch)) + b"".join(batch))
 
     def _status_head(self, drops: int, room: int, requests: int) -> bytes:
-        self.reported_free = room
-        return wire.STATUS_HEAD.pack(self.receiver_id, self.delivered, self.lowest_missing, drops,
-                                     self.delivered_bytes, self.frontier, max(0, room), requests)
+        core = self.core
+        core.reported_free = room
+        return wire.STATUS_HEAD.pack(self.receiver_id, core.delivered, core.lowest_missing, drops,
+                                     core.delivered_bytes, core.frontier, max(0, room), requests)
 
     # --- data ------------------------------------------------------------------------------------
-    def _complete(self, index: int, partial: _Partial) -> None:
-        partial.complete = True
-        meta = self.meta.get(index)
-        if meta is None:
-            return                       # asked for in the next status
-        wire_length, digest = meta
-        del self.window[index]
-        if wire.fragments_of(wire_length) != partial.count:
-            # forged fragments claimed another size: start this object over
-            self._release(partial.rows)
-            return
-        self.state[index] = PENDING
-        self.to_verify.put((index, partial, wire_length, digest))
+    def _rows(self, rows, now: float) -> None:
+        self.core.rows(rows, now)
 
-    def _partial(self, index: int, count: int, now: float) -> Optional[_Partial]:
-        if index >= len(self.state):
-            if self.final_count is not None or index > self.known + 4096:
-                return None
-            self._grow(index + 1)
-        if self.state[index] != MISSING:
-            return None
-        if self.config.layout_first and index and not self.delivered:
-            return None                  # the sink needs the layout first; this comes again
-        partial = self.window.get(index)
-        if partial is not None:
-            return partial if partial.count == count else None
-        meta = self.meta.get(index)
-        if count > MAX_FRAGMENTS or (meta is not None and wire.fragments_of(meta[0]) != count):
-            return None
-        size = count * wire.PAYLOAD
-        with self.inflight_lock:
-            if self.inflight + size > self.config.window_bytes:
-                return None
-            self.inflight += size
-            room = self.config.window_bytes - self.inflight
-        newest = index >= self.frontier
-        partial = _Partial(self.pool.take(count, room), now, newest)
-        self.window[index] = partial
-        if newest:
-            previous = self.frontier - 1
-            self.frontier = index + 1
-            if self._holes_lost(previous):
-                self.status_due = True   # a later object started: its holes were lost
-        return partial
-
-    def _holes_lost(self, index: int) -> bool:
-        """Whether first-pass object `index`, whose holes were not asked for yet, is known to have
-        lost them: the first pass sends objects whole and in order, so that is once a later object
-        started or the sender announced it sent this one whole. Until then it may still be on its
-        way (a sender short of CPU can pause mid-object for tens of milliseconds); afterwards it is
-        asked for at once, not after NACK_AFTER of silence (at 2 % loss every object has holes,
-        and under flow control the window waits for each repair)."""
-        partial = self.window.get(index)
-        return (partial is not None and partial.newest and not partial.complete and not partial.asked
-                and (index + 1 < self.frontier or index < self.sent_through))
-
-    def _rows(self, rows: np.ndarray, now: float) -> None:
-        """Datagrams of one GRO buffer (or one batch), as rows: check, split by object, one copy per
-        object."""
-        size = rows.shape[0]
-        head, session_id, index, first, count = FALLBACK_HEADER.unpack_from(rows[0])
-        if (head == self.prefix_head and session_id == self.keys.session_id
-                and first + size <= count <= MAX_FRAGMENTS):
-            # The usual buffer: consecutive fragments of one object. Checked exactly, in one
-            # comparison of every row's 24-byte header (as six native words) against the headers
-            # those fragments must have: about 7 us, where field-by-field checks cost 25-30 us.
-            words = rows.view(np.uint32)[:, :HEADER_WORDS]
-            expected = np.repeat(words[:1], size, axis=0)
-            expected[:, FRAGMENT_WORD] = FRAGMENT_WORDS[first:first + size]
-            if (words == expected).all():
-                self._object_rows(index, count, first, size, rows, now)
-                return
-        heads = rows.view(HEADER_ROW)[:, 0]       # strided views of the header fields, no copies
-        keep = (heads["prefix"] == self.prefix_head) & (heads["session"] == self.keys.session_id)
-        if not keep.all():
-            rows = rows[keep]
-            if not len(rows):
-                return
-            heads = rows.view(HEADER_ROW)[:, 0]
-        objects = heads["object"]
-        starts = np.flatnonzero(np.diff(objects)) + 1
-        bounds = [0] + starts.tolist() + [len(objects)]
-        for begin, end in zip(bounds[:-1], bounds[1:]):
-            fragments, counts = heads["fragment"][begin:end], heads["count"][begin:end]
-            count = int(counts[0])
-            first, size = int(fragments[0]), end - begin
-            if (counts == count).all() and first + size <= count and (
-                    size == 1 or (np.diff(fragments) == 1).all()):
-                self._object_rows(int(objects[begin]), count, first, size, rows[begin:end], now)
-            else:
-                self._object_rows(int(objects[begin]), count, first, size, rows[begin:end], now,
-                                  fragments=fragments, counts=counts)
-
-    def _object_rows(self, index: int, count: int, first: int, size: int, rows, now: float,
-                     fragments=None, counts=None) -> None:
-        """Rows of one object: fragments first .. first+size-1, or (not consecutive) `fragments`."""
-        partial = self._partial(index, count, now)
-        if partial is None:
-            if index < len(self.state) and self.state[index] == MISSING:
-                self.window_drops += size
-            return
-        if fragments is None:
-            # one strided copy
-            seen = partial.got[first:first + size]
-            fresh = size - int(np.count_nonzero(seen))
-            partial.rows[first:first + size] = rows[:, wire.DATA_HEADER_SIZE:]
-            seen[:] = True
-        else:
-            good = (fragments < count) & (counts == count)
-            fragments, rows = fragments[good], rows[good]
-            fresh = int(np.count_nonzero(~partial.got[fragments]))
-            partial.rows[fragments] = rows[:, wire.DATA_HEADER_SIZE:]
-            partial.got[fragments] = True
-        partial.last_seen = now
-        partial.remaining -= fresh
-        if partial.remaining <= 0:
-            partial.remaining = partial.count - int(np.count_nonzero(partial.got))
-            if partial.remaining == 0:
-                self._complete(index, partial)
-
-    def _one(self, datagram, payload, now: float) -> None:
-        """One datagram without GRO: as little Python per datagram as can be (it is the fallback
-        path's cost); consecutive datagrams of one object skip the window lookup."""
-        head, session_id, index, fragment, count = FALLBACK_HEADER.unpack_from(datagram)
-        if head != self.prefix_head or session_id != self.keys.session_id:
-            return
-        recent_index, recent_count, partial = self.recent
-        if index != recent_index or count != recent_count or partial is None or partial.complete:
-            partial = self._partial(index, count, now)
-            self.recent = (index, count, partial)
-            if partial is None:
-                if index < len(self.state) and self.state[index] == MISSING:
-                    self.window_drops += 1
-                return
-        if fragment >= count:
-            return
-        partial.rows[fragment] = payload
-        partial.last_seen = now
-        if not partial.got[fragment]:
-            partial.got[fragment] = True
-            partial.remaining -= 1
-            if partial.remaining == 0:
-                self._complete(index, partial)
+    def _one(self, row, payload, now: float) -> None:
+        self.core.one(row, payload, now)
 
     def _batch(self, count: int, now: float) -> None:
         """The datagrams of one recvmmsg call. A batch of data only goes to `_rows` in one call; a
@@ -647,10 +396,8 @@ class Receiver:
                 index = self.rejected.get_nowait()
             except queue.Empty:
                 return
-            self.state[index] = MISSING
+            self.core.rejected(index)
             self.rejected_objects += 1
-            self.requested.pop(index, None)
-            self.lowest_missing = min(self.lowest_missing, index)
 
     # --- the loop --------------------------------------------------------------------------------
     def run(self) -> ReceiveResult:
@@ -682,26 +429,31 @@ class Receiver:
                     finished.set()
                     beat.join()
             else:
-                digest = wire.transport_digest([(self.meta[i][0] - (gcm.TAG_SIZE if self.cipher else 0), self.meta[i][1])
-                                                for i in range(self.final_count or 0)])
+                meta = self.core.meta
+                digest = wire.transport_digest([(meta[i][0] - (gcm.TAG_SIZE if self.cipher else 0), meta[i][1])
+                                                for i in range(self.core.final_count or 0)])
             self._report_done(digest)
+        except BaseException as err:
+            self._leave(err)
+            raise
         finally:
             self.control_sock.close()
+        core = self.core
         return ReceiveResult(
-            objects=self.delivered, bytes=self.delivered_bytes, fragment_requests=self.fragment_requests,
-            object_requests=self.object_requests, seconds=round(time.monotonic() - started, 3),
+            objects=core.delivered, bytes=core.delivered_bytes, fragment_requests=core.fragment_requests,
+            object_requests=core.object_requests, seconds=round(time.monotonic() - started, 3),
             digest=digest.hex(), announced_image_id=wire.announced_image_id(self.image_id).hex(),
             sender=self.sender[0], gro=self.gro, encrypted=self.encrypted,
-            kernel_drops=udp_receive_errors() - self.kernel_drops_base, window_drops=self.window_drops,
+            kernel_drops=udp_receive_errors() - self.kernel_drops_base, window_drops=core.window_drops,
             rejected_objects=self.rejected_objects, datagrams=self.datagrams, rejoins=self.rejoins,
             gro_dropped=self.gro_dropped,
-            receive_calls=self.receive_calls, mmsg=self.batch is not None)
+            receive_calls=self.receive_calls, mmsg=self.batch is not None, forged_datagrams=core.forged,
+            evicted_objects=core.evicted)
 
     def _where(self) -> str:
         return f"{self.config.group}:{self.config.port}"
 
     def _loop(self, started: float) -> None:
-        self.status_due = False
         next_status = 0.0
         next_control = 0.0
         iterations = 0
@@ -740,8 +492,8 @@ class Receiver:
                     if self.keys is not None:
                         self.receive_calls += 1
                         self.datagrams += 1
-                        self._one(self.buffer, self.payload_view, now)
-                        if self.gro and self.datagrams == GRO_PROBE:
+                        self._one(self.single_row, self.payload_view, now)
+                        if self.gro and self.core.singles >= GRO_PROBE:
                             self._gro_coalesces()
                 elif size >= wire.DATAGRAM and self.buffer[0] == wire.DATA:
                     if self.keys is not None:
@@ -781,41 +533,61 @@ class Receiver:
                         f"No authenticated multicast session on {self._where()} within {self.config.timeout:g} s: "
                         "no sender is running there, or it uses a different session key.")
                 continue
-            if self.held and (self.delivered or not self.config.layout_first):
+            core = self.core
+            if self.held and (core.delivered or not self.config.layout_first):
                 self._count_held()
-            if self.final_count is not None and self.delivered >= self.final_count:
+            if core.final_count is not None and core.delivered >= core.final_count:
                 return
             if self.ended == wire.END_ABORTED:
                 raise TransportError(
                     f"Sender {self.sender[0]} aborted the session on {self._where()} (it was stopped or failed) "
-                    f"with {self.delivered} of {self.final_count} objects received here; the output is incomplete.")
+                    f"with {core.delivered} of {core.final_count} objects received here; the output is incomplete.")
             if self.ended is not None:
                 raise TransportError(
                     f"Sender {self.sender[0]} ended the session on {self._where()} before this receiver had "
-                    f"every object ({self.delivered} of {self.final_count}); the output is incomplete.")
+                    f"every object ({core.delivered} of {core.final_count}); the output is incomplete.")
+            # (not "the sender moved on since our last data": its announcement that it sent an
+            # object whole comes after the object, and a live source may then pause for long)
+            if (core.lacking() and now - core.last_data > DATA_SILENCE
+                    and now - self.last_from_sender < 1.0):
+                total = core.final_count if core.final_count is not None else "?"
+                raise TransportError(
+                    f"Sender {self.sender[0]} is heard on {self._where()}, but none of the data it sent reached this "
+                    f"host for {DATA_SILENCE:g} s ({core.delivered} of {total} objects received): its "
+                    f"{wire.DATAGRAM}-byte datagrams do not get through (a smaller MTU on this path, or a filter); "
+                    "the output is incomplete.")
             if now - self.last_from_sender > self.config.timeout:
-                total = self.final_count if self.final_count is not None else "?"
+                total = core.final_count if core.final_count is not None else "?"
                 raise TransportError(
                     f"Sender {self.sender[0]} went silent on {self._where()} for {self.config.timeout:g} s with "
-                    f"{self.delivered} of {total} objects received; the output is incomplete.")
-            if now >= next_status or self.status_due:
-                self.status_due = False
+                    f"{core.delivered} of {total} objects received; the output is incomplete.")
+            if now >= next_status or core.status_due:
+                core.status_due = False
                 self._status(now)
                 # randomised spacing: receivers' reports spread out instead of arriving in bursts
                 next_status = now + STATUS_EVERY * (0.5 + random.random())
 
     def _count_held(self) -> None:
-        """Objects an interrupted receive of the same image already verified: delivered, not asked
-        for. Only once the layout is in (the sink has opened its output); one that has started
-        reassembling meanwhile completes normally (the sink skips what it holds)."""
-        fresh = [index for index in self.held if 0 < index < len(self.state)
-                 and self.state[index] == MISSING and index not in self.window]
-        for index in fresh:
-            self.state[index] = PENDING
-        with self.inflight_lock:
-            self.delivered += len(fresh)
+        """Objects an interrupted receive of the same image already verified (config.resume):
+        delivered, not asked for. Only once the layout is in (the sink has opened its output); one
+        that has started reassembling meanwhile completes normally (the sink skips what it holds)."""
+        core = self.core
+        fresh = [index for index in self.held if index > 0 and index not in core.window
+                 and (index >= len(core.state) or core.state[index] == MISSING)]
+        with core.inflight_lock:
+            core.skip(fresh)
         self.resumed = len(fresh)
         self.held = []
+
+    def _leave(self, err: BaseException) -> None:
+        """Tell the sender this receiver gives up, and why, so that it reports the reason and
+        nobody waits for a receiver that is gone."""
+        if self.keys is None:
+            return
+        reason = str(err) or type(err).__name__
+        body = wire.LEAVE_BODY.pack(self.receiver_id) + reason.encode("utf-8", "replace")[:300]
+        for _attempt in range(3):
+            self._send(wire.LEAVE, body)
 
     def _heartbeat(self, finished: threading.Event) -> None:
         body = self._status_head(0, 0, 0)
@@ -831,17 +603,17 @@ class Receiver:
             self._control_datagram(datagram, source)
 
     def _report_done(self, digest: bytes) -> None:
-        body = wire.DONE_BODY.pack(self.receiver_id, self.delivered, digest)
+        """DONE until the sender acknowledges it or ends the session, for up to `timeout`: a
+        receiver that stopped reporting early would be dropped by the sender although it wrote
+        every byte (one that cannot reach the sender for that long is no better off)."""
+        body = wire.DONE_BODY.pack(self.receiver_id, self.core.delivered, digest)
         control = self.control_sock
-        for _attempt in range(50):
+        give_up = time.monotonic() + self.config.timeout
+        while time.monotonic() < give_up:
             if self.done_acked or self.ended is not None:
                 return
-            self.seq += 1
-            try:
-                control.sendto(wire.pack_control(self.keys, wire.DONE, self.seq, body), self.sender)
-            except OSError:
-                return
-            deadline = time.monotonic() + 0.1
+            self._send(wire.DONE, body)
+            deadline = time.monotonic() + DONE_EVERY
             while time.monotonic() < deadline and not self.done_acked:
                 try:
                     control.settimeout(max(0.001, deadline - time.monotonic()))

@@ -11,39 +11,40 @@ goes to the group once however many receivers lost it. New objects go out only w
 receiver has window room for them (credit from its STATUS). A receiver silent for ``receiver_timeout``
 is dropped; nobody ever waits for it. The rate has a cap and backs off when receivers report
 datagrams their kernel had to drop.
+
+The protocol's decisions are made by the sans-I/O core: ``membership`` (who takes part), ``flow``
+(credit and rate), ``repair`` (what to resend next); this class is their driver (sockets,
+GSO/mmsg, pacing, the prefetch worker, the object cache).
 """
 
 from __future__ import annotations
 
-import heapq
 import os
 import select
 import struct
 import threading
 import time
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .._errors import TransportError
 from . import gcm, wire
+from .dmac import DatagramMac
+from .flow import FlowGate, RateControl
+from .repair import RepairScheduler
+from .membership import Membership, Policy, ReceiverReport
 from .mmsg import BATCH, batch_sender
-from .netio import GSO_MAX_SEGMENTS, BufferPool, np, sender_socket
+from .netio import GSO_MAX_SEGMENTS, BufferPool, np, report_socket, sender_socket
 from .source import ObjectSource
 
-HOLDOFF = 0.06                 # a fragment is not sent again within this many seconds
-OBJECT_HOLDOFF = 0.25
-CLOCKS = 1024                  # objects whose per-fragment send times are remembered
 ANNOUNCE_EVERY = 0.1
 RATE_EVERY = 0.1
 CACHE_OBJECTS = 16
+CONTROL_PER_CALL = 1024        # receivers' datagrams read per socket between two sends
 PREFETCH = 3
 PREFETCH_WORKERS = 1           # two outran three receivers on two cores: drops, repairs, no gain
 POOL_BYTES = 4 * 4 * 1024 * 1024   # buffers of evicted objects kept for the next ones
-MAX_RATE = 10 * 1000 ** 3
-START_CREDIT = 16 * 1024 * 1024    # window bytes assumed free at a receiver before its first STATUS
-PACING_SILENCE = 0.3               # a receiver silent this long no longer holds the first pass back
-MAX_HOLD = 1.0                     # nor does one that lacked room for longer than this (until it catches up)
 
 
 @dataclass
@@ -60,27 +61,10 @@ class SenderConfig:
     start_rate: int = 500 * 1000 ** 2
     min_rate: int = 2 * 1000 ** 2
     receiver_timeout: float = 5.0
+    progress_timeout: float = 30.0     # a receiver that reports but gets nowhere this long is dropped
     encrypt: bool = False
     offload: Optional[bool] = None
     progress: Optional[Callable[[dict], None]] = None   # called about once a second
-
-
-@dataclass
-class ReceiverReport:
-    name: str
-    address: str
-    state: str                       # done | dropped | never_joined | incomplete
-    digest: str = ""
-    digest_matches: bool = False
-    reason: str = ""
-    joined_at: Optional[float] = None
-    finished_at: Optional[float] = None
-    objects: int = 0
-    requests: int = 0
-    holds: int = 0                   # objects whose first sending waited for this receiver's room
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 @dataclass
@@ -106,47 +90,22 @@ class SendResult:
         return value
 
 
-@dataclass
-class _Peer:
-    receiver_id: int
-    name: str
-    address: Tuple[str, int]
-    joined_at: float
-    last_heard: float
-    window: wire.ReplayWindow = field(default_factory=wire.ReplayWindow)
-    state: str = "active"
-    digest: bytes = b""
-    reason: str = ""
-    finished_at: Optional[float] = None
-    delivered: int = 0
-    overflow: int = 0
-    overflow_seen: int = 0
-    requests: int = 0
-    bytes_done: int = 0
-    frontier: int = 0                # one past the highest object it has started
-    free: int = START_CREDIT         # bytes of window it has free (as of its last STATUS)
-    paces: bool = True               # its room limits the first pass (not a late joiner)
-    floor: int = 0                   # objects before this one it is not expected to hold
-    short_since: float = 0.0         # when it started lacking room for the next object
-    suspended: bool = False          # lacked room for over MAX_HOLD: not pacing until it catches up
-    holds: int = 0                   # objects whose first sending waited for its room
-    held_for: int = -1               # the last of them
-
-
 class _Prepared:
     """One object laid out as its datagrams: a (fragments x DATAGRAM) array, headers included."""
 
     __slots__ = ("index", "rows", "wire_length", "digest")
 
     def __init__(self, index: int, session_id: int, data: bytes, digest: bytes,
-                 pool: Optional[BufferPool] = None) -> None:
+                 pool: Optional[BufferPool] = None, signer: Optional[DatagramMac] = None) -> None:
         """`data`: the object as it goes on the wire (ciphertext and tag if encrypted);
-        `digest`: its authenticator (GMAC tag, or the AES-GCM tag), which META carries."""
+        `digest`: its authenticator (GMAC tag, or the AES-GCM tag), which META carries;
+        `signer`: the session's datagram MAC (without one, the tags stay zero: tests only)."""
         count = wire.fragments_of(len(data))
         # every byte is set below, so a reused buffer carries nothing over
         rows = pool.take(count, POOL_BYTES) if pool else np.empty((count, wire.DATAGRAM), dtype=np.uint8)
-        rows[:, :wire.DATA_HEADER_SIZE] = np.frombuffer(wire.DATA_HEADER.pack(
+        rows[:, :wire.DATA_HEADER.size] = np.frombuffer(wire.DATA_HEADER.pack(
             wire.DATA, wire.VERSION, 0, session_id, index, 0, count), dtype=np.uint8)
+        rows[:, wire.DATA_HEADER.size:wire.DATA_HEADER_SIZE] = 0
         rows[:, 16:20] = np.arange(count, dtype=">u4").view(np.uint8).reshape(count, 4)
         flat = np.frombuffer(data, dtype=np.uint8)
         whole = len(data) // wire.PAYLOAD
@@ -155,6 +114,8 @@ class _Prepared:
         if whole < count:             # the last fragment: its bytes, then zero padding
             rows[whole, wire.DATA_HEADER_SIZE:wire.DATA_HEADER_SIZE + len(tail)] = tail
             rows[whole, wire.DATA_HEADER_SIZE + len(tail):] = 0
+        if signer is not None:
+            signer.sign(rows, index)
         self.index = index
         self.rows = rows
         self.wire_length = len(data)
@@ -169,34 +130,36 @@ class Sender:
         self.keys = wire.SessionKeys.derive(config.session_key, self.session_id)
         self.cipher = gcm.ObjectCipher(self.keys.enc) if config.encrypt else None
         self.mac = gcm.ObjectMac(self.keys.auth)
+        self.signer = DatagramMac(self.keys.data, wire.DATAGRAM)
         self.sock, self.gso = sender_socket(config.address, config.port, config.ttl, config.offload)
         self.sock.setblocking(False)
+        try:
+            self.reports = report_socket(config.group, config.port, config.address)
+        except TransportError:
+            self.sock.close()
+            raise
         self.destination = (config.group, config.port)
         # without GSO, sendmmsg where libc has it; else one sendto per datagram (the last resort)
         self.batch = batch_sender(self.sock, self.destination)
         self.seq = 0
-        self.peers: Dict[int, _Peer] = {}
+        self.members = Membership(Policy(
+            where=f"{config.group}:{config.port}", expected=config.expected, min_receivers=config.min_receivers,
+            max_wait=config.max_wait, receiver_timeout=config.receiver_timeout,
+            progress_timeout=config.progress_timeout))
+        self.peers = self.members.peers
         self.meta: Dict[int, Tuple[int, bytes]] = {}
         self.cache: "OrderedDict[int, _Prepared]" = OrderedDict()
         self.pool = BufferPool(wire.DATAGRAM)
-        # when each fragment last went out (inf: queued, not yet sent), for the repair hold-off
-        self.clocks: "OrderedDict[int, np.ndarray]" = OrderedDict()
-        self.fragment_queue: Deque[Tuple[int, int, int]] = deque()
-        self.object_queue: List[int] = []
-        self.object_queued: Set[int] = set()
-        self.object_sent: Dict[int, float] = {}
-        self.meta_queue: Set[int] = set()
+        self.repairs = RepairScheduler()
         self.next_index = 0                # first pass position
-        self.rate = min(config.rate_cap or MAX_RATE, config.start_rate)
+        self.rates = RateControl(config.rate_cap, config.start_rate, config.min_rate)
+        self.rate = self.rates.rate
+        self.flow = FlowGate()
         self.pace_time = 0.0
-        self.cut_until = 0.0
-        self.congested_once = False
         self.datagrams = 0
         self.repair_datagrams = 0
         self.resends = 0
         self.bytes = 0
-        self.holds = 0                     # first-pass objects that waited for a receiver's room
-        self.held_for = -1
         self._prefetched: Dict[int, _Prepared] = {}
         self._prefetch_claimed = 0         # next first-pass index a prefetch worker takes on
         self._prefetch_taken = 0           # next first-pass index the loop sends
@@ -222,7 +185,7 @@ class Sender:
         if known is not None and known[1] != digest:
             # never sent: a second tag under the same nonce stays in this process
             raise TransportError(f"Object {index} changed while the session was serving it.")
-        return _Prepared(index, self.session_id, data, digest, self.pool)
+        return _Prepared(index, self.session_id, data, digest, self.pool, self.signer)
 
     def _remember(self, prepared: _Prepared) -> None:
         self.meta[prepared.index] = (prepared.wire_length, prepared.digest)
@@ -278,7 +241,7 @@ class Sender:
 
     def _idle(self, timeout: float) -> None:
         """Wait for a receiver's message or a prepared object, at most `timeout` seconds."""
-        readable = select.select([self.sock, self._wake_read], [], [], timeout)[0]
+        readable = select.select([self.sock, self.reports, self._wake_read], [], [], timeout)[0]
         if self._wake_read in readable:
             try:
                 os.read(self._wake_read, 4096)
@@ -293,43 +256,9 @@ class Sender:
             prepared = self._prefetched.get(self._prefetch_taken)
         if prepared is None:
             return True                  # nothing to decide yet
-        now = time.monotonic()
-        index = prepared.index
-        room = True
-        for peer in self.peers.values():
-            if peer.state != "active" or not peer.paces or now - peer.last_heard > PACING_SILENCE:
-                continue
-            if peer.suspended:
-                # It held the others long enough. It paces again once it receives objects sent
-                # since (what it missed meanwhile it fetches through repairs and the carousel);
-                # until then, pacing on it would cost another hold per few objects.
-                if peer.frontier > peer.floor:
-                    peer.suspended = False
-                    peer.floor = index
-                    peer.short_since = 0.0
-                continue
-            needed = prepared.rows.shape[0] * wire.PAYLOAD
-            for sent in range(max(peer.frontier, peer.floor), index):
-                entry = self.meta.get(sent)
-                if entry is not None:
-                    needed += wire.fragments_of(entry[0]) * wire.PAYLOAD
-            if needed <= peer.free:
-                peer.short_since = 0.0
-                continue
-            if not peer.short_since:
-                peer.short_since = now
-            if now - peer.short_since > MAX_HOLD:
-                peer.suspended = True
-                peer.floor = index
-                continue
-            if peer.held_for != index:     # counted once per object it held back
-                peer.held_for = index
-                peer.holds += 1
-            room = False
-        if not room and self.held_for != index:
-            self.held_for = index
-            self.holds += 1
-        return room
+        entry = self.meta.get
+        return self.flow.room(self.peers.values(), prepared.index, prepared.rows.shape[0],
+                              lambda sent: (entry(sent) or (None,))[0], time.monotonic())
 
     def _next_first_pass(self) -> Optional[_Prepared]:
         with self._prefetch_ready:
@@ -405,183 +334,55 @@ class Sender:
         self.datagrams += rows.shape[0]
         self.bytes += size
 
-    def _clock(self, index: int, count: int) -> np.ndarray:
-        clock = self.clocks.get(index)
-        if clock is None:
-            clock = self.clocks[index] = np.zeros(count, dtype=np.float64)
-            while len(self.clocks) > CLOCKS:
-                self.clocks.popitem(last=False)
-        else:
-            self.clocks.move_to_end(index)
-        return clock
-
     def _send_fragments(self, prepared: _Prepared, first: int, end: int, repair: bool) -> None:
         step = GSO_MAX_SEGMENTS if self.gso else BATCH if self.batch is not None else 16
-        clock = self._clock(prepared.index, prepared.rows.shape[0])
+        count = prepared.rows.shape[0]
         for start in range(first, end, step):
             stop = min(end, start + step)
             self._send_rows(prepared.rows[start:stop])
-            # The hold-off keeps a repair from going out twice for several receivers' NACKs; a
-            # first-pass fragment is repairable at once (receivers ask as soon as it is lost).
-            clock[start:stop] = time.monotonic() - (0.0 if repair else HOLDOFF)
+            self.repairs.sent(prepared.index, count, start, stop, time.monotonic(), repair)
             if repair:
                 self.repair_datagrams += stop - start
             self._receive_control()
 
     # --- control from receivers -----------------------------------------------------------------
-    def _receive_control(self) -> None:
-        for _attempt in range(64):
-            try:
-                datagram, address = self.sock.recvfrom(2048)
-            except (BlockingIOError, InterruptedError):
-                return
-            opened = wire.open_control(self.keys, datagram)
-            if opened is None:
-                continue
-            kind, _flags, seq, body = opened
-            try:
-                self._handle(kind, seq, body, address)
-            except struct.error:
-                continue   # authentic but malformed: ignore rather than trust any of it
-
-    def _match_name(self, name: str, address: str) -> str:
-        for expected in self.config.expected:
-            if expected in (name, address):
-                return expected
-        return name or address
-
-    def _handle(self, kind: int, seq: int, body: bytes, address: Tuple[str, int]) -> None:
-        now = time.monotonic()
-        if kind == wire.JOIN:
-            receiver_id, nonce = wire.JOIN_BODY.unpack_from(body)
-            name = body[wire.JOIN_BODY.size:].decode("utf-8", "replace")
-            peer = self.peers.get(receiver_id)
-            if peer is None:
-                peer = _Peer(receiver_id, self._match_name(name, address[0]), address, now, now)
-                # a late joiner catches up from the carousel; it does not hold back the others
-                peer.paces = self.next_index == 0
-                if not peer.window.accept(seq):
-                    return
-                self.peers[receiver_id] = peer
-            elif not peer.window.accept(seq):
-                return
-            peer.last_heard = now
-            self._control(wire.WELCOME, wire.WELCOME_BODY.pack(receiver_id, nonce), to=peer.address)
-            return
-        receiver_id = struct.unpack_from(">Q", body)[0]
-        peer = self.peers.get(receiver_id)
-        if peer is None or not peer.window.accept(seq):
-            return
-        if peer.state == "dropped" and kind != wire.DONE:
-            return                # a DONE still counts: the receiver was slow, not dead
-        peer.last_heard = now
-        if kind == wire.STATUS:
-            _rid, delivered, _lowest, overflow, done_bytes, frontier, free, count = wire.STATUS_HEAD.unpack_from(body)
-            peer.delivered = delivered
-            peer.bytes_done = done_bytes
-            peer.overflow = overflow
-            peer.frontier = frontier
-            peer.free = free
-            offset = wire.STATUS_HEAD.size
-            for _entry in range(min(count, wire.REQUESTS_PER_STATUS)):
-                what, index, first, amount = wire.REQUEST.unpack_from(body, offset)
-                offset += wire.REQUEST.size
-                peer.requests += 1
-                self._request(what, index, first, amount, now)
-        elif kind == wire.DONE:
-            _rid, count, digest = wire.DONE_BODY.unpack_from(body)
-            if peer.state != "done":
-                peer.state = "done"
-                peer.reason = ""
-                peer.digest = digest
-                peer.delivered = count
-                peer.finished_at = now
-            self._control(wire.DONE_ACK, wire.DONE_ACK_BODY.pack(receiver_id), to=peer.address)
+    def _receive_control(self, limit: int = CONTROL_PER_CALL) -> None:
+        """Receivers' messages waiting on both sockets, up to `limit` per socket. A host flooding
+        the sender with forged control makes the queue long: each costs a recvfrom and an HMAC
+        (about 5 us), so the loop reads many per call, or genuine reports would wait behind forged
+        ones for seconds and their receivers be taken for silent."""
+        for sock in (self.sock, self.reports):
+            for _attempt in range(limit):
+                try:
+                    datagram, address = sock.recvfrom(2048)
+                except (BlockingIOError, InterruptedError):
+                    break
+                opened = wire.open_control(self.keys, datagram)
+                if opened is None:
+                    continue
+                kind, _flags, seq, body = opened
+                if kind < wire.JOIN:
+                    continue   # our own kind of message, sent back at us: not a receiver's
+                now = time.monotonic()
+                replies, requests = self.members.message(kind, seq, body, address, now, self.next_index)
+                for reply, reply_body, destination in replies:
+                    self._control(reply, reply_body, to=destination)
+                for what, index, first, amount in requests:
+                    self._request(what, index, first, amount, now)
 
     def _request(self, what: int, index: int, first: int, amount: int, now: float) -> None:
-        available = self.source.available()
-        if what == wire.REQ_FRAGMENTS:
-            if index >= self.next_index or index not in self.meta:
-                return
-            clock = self._clock(index, wire.fragments_of(self.meta[index][0]))
-            end = min(first + amount, len(clock))
-            if first >= end:
-                return
-            due = np.flatnonzero(now - clock[first:end] > HOLDOFF) + first
-            if not len(due):
-                return
-            clock[due] = np.inf          # queued: NACKs for it are suppressed until it went out
-            breaks = np.flatnonzero(np.diff(due) != 1) + 1
-            for run in np.split(due, breaks):
-                self.fragment_queue.append((index, int(run[0]), int(run[-1]) + 1))
-        elif what == wire.REQ_OBJECTS:
-            for wanted in range(index, min(index + min(amount, 64), self.next_index, available)):
-                if wanted in self.object_queued or now - self.object_sent.get(wanted, 0.0) < OBJECT_HOLDOFF:
-                    continue
-                self.object_queued.add(wanted)
-                heapq.heappush(self.object_queue, wanted)
-        elif what == wire.REQ_META:
-            for wanted in range(index, min(index + min(amount, 256), self.next_index)):
-                self.meta_queue.add(wanted)
+        meta = self.meta
+        self.repairs.request(what, index, first, amount, now, self.next_index, self.source.available(),
+                             lambda i: wire.fragments_of(meta[i][0]) if i in meta else None)
 
     # --- the loop --------------------------------------------------------------------------------
-    def _joined_expected(self) -> Set[str]:
-        names = {peer.name for peer in self.peers.values()}
-        return {name for name in self.config.expected if name in names}
-
-    def _ready_to_start(self, elapsed: float) -> bool:
-        joined = len(self.peers)
-        if self.config.expected and len(self._joined_expected()) == len(set(self.config.expected)):
-            return True
-        if not self.config.expected and joined >= self.config.min_receivers:
-            return True
-        if elapsed >= self.config.max_wait:
-            if joined >= self.config.min_receivers:
-                return True
-            raise TransportError(
-                f"Only {joined} of the required {self.config.min_receivers} receivers joined the session on "
-                f"{self.config.group}:{self.config.port} within {self.config.max_wait:g} s.")
-        return False
-
-    def _check_peers(self, now: float) -> None:
-        for peer in self.peers.values():
-            if peer.state == "active" and now - peer.last_heard > self.config.receiver_timeout:
-                peer.state = "dropped"
-                peer.finished_at = now
-                peer.reason = (f"no message for {self.config.receiver_timeout:g} s "
-                               f"(had {peer.delivered} objects)")
-
     def _adjust_rate(self, now: float) -> None:
-        # Receivers report datagrams their kernel dropped for want of buffer and data they had no
-        # window room for (rare under credit flow control): that is congestion (a receiver or its
-        # disk cannot keep up), unlike random loss on the wire, which repairs fix without slowing
-        # anyone.
-        congested = False
-        for peer in self.peers.values():
-            if peer.state == "active" and peer.overflow > peer.overflow_seen:
-                congested = True
-            peer.overflow_seen = peer.overflow
-        cap = self.config.rate_cap or MAX_RATE
-        if congested and now >= self.cut_until:
-            self.rate = max(self.config.min_rate, int(self.rate * 0.7))
-            # reports already on their way describe the old rate: one cut per reaction time
-            self.cut_until = now + 0.3
-            self.congested_once = True
-        elif not congested:
-            # fast growth until the first sign of congestion, then a gentle probe: every overshoot
-            # costs datagrams dropped at the receivers and sent again
-            growth = 1.03 if self.congested_once else 1.15
-            self.rate = min(cap, int(self.rate * growth) + 1000 ** 2)
+        self.rate = self.rates.update(now, self.members.congested())
 
     def _finished(self, final: Optional[int], elapsed: float) -> bool:
         if final is None or self.next_index < final:
             return False
-        active = [p for p in self.peers.values() if p.state == "active"]
-        if active or not self.peers:
-            return False
-        if self.config.expected and len(self._joined_expected()) < len(set(self.config.expected)):
-            return elapsed >= self.config.max_wait
-        return True
+        return self.members.finished(elapsed)
 
     def run(self) -> SendResult:
         started_at = time.monotonic()
@@ -601,12 +402,12 @@ class Sender:
                 if now - last_announce >= ANNOUNCE_EVERY:
                     self._announce(final)
                     last_announce = now
-                    self._check_peers(now)
+                    self.members.tick(now, self.next_index)
                 self._receive_control()
                 if not sending:
-                    sending = self._ready_to_start(elapsed)
+                    sending = self.members.ready(elapsed)
                     if not sending:
-                        select.select([self.sock], [], [], 0.02)
+                        select.select([self.sock, self.reports], [], [], 0.02)
                         continue
                 if now - last_rate >= RATE_EVERY:
                     self._adjust_rate(now)
@@ -615,7 +416,11 @@ class Sender:
                     self.config.progress(self.progress(final))
                     last_progress = now
                 if self._finished(final, elapsed):
-                    break
+                    # a DONE (or a report that revives a dropped receiver) may still be queued
+                    # behind other datagrams: read everything waiting, then decide again
+                    self._receive_control(limit=1 << 20)
+                    if self._finished(final, elapsed):
+                        break
                 if not self._serve_one(final):
                     self._idle(0.005)
             for _repeat in range(3):
@@ -632,6 +437,7 @@ class Sender:
             with self._prefetch_ready:
                 self._prefetch_ready.notify_all()
             self.sock.close()
+            self.reports.close()
             for worker in workers:
                 worker.join(5.0)
             if not any(worker.is_alive() for worker in workers):
@@ -652,23 +458,17 @@ class Sender:
 
     def _serve_one(self, final: Optional[int]) -> bool:
         """Send the most urgent thing there is; False if there was nothing to send."""
-        if self.meta_queue:
-            indexes = sorted(i for i in self.meta_queue if i in self.meta)
-            self.meta_queue.clear()
-            self._send_meta(indexes)
-            return True
-        if self.fragment_queue:
-            index, first, end = self.fragment_queue.popleft()
-            self._send_fragments(self._object(index), first, end, repair=True)
-            return True
-        if self.object_queue:
-            index = heapq.heappop(self.object_queue)
-            self.object_queued.discard(index)
-            self.object_sent[index] = time.monotonic()
-            prepared = self._object(index)
-            self._send_meta([index])
-            self.resends += 1
-            self._send_fragments(prepared, 0, prepared.rows.shape[0], repair=True)
+        job = self.repairs.next(time.monotonic())
+        if job is not None:
+            if job[0] == "meta":
+                self._send_meta(job[1])
+            elif job[0] == "fragments":
+                self._send_fragments(self._object(job[1]), job[2], job[3], repair=True)
+            else:                       # a whole object: the carousel
+                prepared = self._object(job[1])
+                self._send_meta([job[1]])
+                self.resends += 1
+                self._send_fragments(prepared, 0, prepared.rows.shape[0], repair=True)
             return True
         if final is None or self.next_index < final:
             if not self._room_for_next():
@@ -689,25 +489,10 @@ class Sender:
         entries = [self.meta[i] for i in range(count) if i in self.meta]
         plain = [(length - (gcm.TAG_SIZE if self.cipher else 0), digest) for length, digest in entries]
         digest = self.source.image_id() or wire.transport_digest(plain)
-        reports: List[ReceiverReport] = []
-        seen: Set[str] = set()
-        for peer in self.peers.values():
-            seen.add(peer.name)
-            seen.add(peer.address[0])
-            state = peer.state if peer.state != "active" else "incomplete"
-            reports.append(ReceiverReport(
-                name=peer.name, address=peer.address[0], state=state, digest=peer.digest.hex(),
-                digest_matches=peer.digest == digest, reason=peer.reason,
-                joined_at=round(peer.joined_at - (time.monotonic() - seconds), 3),
-                finished_at=None if peer.finished_at is None else round(peer.finished_at - (time.monotonic() - seconds), 3),
-                objects=peer.delivered, requests=peer.requests, holds=peer.holds))
-        for name in self.config.expected:
-            if name not in seen:
-                reports.append(ReceiverReport(name=name, address="", state="never_joined",
-                                              reason="never joined the session"))
+        reports = self.members.reports(digest, time.monotonic() - seconds)
         return SendResult(receivers=reports, objects=count, bytes=self.bytes,
                           datagrams_sent=self.datagrams, repair_datagrams=self.repair_datagrams,
                           whole_object_resends=self.resends, seconds=round(seconds, 3),
-                          final_rate=self.rate, flow_holds=self.holds, gso=self.gso, encrypted=self.cipher is not None,
+                          final_rate=self.rate, flow_holds=self.flow.holds, gso=self.gso, encrypted=self.cipher is not None,
                           digest=digest.hex(), session_id=f"{self.session_id:016x}",
                           mmsg=self.batch is not None and not self.gso)

@@ -5,11 +5,11 @@
 
 Two kinds of datagram share the group port:
 
-* data: a fixed 24-byte header (type, version, session id, object, fragment, fragment count) and a
-  fixed-size payload, so that every data datagram is exactly ``DATAGRAM`` bytes long and a GRO
-  buffer is a 2-D array of rows. Data datagrams are not authenticated one by one: an object is
-  handed on only once its bytes match the GMAC tag (``gcm``) carried by an authenticated
-  META message.
+* data: a fixed 32-byte header (type, version, session id, object, fragment, fragment count, an
+  8-byte per-datagram tag) and a fixed-size payload, so that every data datagram is exactly
+  ``DATAGRAM`` bytes long and a GRO buffer is a 2-D array of rows. The tag (``dmac``) covers the
+  header fields and the payload: a forged datagram changes no state. An object is handed on only
+  once its bytes also match the GMAC tag (``gcm``) carried by an authenticated META message.
 * control: a 20-byte header (type, version, flags, session id, sequence), a body and a truncated
   HMAC-SHA256 tag with a key derived per session (HKDF, RFC 5869) from the session key.
   Sequence numbers pass a sliding replay window, so a captured control datagram cannot be replayed.
@@ -23,10 +23,11 @@ import struct
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-VERSION = 2                           # 2: GMAC object tags, STATUS carries the receiver's room
+VERSION = 3                           # 3: per-datagram tags, LEAVE; 2: GMAC object tags, STATUS room
 DATAGRAM = 1472                       # fits a 1500-byte MTU: 20 IPv4 + 8 UDP + 1472
-DATA_HEADER = struct.Struct(">BBHQIII")
-DATA_HEADER_SIZE = DATA_HEADER.size   # 24
+DATA_HEADER = struct.Struct(">BBHQIII")   # the fields; the 8-byte datagram tag follows them
+DATA_TAG_SIZE = 8
+DATA_HEADER_SIZE = DATA_HEADER.size + DATA_TAG_SIZE   # 32: where the payload starts
 PAYLOAD = DATAGRAM - DATA_HEADER_SIZE
 CONTROL_HEADER = struct.Struct(">BBHQQ")
 TAG_SIZE = 16
@@ -42,6 +43,7 @@ DONE_ACK = 6
 JOIN = 16
 STATUS = 17
 DONE = 18
+LEAVE = 19             # a receiver gives up, with its reason (one sentence)
 
 # STATUS request kinds
 REQ_FRAGMENTS = 1      # object, first fragment, fragment count
@@ -61,6 +63,7 @@ STATUS_HEAD = struct.Struct(">QIIIQIQB")
 REQUEST = struct.Struct(">BIII")
 REQUESTS_PER_STATUS = 80
 DONE_BODY = struct.Struct(">QI32s")    # receiver id, objects, final digest (image id)
+LEAVE_BODY = struct.Struct(">Q")       # receiver id, then the reason (UTF-8, at most 300 bytes)
 
 END_COMPLETE = 0
 END_ABORTED = 1
@@ -80,13 +83,15 @@ class SessionKeys:
     mac: bytes
     enc: bytes
     auth: bytes                       # GMAC key of the objects (never the encryption key: nonces repeat)
+    data: bytes = b""                 # key of the per-datagram tags of data datagrams
 
     @classmethod
     def derive(cls, session_key: bytes, session_id: int) -> "SessionKeys":
         salt = struct.pack(">Q", session_id)
         return cls(session_id, hkdf(session_key, salt, b"fleetcast control mac"),
                    hkdf(session_key, salt, b"fleetcast payload aes-gcm"),
-                   hkdf(session_key, salt, b"fleetcast object gmac"))
+                   hkdf(session_key, salt, b"fleetcast object gmac"),
+                   hkdf(session_key, salt, b"fleetcast datagram mac"))
 
 
 def pack_control(keys: SessionKeys, kind: int, seq: int, body: bytes, flags: int = 0) -> bytes:

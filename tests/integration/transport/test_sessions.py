@@ -1,12 +1,10 @@
 # Acceptance tests of the transport engine: real processes in network namespaces, real multicast
 # through a bridge, real loss from nftables; every output compared byte for byte.
 import os
-import pathlib
-import shutil
+import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -56,17 +54,6 @@ def _assert_all_done(report, names):
         assert by_name[name]["digest"] == report["digest"]
 
 
-@pytest.fixture
-def memory_dir():
-    """A directory in tmpfs where there is one: 2 GiB of outputs measure the transport, not the
-    machine's disk writeback."""
-    path = tempfile.mkdtemp(prefix="fleetcast-transport-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    try:
-        yield pathlib.Path(path)
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def test_three_receivers_get_512_mib_byte_exact(netlab, memory_dir):
     expected, payload, sender_host, hosts, outputs, receivers = _lab_session(netlab, memory_dir, 512 * MiB, 3)
     sender = start_sender(sender_host, payload, extra=["--expected", "r1,r2,r3", "--max-wait", "20"])
@@ -84,6 +71,27 @@ def test_three_receivers_get_512_mib_byte_exact(netlab, memory_dir):
         assert result["peak_rss_kib"] <= 100 * 1024, result
         assert file_digest(output) == expected
         os.unlink(output)
+
+
+def _varied_sizes(count, seed=202):
+    """Object sizes as an image's compressed chunks vary: log-uniform from 3 KiB to 4 MiB."""
+    generator = random.Random(seed)
+    return [int(3 * 1024 * (4 * MiB / (3 * 1024)) ** generator.random()) for dummy in range(count)]
+
+
+def test_two_hundred_objects_of_varied_sizes_arrive_byte_exact(netlab, memory_dir):
+    # A real image is chunks of many compressed sizes; the sender's buffer pool once crashed on
+    # them ("pop from empty list" after 90-130 of 202 objects) while equal sizes never did.
+    sizes = _varied_sizes(200)
+    expected, payload, sender_host, hosts, outputs, receivers = _lab_session(netlab, memory_dir, sum(sizes), 2)
+    sender = start_sender(sender_host, payload, extra=[
+        "--expected", "r1,r2", "--object-sizes", ",".join(map(str, sizes))])
+    code, report = finish(sender)
+    assert code == 0, report
+    assert report["objects"] == 201, report
+    _assert_all_done(report, ["r1", "r2"])
+    for result in _outputs_exact(receivers, outputs, expected):
+        assert result["objects"] == 201, result
 
 
 def test_flow_control_keeps_small_windows_from_dropping_data(netlab, memory_dir):
@@ -195,7 +203,9 @@ def test_killed_receiver_is_dropped_and_the_others_finish(netlab, tmp_path):
     expected, payload, sender_host, hosts, outputs, receivers = _lab_session(netlab, tmp_path, 96 * MiB, 3)
     started = time.monotonic()
     # 40 MB/s: the stream lasts over two seconds, so the kill lands mid-stream.
-    sender = start_sender(sender_host, payload, extra=["--expected", "r1,r2,r3", "--rate", "40000000"])
+    # (8 s of patience: on a loaded two-core machine the 2.5 s stream can take over 5 s)
+    sender = start_sender(sender_host, payload, extra=["--expected", "r1,r2,r3", "--rate", "40000000",
+                                                       "--receiver-timeout", "8"])
     wait_for(lambda: os.path.exists(str(outputs[1]) + ".partial"), 20, "r2 to start writing")
     receivers[1].send_signal(signal.SIGKILL)
     killed_at = time.monotonic() - started
@@ -205,7 +215,7 @@ def test_killed_receiver_is_dropped_and_the_others_finish(netlab, tmp_path):
     assert by_name["r2"]["state"] == "dropped"
     assert "no message for" in by_name["r2"]["reason"]
     # the sender's clock starts a little after ours: this bound is conservative
-    assert by_name["r2"]["finished_at"] - killed_at <= 10
+    assert by_name["r2"]["finished_at"] - killed_at <= 13
     _assert_all_done(report, ["r1", "r3"])
     # nobody waited for the dead one: the others were done before it was even declared dead
     assert max(by_name[n]["finished_at"] for n in ("r1", "r3")) < by_name["r2"]["finished_at"]
@@ -321,7 +331,8 @@ def test_forged_and_replayed_datagrams_change_no_byte(netlab, tmp_path):
 
     # an earlier session with the same key, recorded by the attacker
     recorder = attack("record", 4)
-    time.sleep(0.3)
+    # the snooping switch forwards the group to the recorder only once it has its membership
+    wait_for(lambda: "evil" in netlab.memberships(GROUP), 10, "the switch to learn the recorder's membership")
     first = [start_receiver(h, tmp_path / f"first-{h.name}") for h in hosts]
     code = finish(start_sender(sender_host, old_payload, extra=["--min-receivers", "2", "--rate", "20000000"]))[0]
     assert code == 0
@@ -340,8 +351,11 @@ def test_forged_and_replayed_datagrams_change_no_byte(netlab, tmp_path):
     assert code == 0, report
     _assert_all_done(report, ["r1", "r2"])
     assert sorted(r["name"] for r in report["receivers"]) == ["r1", "r2"]
-    rejected = sum(r["rejected_objects"] for r in _outputs_exact(receivers, outputs, expected))
+    results = _outputs_exact(receivers, outputs, expected)
     code, sent = finish(injector)
     assert sent["replayed_old"] > 0 and sent["forged_data"] > 0 and sent["forged_control"] > 0
     assert sent["replayed_current"] > 0
-    assert rejected > 0          # forged bytes did reach reassembly, and were caught by the digest
+    # forged data datagrams were seen and dropped on their own tag, before reassembly: no object
+    # had to be rejected and fetched again
+    assert sum(r["forged_datagrams"] for r in results) > 0, results
+    assert sum(r["rejected_objects"] for r in results) == 0, results

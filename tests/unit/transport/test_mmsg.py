@@ -144,8 +144,8 @@ class _Sorting(Receiver):
 
     def __init__(self, receiving):        # pylint: disable=super-init-not-called
         self.batch = mmsg.BatchReceiver(receiving)
-        self.batch_rows = list(self.batch.rows)
-        self.batch_payloads = [row[wire.DATA_HEADER_SIZE:] for row in self.batch_rows]
+        self.batch_rows = [self.batch.rows[number:number + 1] for number in range(self.batch.capacity)]
+        self.batch_payloads = [row[0, wire.DATA_HEADER_SIZE:] for row in self.batch_rows]
         self.keys = object()
         self.datagrams = self.receive_calls = 0
         self.seen = []
@@ -153,9 +153,9 @@ class _Sorting(Receiver):
     def _rows(self, rows, now):
         self.seen.append(("rows", len(rows), rows[:, 1].tolist()))
 
-    def _one(self, datagram, payload, now):
+    def _one(self, row, payload, now):
         assert len(payload) == wire.PAYLOAD
-        self.seen.append(("one", int(datagram[1])))
+        self.seen.append(("one", int(row[0, 1])))
 
     def _control_datagram(self, datagram, source):
         self.seen.append(("control", datagram, source))

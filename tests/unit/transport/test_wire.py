@@ -67,6 +67,28 @@ def test_buffer_pool_reuses_by_size_and_lets_go_beyond_the_room():
     assert fresh.shape == (16, 100) and pool.bytes <= 400
 
 
+def test_buffer_pool_survives_objects_of_varied_sizes():
+    # The sender's pattern on a real image: chunks of many compressed sizes, a cache of the last
+    # 16 objects whose buffers go back to the pool on eviction. Taking the last pooled buffer of a
+    # size once left an empty list behind, and a later eviction popped from it.
+    import random
+    generator = random.Random(202)
+    pool = BufferPool(wire.DATAGRAM)
+    room = 4 * 4 * 1024 * 1024
+    cache = []
+    for number in range(600):
+        # a few sizes recur (so hits take the last buffer of a size), most are new
+        count = generator.choice([1, 3, 45, 2897]) if number % 3 else generator.randint(1, 2900)
+        rows = pool.take(count, room)
+        assert rows.shape == (count, wire.DATAGRAM)
+        cache.append(rows)
+        if len(cache) > 16:
+            pool.give(cache.pop(0))
+        # what the pool holds is exactly what it counts, and it keeps no empty list
+        assert all(pool.free.values())
+        assert pool.bytes == sum(r.nbytes for stack in pool.free.values() for r in stack)
+
+
 def test_spool_source_reads_back_objects_while_they_are_produced():
     produced = [bytes([i]) * (1000 + i) for i in range(20)]
     spool = SpoolSource(iter(produced), image_id=lambda: b"id")

@@ -1,0 +1,248 @@
+# -*- coding: utf-8 -*-
+# Copyright: fleetcast.imaging developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Who takes part in a session, from the sender's side: the first piece of the transport's sans-I/O
+core. Private to the collection: not a public API.
+
+``Membership`` is pure state. It takes the receivers' authenticated control messages (already
+opened by ``wire.open_control``) and the clock as input, and returns the control messages to send
+and the repair requests to serve; it never touches a socket or reads the clock, so unit tests drive
+it with a fake clock. It holds: the handshake (JOIN -> WELCOME), each receiver's replay window,
+its reports (progress, room, congestion), the start policy (expected receivers, minimum count,
+maximum wait), the end of the session, dropping (silent, or reporting without progress),
+serving dropped receivers again when they come back, and each receiver's final report.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Set, Tuple
+
+from .._errors import TransportError
+from . import wire
+
+START_CREDIT = 16 * 1024 * 1024    # window bytes assumed free at a receiver before its first STATUS
+
+Address = Tuple[str, int]
+Reply = Tuple[int, bytes, Address]           # (control type, body, destination)
+Request = Tuple[int, int, int, int]          # (kind, object, first, count) from a STATUS
+
+
+@dataclass
+class ReceiverReport:
+    name: str
+    address: str
+    state: str                       # done | dropped | failed (it left, with its reason) | never_joined | incomplete
+    digest: str = ""
+    digest_matches: bool = False
+    reason: str = ""
+    joined_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    objects: int = 0
+    requests: int = 0
+    holds: int = 0                   # objects whose first sending waited for this receiver's room
+    readmitted: int = 0              # times it was dropped and then served again (it came back)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Peer:
+    receiver_id: int
+    name: str
+    address: Address
+    joined_at: float
+    last_heard: float
+    window: wire.ReplayWindow = field(default_factory=wire.ReplayWindow)
+    state: str = "active"
+    digest: bytes = b""
+    reason: str = ""
+    finished_at: Optional[float] = None
+    delivered: int = 0
+    overflow: int = 0
+    overflow_seen: int = 0
+    requests: int = 0
+    bytes_done: int = 0
+    frontier: int = 0                # one past the highest object it has started
+    free: int = START_CREDIT         # bytes of window it has free (as of its last STATUS)
+    paces: bool = True               # its room limits the first pass (not a late joiner)
+    floor: int = 0                   # objects before this one it is not expected to hold
+    short_since: float = 0.0         # when it started lacking room for the next object
+    suspended: bool = False          # lacked room for too long: not pacing until it catches up
+    holds: int = 0                   # objects whose first sending waited for its room
+    held_for: int = -1               # the last of them
+    progress: Tuple[int, int, int] = (0, 0, 0)   # (delivered, bytes, frontier) when it last changed
+    progress_at: float = 0.0
+    stalled: bool = False            # dropped for making no progress: served again once it does
+    readmitted: int = 0              # times it was dropped and came back
+
+
+@dataclass
+class Policy:
+    where: str                           # "group:port", for messages
+    expected: Sequence[str] = ()         # receiver names or addresses
+    min_receivers: int = 1
+    max_wait: float = 60.0
+    receiver_timeout: float = 5.0
+    progress_timeout: float = 30.0
+
+
+class Membership:
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.peers: Dict[int, Peer] = {}
+
+    # --- input: a receiver's message -------------------------------------------------------------
+    def message(self, kind: int, seq: int, body: bytes, address: Address, now: float,
+                sent: int) -> Tuple[List[Reply], List[Request]]:
+        """An authenticated control message from a receiver; `sent`: objects sent once so far.
+        Returns the replies to send and the repair requests to serve. A malformed body (struct
+        error) changes nothing."""
+        try:
+            return self._message(kind, seq, body, address, now, sent)
+        except struct.error:
+            return [], []
+
+    def _message(self, kind, seq, body, address, now, sent):
+        if kind == wire.JOIN:
+            receiver_id, nonce = wire.JOIN_BODY.unpack_from(body)
+            name = body[wire.JOIN_BODY.size:].decode("utf-8", "replace")
+            peer = self.peers.get(receiver_id)
+            if peer is None:
+                peer = Peer(receiver_id, self._match_name(name, address[0]), address, now, now)
+                # a late joiner catches up from the carousel; it does not hold back the others
+                peer.paces = sent == 0
+                if not peer.window.accept(seq):
+                    return [], []
+                self.peers[receiver_id] = peer
+            elif not peer.window.accept(seq):
+                return [], []
+            peer.last_heard = now
+            return [(wire.WELCOME, wire.WELCOME_BODY.pack(receiver_id, nonce), peer.address)], []
+        receiver_id = struct.unpack_from(">Q", body)[0]
+        peer = self.peers.get(receiver_id)
+        if peer is None or not peer.window.accept(seq) or peer.state == "failed":
+            return [], []                # unknown, replayed, or gone with its own reason
+        peer.last_heard = now
+        if kind == wire.STATUS:
+            return [], self._status(peer, body, now)
+        if kind == wire.DONE:
+            dummy, count, digest = wire.DONE_BODY.unpack_from(body)
+            if peer.state != "done":     # from a dropped receiver too: it was slow, not dead
+                peer.state, peer.reason, peer.digest = "done", "", digest
+                peer.delivered, peer.finished_at = count, now
+            return [(wire.DONE_ACK, wire.DONE_ACK_BODY.pack(receiver_id), peer.address)], []
+        if kind == wire.LEAVE and peer.state != "done":
+            reason = body[wire.LEAVE_BODY.size:wire.LEAVE_BODY.size + 300].decode("utf-8", "replace")
+            peer.state, peer.reason, peer.finished_at = "failed", reason or "it left the session", now
+        return [], []
+
+    def _status(self, peer: Peer, body: bytes, now: float) -> List[Request]:
+        dummy, delivered, dummy, overflow, done_bytes, frontier, free, count = wire.STATUS_HEAD.unpack_from(body)
+        progress = (delivered, done_bytes, frontier)
+        if progress != peer.progress:
+            peer.progress, peer.progress_at = progress, now
+        if peer.state == "dropped":
+            # Back (it was silent: a pause, a cut path) or getting somewhere again (it was
+            # stalled): served what it lacks from the carousel, without pacing the others. One
+            # dropped for making no progress is not served until it makes some, so that a receiver
+            # data cannot reach (its MTU) does not keep the carousel busy for nothing.
+            if peer.stalled and delivered <= peer.delivered:
+                return []
+            peer.state, peer.reason, peer.finished_at = "active", "", None
+            peer.stalled, peer.paces = False, False
+            peer.progress_at = now
+            peer.readmitted += 1
+        peer.delivered, peer.bytes_done, peer.overflow = delivered, done_bytes, overflow
+        peer.frontier, peer.free = frontier, free
+        requests = []
+        offset = wire.STATUS_HEAD.size
+        for dummy in range(min(count, wire.REQUESTS_PER_STATUS)):
+            requests.append(wire.REQUEST.unpack_from(body, offset))
+            offset += wire.REQUEST.size
+        peer.requests += len(requests)
+        return requests
+
+    def _match_name(self, name: str, address: str) -> str:
+        for expected in self.policy.expected:
+            if expected in (name, address):
+                return expected
+        return name or address
+
+    # --- input: the clock ------------------------------------------------------------------------
+    def tick(self, now: float, sent: int) -> None:
+        """Drop receivers silent for `receiver_timeout`, and those that report but lack objects
+        sent long ago and received nothing for `progress_timeout`."""
+        policy = self.policy
+        for peer in self.peers.values():
+            if peer.state != "active":
+                continue
+            if now - peer.last_heard > policy.receiver_timeout:
+                peer.state, peer.finished_at = "dropped", now
+                peer.reason = f"no message for {policy.receiver_timeout:g} s (had {peer.delivered} objects)"
+            elif peer.delivered < sent and now - max(peer.progress_at, peer.joined_at) > policy.progress_timeout:
+                # it reports, but data does not reach it (a smaller MTU, a filter) or it cannot
+                # take any; nobody waits for it
+                peer.state, peer.finished_at, peer.stalled = "dropped", now, True
+                peer.reason = (f"reported for {policy.progress_timeout:g} s without receiving anything "
+                               f"(had {peer.delivered} of the {sent} objects sent)")
+
+    # --- questions -------------------------------------------------------------------------------
+    def joined_expected(self) -> Set[str]:
+        names = {peer.name for peer in self.peers.values()}
+        return {name for name in self.policy.expected if name in names}
+
+    def ready(self, elapsed: float) -> bool:
+        """Whether the session may start; raises when it cannot (too few joined in time)."""
+        policy = self.policy
+        joined = len(self.peers)
+        if policy.expected and len(self.joined_expected()) == len(set(policy.expected)):
+            return True
+        if not policy.expected and joined >= policy.min_receivers:
+            return True
+        if elapsed >= policy.max_wait:
+            if joined >= policy.min_receivers:
+                return True
+            raise TransportError(
+                f"Only {joined} of the required {policy.min_receivers} receivers joined the session on "
+                f"{policy.where} within {policy.max_wait:g} s.")
+        return False
+
+    def finished(self, elapsed: float) -> bool:
+        """Whether nobody is left to serve (given that every object went out once)."""
+        if not self.peers or any(peer.state == "active" for peer in self.peers.values()):
+            return False
+        if self.policy.expected and len(self.joined_expected()) < len(set(self.policy.expected)):
+            return elapsed >= self.policy.max_wait
+        return True
+
+    def congested(self) -> bool:
+        """Whether an active receiver reported more drops (its kernel's, or data it had no room
+        for) since the last call."""
+        congested = False
+        for peer in self.peers.values():
+            if peer.state == "active" and peer.overflow > peer.overflow_seen:
+                congested = True
+            peer.overflow_seen = peer.overflow
+        return congested
+
+    def reports(self, digest: bytes, origin: float) -> List[ReceiverReport]:
+        """Every receiver's outcome; times in seconds from `origin` (the session's start)."""
+        reports: List[ReceiverReport] = []
+        seen: Set[str] = set()
+        for peer in self.peers.values():
+            seen.update((peer.name, peer.address[0]))
+            reports.append(ReceiverReport(
+                name=peer.name, address=peer.address[0],
+                state=peer.state if peer.state != "active" else "incomplete",
+                digest=peer.digest.hex(), digest_matches=peer.digest == digest, reason=peer.reason,
+                joined_at=round(peer.joined_at - origin, 3),
+                finished_at=None if peer.finished_at is None else round(peer.finished_at - origin, 3),
+                objects=peer.delivered, requests=peer.requests, holds=peer.holds, readmitted=peer.readmitted))
+        for name in self.policy.expected:
+            if name not in seen:
+                reports.append(ReceiverReport(name=name, address="", state="never_joined",
+                                              reason="never joined the session"))
+        return reports
