@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -30,7 +31,7 @@ from typing import Any, Dict, List, Optional
 from .._errors import FleetcastError, ValidationError
 from . import keys as boot_keys
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 
 # What modules import or run on a participant (see docs/architecture.md, "Where the engine runs").
 ENV_PACKAGES = (
@@ -40,7 +41,7 @@ ENV_PACKAGES = (
     "gdisk", "parted", "fdisk", "efibootmgr", "zstd",
 )
 DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*")
-DEFAULT_CMDLINE = "console=tty0 console=ttyS0,115200n8 quiet systemd.show_status=1"
+DEFAULT_CMDLINE = "console=tty0 console=ttyS0,115200n8 quiet systemd.show_status=1 net.ifnames=0"
 ENV_HOSTNAME = "fleetcast-imaging"
 
 
@@ -199,7 +200,9 @@ def _customize(tree: str, spec: EnvSpec, key_lines: List[str]) -> None:
     write("/etc/fstab", "# the imaging environment runs from RAM\n")
     write("/etc/systemd/network/50-imaging-dhcp.network",
           "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n\n"
-          "[DHCPv4]\nUseHostname=no\n")
+          "[DHCPv4]\nUseHostname=no\n\n"
+          # The imaging network has no default route: multicast needs a route of its own.
+          "[Route]\nDestination=224.0.0.0/4\nScope=link\n")
     wants = os.path.join(tree, "etc/systemd/system/multi-user.target.wants")
     os.makedirs(wants, exist_ok=True)
     for unit in ("systemd-networkd.service", "ssh.service"):
@@ -231,6 +234,45 @@ def _customize(tree: str, spec: EnvSpec, key_lines: List[str]) -> None:
             os.symlink("/dev/null", link)
 
 
+def write_cpio(tree: str, out) -> int:
+    """Write ``tree`` as a newc cpio archive (the initramfs format) to ``out``; returns the bytes
+    written. Hard links become separate files; the kernel unpacks either."""
+    written = 0
+    inode = 0
+
+    def emit(name: str, st, data: bytes = b"") -> None:
+        nonlocal written, inode
+        inode += 1
+        encoded = name.encode("utf-8", "surrogateescape") + b"\0"
+        fields = (inode, st.st_mode if st else 0, st.st_uid if st else 0, st.st_gid if st else 0, 1,
+                  int(st.st_mtime) if st else 0, len(data),
+                  0, 0, os.major(st.st_rdev) if st else 0, os.minor(st.st_rdev) if st else 0, len(encoded), 0)
+        header = b"070701" + b"".join(b"%08X" % (value & 0xFFFFFFFF) for value in fields)
+        chunk = header + encoded
+        chunk += b"\0" * (-len(chunk) % 4)
+        chunk += data + b"\0" * (-len(data) % 4)
+        out.write(chunk)
+        written += len(chunk)
+
+    for dirpath, dirnames, filenames in os.walk(tree):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, tree)
+        for name in sorted(dirnames) + sorted(filenames):
+            path = os.path.join(dirpath, name)
+            rel = name if rel_dir == "." else os.path.join(rel_dir, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                emit(rel, st, os.readlink(path).encode("utf-8", "surrogateescape"))
+            elif stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as handle:
+                    emit(rel, st, handle.read())
+            else:                       # directories, devices, fifos, sockets: no data
+                emit(rel, st)
+        # os.walk does not descend into symlinked directories: they were written as links above.
+    emit("TRAILER!!!", None)
+    return written
+
+
 def _pack(tree: str, out_dir: str, spec: EnvSpec) -> Dict[str, str]:
     boot = os.path.join(tree, "boot")
     kernels = sorted(name for name in os.listdir(boot) if name.startswith("vmlinuz-"))
@@ -244,16 +286,15 @@ def _pack(tree: str, out_dir: str, spec: EnvSpec) -> Dict[str, str]:
             os.unlink(os.path.join(boot, name))
     initrd = os.path.join(out_dir, "initrd.img")
     with open(initrd + ".part", "wb") as out:
-        find = subprocess.Popen(["find", ".", "-mindepth", "1", "-print0"], cwd=tree, stdout=subprocess.PIPE)
-        cpio = subprocess.Popen(["cpio", "--null", "--create", "--format=newc", "--quiet"], cwd=tree,
-                                stdin=find.stdout, stdout=subprocess.PIPE)
-        find.stdout.close()
-        zstd = subprocess.Popen(["zstd", "-q", "-T0", "-6", "-c"], stdin=cpio.stdout, stdout=out)
-        cpio.stdout.close()
-        codes = (zstd.wait(), cpio.wait(), find.wait())
-    if any(codes):
+        zstd = subprocess.Popen(["zstd", "-q", "-T0", "-6", "-c"], stdin=subprocess.PIPE, stdout=out)
+        try:
+            write_cpio(tree, zstd.stdin)
+        finally:
+            zstd.stdin.close()
+        code = zstd.wait()
+    if code:
         os.unlink(initrd + ".part")
-        raise BuildError(f"Packing the initramfs failed (find/cpio/zstd exit codes {codes[2]}/{codes[1]}/{codes[0]}).")
+        raise BuildError(f"Compressing the initramfs with zstd failed (exit {code}).")
     os.replace(initrd + ".part", initrd)
     files["initrd.img"] = "root as a zstd cpio"
     if spec.iso:

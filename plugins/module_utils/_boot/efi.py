@@ -99,3 +99,39 @@ def plan_entry(disk: str, layout: Dict[str, Any], esp_files: List[str], efibootm
         plan.argv = ["efibootmgr", "--create", "--disk", disk, "--part", str(plan.partition),
                      "--label", label, "--loader", loader]
     return plan
+
+
+def esp_files(device: str) -> List[str]:
+    """Every file path on the FAT file system of ``device`` (mtools: no vfat driver needed)."""
+    import os
+    import subprocess
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1", LC_ALL="C")
+    proc = subprocess.run(["mdir", "-/", "-b", "-i", device, "::/"], check=False, capture_output=True,
+                          text=True, env=env)
+    if proc.returncode != 0:
+        raise ValidationError(f"The EFI system partition {device} cannot be read: "
+                              f"{proc.stderr.strip().splitlines()[-1:] or ['no message']}.")
+    return [line.strip()[2:] if line.strip().startswith("::") else line.strip()
+            for line in proc.stdout.splitlines() if line.strip()]
+
+
+def ensure_entry(disk: str, label: str = "fleetcast clone", check_mode: bool = False) -> Dict[str, Any]:
+    """Plan and (unless check_mode) create the UEFI boot entry for ``disk``."""
+    import subprocess
+    from .._disk import blockdev, table
+    layout = table.read_layout(disk)
+    layout_dict = layout.to_dict()
+    esp = find_esp(layout_dict, disk)
+    with blockdev.partition_path(disk, int(esp["number"]), read_only=True) as device:
+        files = esp_files(device)
+    proc = subprocess.run(["efibootmgr", "-v"], check=False, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ValidationError(f"efibootmgr cannot read the firmware's boot entries on this host "
+                              f"(booted with BIOS, or efivarfs not mounted): {proc.stderr.strip()[-200:]}")
+    result = plan_entry(disk, layout_dict, files, proc.stdout, label)
+    if result.needed and not check_mode:
+        done = subprocess.run(result.argv, check=False, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ValidationError(f"efibootmgr could not create the boot entry for {disk}: "
+                                  f"{done.stderr.strip()[-200:]}")
+    return result.to_dict()

@@ -105,7 +105,7 @@ class BootNetwork:
 
 
 def dnsmasq_config(net: BootNetwork, tftp_root: str, pid_file: str, lease_file: str,
-                   log_file: Optional[str] = None) -> str:
+                   log_file: Optional[str] = None, user: Optional[str] = None) -> str:
     """The dnsmasq configuration: DHCP or proxy-DHCP, TFTP for iPXE, the iPXE script over HTTP.
 
     Every participant's MAC gets the tag ``known``; requests without it are ignored (and logged),
@@ -128,6 +128,8 @@ def dnsmasq_config(net: BootNetwork, tftp_root: str, pid_file: str, lease_file: 
     ]
     if log_file:
         lines.append(f"log-facility={log_file}")
+    if user:
+        lines.append(f"user={user}")              # dnsmasq drops to this user (default: nobody)
     if net.mode == "dhcp":
         lines.append(f"dhcp-range={net_obj.network_address},static,{net_obj.netmask},{net.lease_time}")
         lines.append("dhcp-authoritative")

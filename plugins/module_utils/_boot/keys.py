@@ -23,6 +23,10 @@ HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
 PUBLIC_KEY_RE = re.compile(r"^(?:(?P<opts>\S+)\s+)?(?P<type>ssh-[a-z0-9-]+|ecdsa-sha2-nistp\d+|sk-\S+)\s+"
                            r"(?P<blob>[A-Za-z0-9+/=]+)(?:\s+(?P<comment>.*))?$")
 PRIVATE_MARKER = re.compile(rb"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----")
+# A whole key block (marker, base64 body, end marker): ssh-keygen and friends hold the marker
+# alone as a string constant, which is not a key.
+PRIVATE_BLOCK = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----\r?\n(?:[A-Za-z0-9+/=:, -]*\r?\n){1,400}"
+                           rb"-----END [A-Z0-9 ]*PRIVATE KEY-----")
 
 
 def fingerprint(public_line: str) -> str:
@@ -98,7 +102,7 @@ def private_keys_in_tree(root: str) -> List[str]:
                 continue
             try:
                 with open(path, "rb") as handle:
-                    if PRIVATE_MARKER.search(handle.read()):
+                    if PRIVATE_BLOCK.search(handle.read()):
                         found.append(os.path.relpath(path, root))
             except OSError:
                 continue
