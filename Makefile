@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
 export ANSIBLE_CONFIG := $(CURDIR)/tests/ansible.cfg
 
-.PHONY: bootstrap demo test unit integration sanity lint bench clean
+.PHONY: bootstrap demo test e2e unit integration sanity lint bench clean
 
 bootstrap:
 	@tools/bootstrap.sh
@@ -20,6 +20,13 @@ demo: bootstrap
 test: bootstrap
 	$(PY) -m pytest -p no:cacheprovider tests
 	$(MAKE) --no-print-directory sanity lint
+
+# Bare metal to an imaged fleet on qemu VMs (TCG): PXE into the imaging environment, capture,
+# deploy, reboot, verify each running clone; then again with one participant's network cut.
+# About 20-30 minutes on 2 cores; not part of `make test` (see README).
+e2e:
+	@tools/bootstrap.sh e2e
+	$(PY) tests/e2e/e2e.py
 
 unit: bootstrap
 	$(PY) -m pytest -p no:cacheprovider tests/unit
