@@ -242,7 +242,7 @@ def read_marker_over_ssh(server, address, ctl_key, known):
 
 
 class Cutter(threading.Thread):
-    """Cut `tap` (the VM's switch port) once the multicast session has sent it `after` bytes."""
+    """Cut the session at `tap` (the VM's switch port) once the multicast session has sent it `after` bytes."""
 
     def __init__(self, switch, tap, after):
         super().__init__(daemon=True)
@@ -267,9 +267,16 @@ class Cutter(threading.Thread):
             # The boot (initrd over HTTP) happened before we started watching; from here on only the
             # multicast session sends this much to one port.
             if now - base > self.after:
-                run(["ip", "-n", self.switch, "link", "set", self.tap, "down"], check=False)
+                # Every UDP datagram to and from the port is dropped by the switch: the multicast
+                # session (data, repairs, reports) is cut, the SSH connection of Ansible stays, so
+                # the participant is reported by its own receiver. (A cut of everything makes the
+                # host UNREACHABLE in Ansible's recap instead.)
+                rules = (f"table bridge fleetcast_e2e_cut {{ chain forward {{ type filter hook forward priority 0; "
+                         f"policy accept; oifname \"{self.tap}\" meta l4proto udp drop; "
+                         f"iifname \"{self.tap}\" meta l4proto udp drop; }} }}")
+                run(["ip", "netns", "exec", self.switch, "nft", rules], check=False)
                 self.cut_at = time.time()
-                log(f"cut {self.tap}: the participant's network is gone ({(now - base) >> 20} MiB had reached it)")
+                log(f"cut {self.tap}: the participant's multicast session is gone ({(now - base) >> 20} MiB had reached it)")
                 return
             time.sleep(1)
 
@@ -279,8 +286,12 @@ def main():
     if os.path.isdir(LAB_DIR):
         shutil.rmtree(LAB_DIR)
     os.makedirs(os.path.join(LAB_DIR, "images"))
-    ctl_key = os.path.join(LAB_DIR, "controller_key")
-    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fleetcast-e2e-controller", "-f", ctl_key])
+    # The lab's controller key lives beside the cached disks (it is in their authorized_keys), so
+    # that a later run finds them cached.
+    ctl_key = os.path.join(CACHE, "boot", "e2e-controller_key")
+    if not os.path.isfile(ctl_key):
+        os.makedirs(os.path.dirname(ctl_key), exist_ok=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fleetcast-e2e-controller", "-f", ctl_key])
     with open(ctl_key + ".pub", encoding="ascii") as handle:
         ctl_pub = handle.read()
     t0 = time.monotonic()
