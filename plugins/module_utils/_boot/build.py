@@ -31,7 +31,8 @@ from typing import Any, Dict, List, Optional
 from .._errors import FleetcastError, ValidationError
 from . import keys as boot_keys
 
-BUILDER_VERSION = 2
+BUILDER_VERSION = 2      # of the environment made from a root
+ROOT_VERSION = 1         # of the root tarball (mmdebstrap options)
 
 # What modules import or run on a participant (see docs/architecture.md, "Where the engine runs").
 ENV_PACKAGES = (
@@ -58,7 +59,9 @@ def _run(argv: List[str], what: str, **kwargs) -> subprocess.CompletedProcess:
     proc = subprocess.run(argv, check=False, **kwargs)
     if proc.returncode != 0:
         err = proc.stderr.decode("utf-8", "replace") if isinstance(proc.stderr, bytes) else (proc.stderr or "")
-        tail = " ".join(err.strip().splitlines()[-3:])
+        lines = err.strip().splitlines()
+        errors = [line for line in lines if line.startswith(("E:", "W:", "Err:"))]
+        tail = " ".join((errors or lines)[-3:])
         raise BuildError(f"{what} failed (exit {proc.returncode}): {tail or 'no message'}.")
     return proc
 
@@ -78,7 +81,7 @@ class RootSpec:
         if self.sources and os.path.isfile(self.sources):
             with open(self.sources, encoding="utf-8") as handle:
                 sources_text = handle.read()
-        return {"builder": BUILDER_VERSION, "suite": self.suite, "packages": sorted(set(self.packages)),
+        return {"builder": ROOT_VERSION, "suite": self.suite, "packages": sorted(set(self.packages)),
                 "sources": sources_text or self.sources, "apt_options": list(self.apt_options),
                 "variant": self.variant, "excludes": list(DPKG_EXCLUDES)}
 
