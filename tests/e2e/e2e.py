@@ -120,10 +120,11 @@ def inventory(lab, server, ctl_key, run_dir, power=True):
             "imaging_image_name": "e2e-master", "imaging_image_dir": os.path.join(LAB_DIR, "images"),
             "imaging_identity_store": os.path.join(run_dir, "identity"),
             "imaging_devices": ["/dev/vda"],
-            "imaging_boot_dir": os.path.join(LAB_DIR, "boot"),
+            # The environment and its host key persist beside the cache: a later run reuses them.
+            "imaging_boot_dir": os.path.join(CACHE, "boot", "e2e-environment"),
             "imaging_boot_state_dir": os.path.join(LAB_DIR, "boot-state"),
             "imaging_boot_cache_dir": os.path.join(CACHE, "boot"),
-            "imaging_boot_host_keys_dir": os.path.join(LAB_DIR, "boot-hostkeys"),
+            "imaging_boot_host_keys_dir": os.path.join(CACHE, "boot", "e2e-hostkeys"),
             "imaging_boot_known_hosts": known,
             "imaging_boot_authorized_key_file": ctl_key + ".pub",
             "imaging_boot_server_address": server.address,
