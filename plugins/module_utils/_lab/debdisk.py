@@ -42,7 +42,7 @@ DISK_PACKAGES = ("linux-image-cloud-amd64", "systemd-sysv", "udev", "kmod", "ope
                  "grub-pc-bin", "grub-efi-amd64-bin", "grub2-common", "e2fsprogs")
 GRUB_MODULES = ("part_gpt", "part_msdos", "ext2", "search", "search_fs_uuid", "normal", "linux",
                 "configfile", "echo", "test", "boot", "serial", "terminal", "gzio", "sleep")
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 
 
 @dataclass
@@ -102,8 +102,12 @@ def _customize(tree: str, host: DiskHost, root_uuid: str, authorized_keys: str, 
     _write(tree, "/etc/fleetcast-e2e-marker", (host.marker or host.hostname) + "\n")
     _link(tree, "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
           "/lib/systemd/system/systemd-networkd.service")
+    # What TCG guests were seen waiting for at boot (seconds each under emulation); none matters here.
     for unit in ("systemd-networkd-wait-online.service", "apt-daily.timer", "apt-daily-upgrade.timer",
-                 "e2scrub_all.timer", "fstrim.timer", "systemd-timesyncd.service"):
+                 "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer", "systemd-timesyncd.service",
+                 "dpkg-db-backup.timer", "systemd-binfmt.service", "proc-sys-fs-binfmt_misc.automount",
+                 "systemd-update-utmp.service", "systemd-update-utmp-runlevel.service", "ldconfig.service",
+                 "systemd-hwdb-update.service", "systemd-journal-catalog-update.service", "getty@tty1.service"):
         _link(tree, f"/etc/systemd/system/{unit}", "/dev/null")
     ssh_dir = os.path.join(tree, "etc/ssh")
     for name in os.listdir(ssh_dir):
