@@ -70,7 +70,7 @@ options:
   cmdline:
     description: Kernel command line of the environment.
     type: str
-    default: console=tty0 console=ttyS0,115200n8 quiet systemd.show_status=1 net.ifnames=0
+    default: console=tty0 console=ttyS0,115200n8 quiet systemd.show_status=1 net.ifnames=0 rootfstype=ramfs
   iso:
     description: Also make C(fleetcast-imaging.iso), a hybrid BIOS/UEFI image for CD, USB stick (C(dd)) or virtual media.
     type: bool

@@ -74,7 +74,7 @@ options:
   cmdline:
     description: Kernel command line of the environment.
     type: str
-    default: console=tty0 console=ttyS0,115200n8 quiet systemd.show_status=1 net.ifnames=0
+    default: console=tty0 console=ttyS0,115200n8 quiet systemd.show_status=1 net.ifnames=0 rootfstype=ramfs
   state_dir:
     description: Where configuration, pid files, leases and logs go.
     type: path

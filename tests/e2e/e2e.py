@@ -13,7 +13,8 @@ Every VM's disk holds its own bootable Debian bookworm with its own identity. Th
 network-boots (iPXE) into the imaging environment, the master is captured over multicast, deploy.yml
 images the participants, which reboot into their disks and are verified running over SSH. Then this
 script logs into every clone itself and checks its identity. Run 2 does it again with p3's
-network cut in the middle of the multicast session: p3 must fail with its reason, the others verify.
+network cut in the middle of the multicast session and a fourth participant, p4, that never
+network-boots: p3 must fail with its reason, p4 "not reached", the others verify.
 
 Figures go to LAB_DIR/figures.json; consoles, inventories and logs stay in LAB_DIR.
 """
@@ -54,6 +55,7 @@ MACHINES = {
 }
 PARTICIPANTS = ["p1", "p2", "p3"]
 CUT = "p3"
+GHOST = "p4"
 
 
 def log(text):
@@ -103,7 +105,7 @@ def read_disk_file(name, rel):
         run(["losetup", "--detach", loop], check=False)
 
 
-def inventory(lab, server, ctl_key, run_dir, power=True):
+def inventory(lab, server, ctl_key, run_dir, power=True, ghost=False):
     known = os.path.join(LAB_DIR, "boot_known_hosts")
     hosts = {}
     for name, (firmware, address, boot_address, mac) in MACHINES.items():
@@ -111,6 +113,11 @@ def inventory(lab, server, ctl_key, run_dir, power=True):
                        "imaging_boot_address": boot_address, "ansible_host": boot_address,
                        "imaging_boot_power_command": [sys.executable, os.path.join(HERE, "vmlab.py"),
                                                       "power-on", LAB_DIR, name]}
+    if ghost:
+        # A participant that never network-boots (switched off, PXE disabled): "not reached".
+        hosts[GHOST] = {"imaging_boot_mac": "52:54:00:e2:e0:24", "imaging_boot_firmware": "bios",
+                        "imaging_boot_address": f"{SUBNET}.24", "ansible_host": f"{SUBNET}.24",
+                        "imaging_boot_power_command": ["true"], "imaging_boot_timeout": 120}
     inv = {"all": {
         "vars": {
             "ansible_user": "root", "ansible_python_interpreter": "/usr/bin/python3",
@@ -144,7 +151,7 @@ def inventory(lab, server, ctl_key, run_dir, power=True):
         "children": {
             "imaging_server": {"hosts": {"server": {"ansible_connection": "local", "ansible_host": server.address}}},
             "imaging_master": {"hosts": {"master": hosts["master"]}},
-            "imaging_participants": {"hosts": {name: hosts[name] for name in PARTICIPANTS}},
+            "imaging_participants": {"hosts": {name: hosts[name] for name in PARTICIPANTS + ([GHOST] if ghost else [])}},
         }}}
     os.makedirs(os.path.join(run_dir, "clones"), exist_ok=True)
     path = os.path.join(run_dir, "inventory.json")
@@ -357,7 +364,7 @@ def main():
         disks(figures, ctl_pub)
         run2 = os.path.join(LAB_DIR, "run2")
         os.makedirs(run2)
-        inv = inventory(lab, server, ctl_key, run2)
+        inv = inventory(lab, server, ctl_key, run2, ghost=True)
         cutter = Cutter(lab.switch, vms[CUT]["tap"], after=40 << 20)
         watch = threading.Thread(target=start_cutter_when_multicast, args=(os.path.join(run2, "ansible.log"), cutter),
                                  daemon=True)
@@ -380,6 +387,11 @@ def main():
             failures.append(f"run 2: {CUT} is not FAILED with a reason in the summary: {bad}")
         else:
             log(f"run 2: {CUT}: {bad['rest']}")
+        ghost = rows.get(GHOST, {})
+        if ghost.get("result") != "FAILED" or "not reached" not in ghost.get("rest", ""):
+            failures.append(f"run 2: {GHOST} (never powered on) is not FAILED 'not reached': {ghost}")
+        else:
+            log(f"run 2: {GHOST}: {ghost['rest']}")
         others = [name for name in PARTICIPANTS if name != CUT]
         for name in others:
             if rows.get(name, {}).get("result") != "ok" or rows[name].get("identity") != "verified":

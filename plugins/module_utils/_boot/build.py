@@ -42,7 +42,9 @@ ENV_PACKAGES = (
     "gdisk", "parted", "fdisk", "efibootmgr", "zstd",
 )
 DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*")
-DEFAULT_CMDLINE = "console=tty0 console=ttyS0,115200n8 quiet systemd.show_status=1 net.ifnames=0"
+# rootfstype=ramfs: the root is unpacked into the kernel's rootfs, which is otherwise a tmpfs capped
+# at half the RAM (the ~450 MB root then fails to unpack on a 1 GiB machine with UEFI firmware).
+DEFAULT_CMDLINE = "console=tty0 console=ttyS0,115200n8 quiet systemd.show_status=1 net.ifnames=0 rootfstype=ramfs"
 ENV_HOSTNAME = "fleetcast-imaging"
 
 
