@@ -338,7 +338,7 @@ def main():
         inv = inventory(lab, server, ctl_key, run1)
         log("run 1: boot.yml capture.yml deploy.yml (the fleet network-boots; log: run1/ansible.log)")
         started = time.monotonic()
-        threading.Thread(target=power_off_master_after_capture, args=(os.path.join(run1, "ansible.log"),),
+        threading.Thread(target=power_off_idle_vms, args=(os.path.join(run1, "ansible.log"),),
                          daemon=True).start()
         code, output = playbook(server, inv, ["boot.yml", "capture.yml", "deploy.yml"],
                                 os.path.join(run1, "ansible.log"))
@@ -369,6 +369,7 @@ def main():
         watch = threading.Thread(target=start_cutter_when_multicast, args=(os.path.join(run2, "ansible.log"), cutter),
                                  daemon=True)
         watch.start()
+        threading.Thread(target=power_off_idle_vms, args=(os.path.join(run2, "ansible.log"), False), daemon=True).start()
         log(f"run 2: the same, with {CUT}'s network cut in the middle of the multicast session")
         started = time.monotonic()
         code, output = playbook(server, inv, ["boot.yml", "capture.yml", "deploy.yml"],
@@ -411,16 +412,24 @@ def main():
         lab.close()
 
 
-def power_off_master_after_capture(log_path):
-    """The master is only needed for the capture: give its CPU time back to the participants."""
+def power_off_idle_vms(log_path, master=True):
+    """Give CPU time back to the participants at work: a VM that was not reached is switched off
+    once the boot play is over, the master once its capture is done."""
+    stopped = set()
     while True:
         try:
             with open(log_path, encoding="utf-8") as handle:
-                if "PLAY [Preflight on the image server]" in handle.read():
-                    vmlab.power_off(LAB_DIR, "master")
-                    return
+                text = handle.read()
         except OSError:
-            pass
+            text = ""
+        for name in re.findall(r"(\w+): not reached: ", text):
+            if name not in stopped and name in MACHINES:
+                vmlab.power_off(LAB_DIR, name)
+                stopped.add(name)
+        if "PLAY [Preflight on the image server]" in text:
+            if master:
+                vmlab.power_off(LAB_DIR, "master")
+            return
         time.sleep(2)
 
 
