@@ -42,7 +42,7 @@ import vmlab  # noqa: E402
 
 CACHE = os.environ.get("FLEETCAST_CACHE", "/var/cache/fleetcast")
 LAB_DIR = os.environ.get("FLEETCAST_E2E_DIR", "/var/tmp/fleetcast-e2e")
-RAM_MB = int(os.environ.get("FLEETCAST_E2E_RAM", "1024"))
+RAM_MB = int(os.environ.get("FLEETCAST_E2E_RAM", "1536"))
 SUBNET = "10.231.9"
 APT_OPTIONS = [path for path in ("/etc/apt/apt.conf.d/99artifact-registry",) if os.path.isfile(path)]
 
