@@ -133,7 +133,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             output_dir=dict(type="path", required=True),
-            authorized_keys=dict(type="str", required=True),
+            authorized_keys=dict(type="str", required=True, no_log=False),   # public keys only
             host_keys_dir=dict(type="path", required=True),
             cache_dir=dict(type="path", default="/var/cache/fleetcast/boot"),
             suite=dict(type="str", default="bookworm"),

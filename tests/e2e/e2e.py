@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright: fleetcast.imaging developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -62,9 +61,8 @@ def log(text):
     print(f"[e2e {time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-def run(argv, **kwargs):
-    kwargs.setdefault("check", True)
-    return subprocess.run(argv, **kwargs)
+def run(argv, check=True, **kwargs):
+    return subprocess.run(argv, check=check, **kwargs)
 
 
 class Figures(dict):

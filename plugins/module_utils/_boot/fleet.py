@@ -49,7 +49,7 @@ class BootHost:
         address = item.get("address") or None
         if address is not None:
             try:
-                address = str(ipaddress.IPv4Address(str(address).split("/")[0]))
+                address = str(ipaddress.IPv4Address(str(address).split("/", maxsplit=1)[0]))
             except ValueError:
                 raise ValidationError(f"{name}: its reserved address {item.get('address')!r} is not "
                                       "an IPv4 address.") from None

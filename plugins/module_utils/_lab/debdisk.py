@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import tempfile
 import uuid
