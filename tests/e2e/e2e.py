@@ -141,8 +141,10 @@ def inventory(lab, server, ctl_key, run_dir, power=True, ghost=False):
             "imaging_boot_verify": True,
             "imaging_boot_verify_known_hosts_dir": os.path.join(run_dir, "clones"),
             "boot_environment_apt_options": APT_OPTIONS,
-            "multicast_image_max_wait": 120,
-            "multicast_image_receiver_timeout": 60,
+            # TCG guests are slow: the master's live capture takes minutes to start sending, and
+            # the receivers must not give up before.
+            "multicast_image_max_wait": 900,
+            "multicast_image_receiver_timeout": 900,
             "multicast_image_drop_after": 20,
             "multicast_image_poll_interval": 5,
         },
