@@ -103,7 +103,7 @@ def read_disk_file(name, rel):
         run(["losetup", "--detach", loop], check=False)
 
 
-def inventory(lab, server, ctl_key, run_dir, power=True, ghost=False):
+def inventory(lab, server, ctl_key, run_dir, power=True, ghost=False, receiver_timeout=900):
     known = os.path.join(LAB_DIR, "boot_known_hosts")
     hosts = {}
     for name, (firmware, address, boot_address, mac) in MACHINES.items():
@@ -144,7 +144,7 @@ def inventory(lab, server, ctl_key, run_dir, power=True, ghost=False):
             # TCG guests are slow: the master's live capture takes minutes to start sending, and
             # the receivers must not give up before.
             "multicast_image_max_wait": 900,
-            "multicast_image_receiver_timeout": 900,
+            "multicast_image_receiver_timeout": receiver_timeout,
             "multicast_image_drop_after": 20,
             "multicast_image_poll_interval": 5,
         },
@@ -364,7 +364,9 @@ def main():
         disks(figures, ctl_pub)
         run2 = os.path.join(LAB_DIR, "run2")
         os.makedirs(run2)
-        inv = inventory(lab, server, ctl_key, run2, ghost=True)
+        # Run 2 sends the image file (no capture to wait for): a receiver whose network is cut
+        # gives up after two minutes of silence.
+        inv = inventory(lab, server, ctl_key, run2, ghost=True, receiver_timeout=120)
         cutter = Cutter(lab.switch, vms[CUT]["tap"], after=40 << 20)
         watch = threading.Thread(target=start_cutter_when_multicast, args=(os.path.join(run2, "ansible.log"), cutter),
                                  daemon=True)
