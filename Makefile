@@ -23,7 +23,7 @@ test: bootstrap
 
 # Bare metal to an imaged fleet on qemu VMs (TCG): PXE into the imaging environment, capture,
 # deploy, reboot, verify each running clone; then again with one participant's network cut.
-# About 20-30 minutes on 2 cores; not part of `make test` (see README).
+# 30-60 minutes on 2 cores (TCG); not part of `make test` (see README).
 e2e:
 	@tools/bootstrap.sh e2e
 	$(PY) tests/e2e/e2e.py
