@@ -9,7 +9,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/tests/ansible.cfg
 CORE_RELEASES := $(shell grep -v '^\#' tools/ansible-versions.txt)
 CORE_ENDS := $(sort $(firstword $(CORE_RELEASES)) $(lastword $(CORE_RELEASES)))
 
-.PHONY: bootstrap demo test unit integration sanity lint cores test-cores release bench clean
+.PHONY: bootstrap demo test e2e unit integration sanity lint cores test-cores release bench clean
 
 bootstrap:
 	@tools/bootstrap.sh
@@ -24,6 +24,13 @@ demo: bootstrap
 test: bootstrap
 	$(PY) -m pytest -p no:cacheprovider tests
 	$(MAKE) --no-print-directory sanity lint cores
+
+# Bare metal to an imaged fleet on qemu VMs (TCG): PXE into the imaging environment, capture,
+# deploy, reboot, verify each running clone; then again with one participant's network cut.
+# 30-60 minutes on 2 cores (TCG); not part of `make test` (see README).
+e2e:
+	@tools/bootstrap.sh e2e
+	$(PY) tests/e2e/e2e.py
 
 unit: bootstrap
 	$(PY) -m pytest -p no:cacheprovider tests/unit

@@ -14,7 +14,15 @@ apt_packages=(
   mdadm cryptsetup-bin lvm2  # stacked-storage wipe tests: mdadm --examine, luksFormat, pvcreate
   # the lab's Debian root (demo, realistic-image test, benchmarks), built once and cached
   mmdebstrap debian-archive-keyring
+  dnsmasq-base busybox-static
 )
+# `tools/bootstrap.sh e2e` (make e2e) also installs what the VM fleet and the boot path need:
+# qemu with OVMF and iPXE ROMs, mmdebstrap for the Debian roots, GRUB images, xorriso for the ISO,
+# and Debian's ipxe (undionly.kpxe, ipxe.efi) for PXE firmware that is not iPXE yet.
+if [ "${1:-}" = "e2e" ]; then
+  apt_packages+=(qemu-system-x86 qemu-utils ovmf ipxe-qemu ipxe mmdebstrap grub-common grub-pc-bin
+                 grub-efi-amd64-bin xorriso)
+fi
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -86,7 +86,8 @@ def host_entry(name: str, result: dict | None, failure: dict | None, check_mode:
             stages[name_of_stage] = "not run"
 
     written, seconds = _number(result.get("bytes")), _number(result.get("seconds"))
-    identity = {"reapplied": _flag(result.get("identity_reapplied"))}
+    # verified: the running clone answered with its own identity (boot_verify, on real machines)
+    identity = {"reapplied": _flag(result.get("identity_reapplied")), "verified": _flag(result.get("identity_verified"))}
     if isinstance(identity_saved, dict):
         identity["saved"] = {k: identity_saved[k] for k in sorted(identity_saved)}
     if isinstance(identity_found, dict):
@@ -130,7 +131,7 @@ def summary_lines(report: dict) -> list[str]:
             host["name"], host["outcome"].upper() if host["outcome"] == "failed" else host["outcome"],
             "-" if host["bytes"] is None else host["bytes"],
             "-" if host["seconds"] is None else host["seconds"],
-            "yes" if host["identity"]["reapplied"] else "no",
+            "verified" if host["identity"].get("verified") else "yes" if host["identity"]["reapplied"] else "no",
             "yes" if host["digest_verified"] else "no",
             "clean" if host["fsck"]["clean"] else "-")).rstrip()
             + (f"  {host['reason']}" if host["outcome"] == "unchanged" and host["reason"] else ""))
@@ -182,7 +183,8 @@ def markdown(report: dict) -> str:
         out.append("| " + " | ".join(_cell(v) for v in (
             host["name"], host["outcome"], host["bytes"], host["seconds"], host["rate_mib_s"],
             "yes" if host["digest_verified"] else "no", "yes" if host["read_back"] else "no",
-            "re-applied" if host["identity"]["reapplied"] else "no",
+            "verified on the running clone" if host["identity"].get("verified")
+            else "re-applied" if host["identity"]["reapplied"] else "no",
             "clean" if host["fsck"]["clean"] else "-",
             (f"at {host['failed_stage']}: {host['reason']}" if host["outcome"] == "failed" else host["reason"]),
         )) + " |")

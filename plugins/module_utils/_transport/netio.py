@@ -65,7 +65,8 @@ class BufferPool:
                 return rows
             while self.bytes > max(0, room) and self.free:
                 size, stack = next(iter(self.free.items()))
-                self.bytes -= stack.pop().nbytes
+                if stack:           # a size taken empty above leaves an empty list behind
+                    self.bytes -= stack.pop().nbytes
                 if not stack:
                     del self.free[size]
         return np.empty((count, self.width), dtype=np.uint8)
