@@ -32,7 +32,7 @@ options:
     type: str
     default: 239.255.42.1
   port:
-    description: UDP port of the session (the sender receives the receivers' reports on it, and on O(port) + 1 of the group too: open both in firewalls).
+    description: UDP port of the session (the sender receives the receivers' reports on it, and on O(port) + 1 of the group too; open both in firewalls).
     type: int
     default: 9000
   offload:

@@ -211,6 +211,8 @@ COVERED = {
     # command (first words) -> where it is exercised instead of here
     ("make", "demo"): "tests/integration/release/test_tarball.py runs the same lab.yml from the installed tarball",
     ("make", "test"): "CI (.ci/run) runs it",
+    ("make", "e2e"): "run by hand before a release (qemu VMs, 30-60 minutes on 2 cores; not in CI); its engine "
+                     "pieces are unit-tested in tests/unit/boot",
     ("podman", "push"): "needs a container registry; the image it pushes is built by `ansible-builder build`",
     ("docker", "push"): "needs a container registry",
     ("tools/release.sh",): "tests/integration/release/test_changelog.py runs it on a copy of the tree",

@@ -36,7 +36,8 @@ def test_outcomes_stages_and_identity_checks():
     assert [p2["stages"][s] for s in report_mod.STAGES] == ["ok", "ok", "failed", "not run", "not run", "not run"]
     assert p3["outcome"] == "skipped"
     assert p4["identity"]["checks"]["hostname"] is False
-    assert rep["totals"] == {"hosts": 4, "ok": 2, "planned": 0, "failed": 1, "skipped": 1, "bytes": 2 * 25165824}
+    assert rep["totals"] == {"hosts": 4, "ok": 2, "unchanged": 0, "planned": 0, "failed": 1, "skipped": 1,
+                             "bytes": 2 * 25165824}
 
 
 def test_check_mode_reports_a_plan():
