@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 module: boot_entry
 short_description: Create the UEFI boot entry a restored disk needs
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - After an image is restored, the disk holds its boot loader in the EFI system partition, but the
     participant's firmware has no NVRAM entry for it. This module finds the ESP in the disk's GPT,

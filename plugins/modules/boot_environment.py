@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 module: boot_environment
 short_description: Build the imaging environment participants boot into (kernel, initramfs, ISO)
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Builds, from Debian packages with C(mmdebstrap), the small Linux system that participants boot
     over the network (or from an ISO) so that their disks are free for imaging - the whole root

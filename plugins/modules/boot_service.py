@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 module: boot_service
 short_description: Serve the imaging environment to the participants listed by MAC (dnsmasq, iPXE, HTTP)
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Writes a dnsmasq configuration from the list of participants and starts (or stops) dnsmasq and
     an HTTP server for the environment made by M(fleetcast.imaging.boot_environment).

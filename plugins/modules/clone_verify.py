@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 module: clone_verify
 short_description: Check that a running clone answers with its own identity and not the master's
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Compares what a clone that booted from its new disk reports about itself (the output of the
     probe the C(boot_verify) role runs over SSH) with the host's own identity record - hostname,
