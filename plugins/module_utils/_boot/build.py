@@ -183,16 +183,22 @@ def _outputs_exist(spec: EnvSpec, manifest: Dict[str, Any]) -> bool:
     return all(os.path.isfile(os.path.join(spec.output_dir, name)) for name in manifest.get("files", {}))
 
 
+def write_tree_file(tree: str, rel: str, text: str, mode: int = 0o644) -> None:
+    """Write `text` at `rel` inside the root `tree` (replacing a file or a symlink there, never
+    following one out of the tree), with `mode`."""
+    path = os.path.join(tree, rel.lstrip("/"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.lexists(path):
+        os.unlink(path)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(path, mode)
+
+
 def _customize(tree: str, spec: EnvSpec, key_lines: List[str]) -> None:
     """Turn the unpacked root into the imaging environment (runs on the controller, no chroot)."""
     def write(rel: str, text: str, mode: int = 0o644) -> None:
-        path = os.path.join(tree, rel.lstrip("/"))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        if os.path.lexists(path):
-            os.unlink(path)
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(path, mode)
+        write_tree_file(tree, rel, text, mode)
 
     # The kernel runs /init from the initramfs: systemd, with the whole root in RAM.
     init = os.path.join(tree, "init")

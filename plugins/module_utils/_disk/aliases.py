@@ -24,6 +24,8 @@ import struct
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Tuple
 
+from .discover import unescape_mountinfo
+
 SECTOR = 512
 EVERYTHING = 1 << 62  # the end of an extent that runs to the end of its object
 LOOP_GET_STATUS64 = 0x4C05
@@ -181,18 +183,6 @@ def all_block_devices(sysfs: str = "/sys") -> List[Tuple[str, int]]:
     return found
 
 
-def _unescape(text: str) -> str:
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "\\" and text[i + 1:i + 4].isdigit():
-            out.append(chr(int(text[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
-
-
 @dataclass(frozen=True)
 class Mount:
     rdev: int  # the device number of the mounted filesystem's source
@@ -241,7 +231,7 @@ def mounts(files: Optional[Iterable[Tuple[str, str]]] = None) -> List[Mount]:
             major, minor = (int(n) for n in fields[2].split(":", 1))
             if major == 0:
                 continue  # tmpfs, proc, overlay...: no block device behind it
-            found.append(Mount(os.makedev(major, minor), _unescape(fields[4]), namespace))
+            found.append(Mount(os.makedev(major, minor), unescape_mountinfo(fields[4]), namespace))
     return found
 
 
@@ -256,7 +246,7 @@ def swap_footprints(swaps: str = "/proc/swaps", sysfs: str = "/sys") -> List[Foo
     for line in lines:
         if line.strip():
             try:
-                found.append(footprint(_unescape(line.split()[0]), sysfs))
+                found.append(footprint(unescape_mountinfo(line.split()[0]), sysfs))
             except OSError:
                 continue
     return found

@@ -106,7 +106,7 @@ def _listdir(path: str) -> List[str]:
         return []
 
 
-def _unescape(text: str) -> str:
+def unescape_mountinfo(text: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as octal (\\040)."""
     out, i = [], 0
     while i < len(text):
@@ -127,12 +127,12 @@ def parse_mountinfo(path: str) -> List[tuple]:
         if " - " not in line or len(fields) < 5:
             continue
         after = line.split(" - ", 1)[1].split()
-        mounts.append((fields[2], _unescape(fields[4]), _unescape(after[1]) if len(after) > 1 else ""))
+        mounts.append((fields[2], unescape_mountinfo(fields[4]), unescape_mountinfo(after[1]) if len(after) > 1 else ""))
     return mounts
 
 
 def parse_swaps(path: str) -> List[str]:
-    return [_unescape(line.split()[0]) for line in _read(path).splitlines()[1:] if line.strip()]
+    return [unescape_mountinfo(line.split()[0]) for line in _read(path).splitlines()[1:] if line.strip()]
 
 
 def _serial(base: str) -> str:

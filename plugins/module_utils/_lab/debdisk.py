@@ -28,6 +28,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional
 
+from .._boot.build import write_tree_file
+
 
 MiB = 1024 * 1024
 SECTOR = 512
@@ -63,16 +65,6 @@ def _run(argv: List[str], **kwargs) -> subprocess.CompletedProcess:
     return proc
 
 
-def _write(tree: str, rel: str, text: str, mode: int = 0o644) -> None:
-    path = os.path.join(tree, rel.lstrip("/"))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    if os.path.lexists(path):
-        os.unlink(path)
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(path, mode)
-
-
 def _link(tree: str, rel: str, target: str) -> None:
     path = os.path.join(tree, rel.lstrip("/"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -93,12 +85,12 @@ def network_file(host: DiskHost) -> str:
 
 
 def _customize(tree: str, host: DiskHost, root_uuid: str, authorized_keys: str, cmdline: str) -> None:
-    _write(tree, "/etc/hostname", host.hostname + "\n")
-    _write(tree, "/etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {host.hostname}\n")
-    _write(tree, "/etc/machine-id", secrets.token_hex(16) + "\n", 0o444)
-    _write(tree, "/etc/fstab", f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")
-    _write(tree, "/etc/systemd/network/10-lan.network", network_file(host))
-    _write(tree, "/etc/fleetcast-e2e-marker", (host.marker or host.hostname) + "\n")
+    write_tree_file(tree, "/etc/hostname", host.hostname + "\n")
+    write_tree_file(tree, "/etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {host.hostname}\n")
+    write_tree_file(tree, "/etc/machine-id", secrets.token_hex(16) + "\n", 0o444)
+    write_tree_file(tree, "/etc/fstab", f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")
+    write_tree_file(tree, "/etc/systemd/network/10-lan.network", network_file(host))
+    write_tree_file(tree, "/etc/fleetcast-e2e-marker", (host.marker or host.hostname) + "\n")
     _link(tree, "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
           "/lib/systemd/system/systemd-networkd.service")
     # What TCG guests were seen waiting for at boot (seconds each under emulation); none matters here.
@@ -115,11 +107,11 @@ def _customize(tree: str, host: DiskHost, root_uuid: str, authorized_keys: str, 
     _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{host.hostname}",
           "-f", os.path.join(ssh_dir, "ssh_host_ed25519_key")])
     os.makedirs(os.path.join(tree, "root/.ssh"), mode=0o700, exist_ok=True)
-    _write(tree, "/root/.ssh/authorized_keys", authorized_keys.strip() + "\n", 0o600)
+    write_tree_file(tree, "/root/.ssh/authorized_keys", authorized_keys.strip() + "\n", 0o600)
     boot = os.path.join(tree, "boot")
     kernel = sorted(name for name in os.listdir(boot) if name.startswith("vmlinuz-"))[-1]
     initrd = "initrd.img-" + kernel[len("vmlinuz-"):]
-    _write(tree, "/boot/grub/grub.cfg", "\n".join([
+    write_tree_file(tree, "/boot/grub/grub.cfg", "\n".join([
         "serial --unit=0 --speed=115200", "terminal_input serial console", "terminal_output serial console",
         "set timeout=0",
         f"search --no-floppy --fs-uuid --set=root {root_uuid}",
