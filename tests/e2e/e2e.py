@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -169,13 +170,21 @@ def playbook(server, inv, playbooks, log_path, extra=()):
     with open(log_path, "w", encoding="utf-8") as out:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
         lines = []
-        for line in proc.stdout:
-            out.write(line)
-            out.flush()
-            lines.append(line)
-            if line.startswith(("PLAY [", "TASK [")) or "fatal:" in line or re.match(r"^\s*(p\d|master)\s", line):
-                sys.stdout.write("    " + line)
-        proc.wait()
+        try:
+            for line in proc.stdout:
+                out.write(line)
+                out.flush()
+                lines.append(line)
+                if line.startswith(("PLAY [", "TASK [")) or "fatal:" in line or re.match(r"^\s*(p\d|master)\s", line):
+                    sys.stdout.write("    " + line)
+            proc.wait()
+        finally:
+            if proc.poll() is None:      # interrupted: the playbook must not go on powering VMs
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
     return proc.returncode, "".join(lines)
 
 
@@ -290,6 +299,9 @@ class Cutter(threading.Thread):
 
 
 def main():
+    # stopped (Ctrl-C, SIGTERM, a CI timeout): the finally clauses switch the VMs off and take
+    # the lab down
+    signal.signal(signal.SIGTERM, lambda *dummy: sys.exit(143))
     figures = Figures()
     if os.path.isdir(LAB_DIR):
         shutil.rmtree(LAB_DIR)

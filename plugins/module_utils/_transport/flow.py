@@ -25,8 +25,10 @@ from . import wire
 from .membership import Peer
 
 MAX_RATE = 10 * 1000 ** 3
-PACING_SILENCE = 0.3               # a receiver silent this long no longer holds the first pass back
-MAX_HOLD = 1.0                     # nor does one that lacked room for longer than this (until it catches up)
+PACING_SILENCE = 1.0               # a receiver silent this long no longer holds the first pass back
+                                   # (a busy slow host may report only every few hundred ms)
+MAX_HOLD = 1.0                     # nor one short of room that data did not reach for this long,
+LAG_HOLD = 5.0                     # nor one short of room this long while another has room (lagging)
 CUT_EVERY = 0.3                    # reports already on their way describe the old rate: one cut per this
 
 
@@ -38,8 +40,17 @@ class FlowGate:
     def room(self, peers: Iterable[Peer], index: int, fragments: int,
              wire_length: Callable[[int], Optional[int]], now: float) -> bool:
         """Whether first-pass object `index` (`fragments` datagrams) may go out now;
-        `wire_length(i)`: the length of object i as sent, None if unknown."""
-        room = True
+        `wire_length(i)`: the length of object i as sent, None if unknown.
+
+        A receiver short of room holds the first pass back while it works through what it was sent
+        (takes the data, writes it, frees room), however slowly: a fleet of slow machines (virtual
+        ones, old disks) is paced by them instead of being sent data they would drop. It stops
+        pacing (and catches up through repairs and the carousel) when data does not reach it (short
+        of room for MAX_HOLD, objects sent past its frontier, none of their datagrams taken: a
+        smaller MTU, a filter) or when it lags (short for LAG_HOLD while another pacing receiver
+        has room: the others do not crawl at its pace for long)."""
+        short = []
+        others_have_room = False
         for peer in peers:
             if peer.state != "active" or not peer.paces or now - peer.last_heard > PACING_SILENCE:
                 continue
@@ -57,12 +68,20 @@ class FlowGate:
                 length = wire_length(sent)
                 if length is not None:
                     needed += wire.fragments_of(length) * wire.PAYLOAD
-            if needed <= peer.free:
+            # (the first object always goes: a receiver that writes a disk offers no room before
+            # it has the layout, object 0)
+            if needed <= peer.free or index == peer.frontier == 0:
                 peer.short_since = 0.0
+                others_have_room = True
                 continue
             if not peer.short_since:
                 peer.short_since = now
-            if now - peer.short_since > MAX_HOLD:
+            short.append(peer)
+        room = True
+        for peer in short:
+            held = now - peer.short_since
+            unreached = peer.frontier < index and now - max(peer.taking_at, peer.short_since) > MAX_HOLD
+            if unreached or (others_have_room and held > LAG_HOLD):
                 peer.suspended = True
                 peer.floor = index
                 continue

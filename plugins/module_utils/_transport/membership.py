@@ -75,6 +75,8 @@ class Peer:
     held_for: int = -1               # the last of them
     progress: Tuple[int, int, int] = (0, 0, 0)   # (delivered, bytes, frontier) when it last changed
     progress_at: float = 0.0
+    datagrams: int = 0               # authentic data datagrams it has taken (its count, mod 2**32)
+    taking_at: float = 0.0           # when that count last grew: data reaches it, however slowly
     stalled: bool = False            # dropped for making no progress: served again once it does
     readmitted: int = 0              # times it was dropped and came back
 
@@ -140,10 +142,12 @@ class Membership:
         return [], []
 
     def _status(self, peer: Peer, body: bytes, now: float) -> List[Request]:
-        dummy, delivered, dummy, overflow, done_bytes, frontier, free, count = wire.STATUS_HEAD.unpack_from(body)
+        dummy, delivered, datagrams, overflow, done_bytes, frontier, free, count = wire.STATUS_HEAD.unpack_from(body)
         progress = (delivered, done_bytes, frontier)
         if progress != peer.progress:
             peer.progress, peer.progress_at = progress, now
+        if datagrams != peer.datagrams:
+            peer.datagrams, peer.taking_at = datagrams, now
         if peer.state == "dropped":
             # Back (it was silent: a pause, a cut path) or getting somewhere again (it was
             # stalled): served what it lacks from the carousel, without pacing the others. One

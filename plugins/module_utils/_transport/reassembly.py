@@ -108,6 +108,7 @@ class Reassembly:
         self.last_data = 0.0               # when the last authentic data datagram came
         self.sent_through_at_data = 0      # the sender's first-pass position then
         self.data_seen = False             # any authentic data datagram at all
+        self.authentic = 0                 # authentic data datagrams taken (reported: the sender's sign of life)
         self.probe_next = 0.0              # until then: when the next whole object may be asked for
         self.singles = 0                   # authentic data datagrams that arrived one per call
         self.coalesced = 0                 # buffers that held several authentic datagrams
@@ -302,6 +303,7 @@ class Reassembly:
             self.forged += 1
             return
         self.singles += 1
+        self.authentic += 1
         self.last_data, self.sent_through_at_data, self.data_seen = now, self.sent_through, True
         recent_index, recent_count, partial = self.recent
         if index != recent_index or count != recent_count or partial is None or partial.complete:
@@ -325,6 +327,7 @@ class Reassembly:
                      fragments=None, counts=None) -> None:
         """Rows of one object: fragments first .. first+size-1, or (not consecutive) `fragments`."""
         self.last_data, self.sent_through_at_data, self.data_seen = now, self.sent_through, True
+        self.authentic += size if fragments is None else len(fragments)
         partial = self._partial(index, count, now)
         if partial is None:
             if index < len(self.state) and self.state[index] == MISSING:

@@ -354,7 +354,7 @@ class Receiver:
     def _status_head(self, drops: int, room: int, requests: int) -> bytes:
         core = self.core
         core.reported_free = room
-        return wire.STATUS_HEAD.pack(self.receiver_id, core.delivered, core.lowest_missing, drops,
+        return wire.STATUS_HEAD.pack(self.receiver_id, core.delivered, core.authentic & 0xFFFFFFFF, drops,
                                      core.delivered_bytes, core.frontier, max(0, room), requests)
 
     # --- data ------------------------------------------------------------------------------------

@@ -103,7 +103,7 @@ def test_receiver_that_data_cannot_reach_fails_with_its_reason_and_the_others_fi
     for name in ("r1", "r2"):
         assert by_name[name]["state"] == "done" and by_name[name]["digest_matches"], by_name[name]
     # the sender reports the receiver's own sentence
-    assert by_name["r3"]["state"] == "failed", by_name["r3"]
+    assert by_name["r3"]["state"] == "failed", f"{by_name['r3']}"
     assert "do not get through" in by_name["r3"]["reason"], by_name["r3"]
     for process, output in zip(receivers[:2], outputs[:2]):
         code, result = finish(process)

@@ -1,7 +1,7 @@
 # Flow and rate control of the sender, as pure state with a fake clock.
 from ansible_collections.fleetcast.imaging.plugins.module_utils._transport import wire
 from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.flow import (
-    MAX_HOLD, PACING_SILENCE, FlowGate, RateControl)
+    LAG_HOLD, MAX_HOLD, PACING_SILENCE, FlowGate, RateControl)
 from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.membership import Peer
 
 OBJECT = 100                                  # fragments per object in these tests
@@ -40,6 +40,46 @@ def test_a_receiver_short_of_room_for_too_long_stops_pacing_until_it_catches_up(
     assert gate.room([stuck], 3, OBJECT, _length, 3.0)              # still suspended
     stuck.frontier, stuck.free = 3, 10 * LENGTH                      # it received objects sent since
     assert gate.room([stuck], 4, OBJECT, _length, 3.1) and not stuck.suspended
+
+
+def test_a_fleet_of_slow_receivers_paces_the_first_pass_however_long_each_object_takes():
+    # Every receiver is short of room, but takes data (or writes what it has: frontier reached):
+    # none stops pacing, so nothing is sent that they would drop.
+    gate = FlowGate()
+    taking = _peer(free=0, frontier=3, heard=0.0)          # works through objects 3..5 slowly
+    writing = _peer(free=0, frontier=6, heard=0.0)         # took everything sent, its disk is busy
+    for step in range(200):                                 # 20 s, reports every 0.1 s
+        now = step * 0.1
+        taking.last_heard = writing.last_heard = now
+        taking.datagrams, taking.taking_at = step, now
+        assert not gate.room([taking, writing], 6, OBJECT, _length, now)
+    assert not taking.suspended and not writing.suspended
+    assert gate.holds == 1
+
+
+def test_a_receiver_data_does_not_reach_stops_pacing_after_max_hold():
+    gate = FlowGate()
+    start = 10.0
+    unreached = _peer(free=10 * LENGTH, frontier=0, heard=start)   # room, but none of 12 objects came
+    assert not gate.room([unreached], 12, OBJECT, _length, start)
+    unreached.last_heard = start + MAX_HOLD
+    assert not gate.room([unreached], 12, OBJECT, _length, start + MAX_HOLD - 0.01)
+    unreached.last_heard = start + MAX_HOLD + 0.02
+    assert gate.room([unreached], 12, OBJECT, _length, start + MAX_HOLD + 0.02)
+    assert unreached.suspended
+
+
+def test_a_slow_receiver_holds_a_faster_one_back_only_for_lag_hold():
+    gate = FlowGate()
+    fast = _peer(free=100 * LENGTH, frontier=9, heard=0.0)
+    slow = _peer(free=0, frontier=5, heard=0.0)
+    for step in range(100):
+        now = step * 0.1
+        fast.last_heard = slow.last_heard = now
+        slow.datagrams, slow.taking_at = step, now                  # it works, slowly
+        if gate.room([fast, slow], 10, OBJECT, _length, now):
+            break
+    assert slow.suspended and LAG_HOLD < now <= LAG_HOLD + 0.11
 
 
 def test_silent_late_and_dropped_receivers_never_hold_the_first_pass():
