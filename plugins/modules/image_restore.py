@@ -48,15 +48,18 @@ options:
       - Let the partition that ends last fill a larger target, and grow its ext2/3/4 filesystem
         with C(resize2fs). Other filesystems keep their size inside the grown partition.
       - A target that was grown no longer reads back as the image's chunks. The result then carries
-        RV(stamp), which records that the grow was applied; give it back as O(recorded) on a later
-        run and targets that still match it are reported unchanged and not written.
+        RV(stamp), which records what the grow left; give it back as O(recorded) on a later run and
+        targets that still match it are reported unchanged and not written.
     type: bool
     default: false
   recorded:
     description:
-      - The RV(stamp) of an earlier run with O(grow_last_partition). When the targets still hold
-        exactly what that run left (same image, same targets, same fingerprint of the disks), the
-        restore is unchanged and nothing is read from the image or written.
+      - The RV(stamp) of an earlier run with O(grow_last_partition) or O(shrink_last_partition).
+        When the targets still hold exactly what that run left (same image, same targets, same
+        fingerprint of the disks), the restore is unchanged (in check mode too) and nothing is read
+        from the image or written.
+      - Without it, a target that an earlier run grew or shrank is restored again: a resized
+        partition never reads back as the image's chunks.
     type: dict
   shrink_last_partition:
     description:
@@ -68,6 +71,9 @@ options:
       - Refused before anything is written, with the sizes, when the filesystem cannot be shrunk,
         its used bytes (plus 32 MiB) do not fit, or O(scratch_dir) lacks the room.
       - Bytes stored from the gap after a resized (grown or shrunk) last partition are not written.
+      - A shrunk target no longer reads back as the image's chunks. The result carries RV(stamp),
+        which records what the shrink left; give it back as O(recorded) on a later run and targets
+        that still match it are reported unchanged and not written.
     type: bool
     default: false
   scratch_dir:
@@ -121,6 +127,14 @@ EXAMPLES = r"""
     targets: [/dev/sda]
     public_key: "{{ lookup('ansible.builtin.file', 'keys/images.pub') }}"
 
+- name: Restore onto a smaller disk, shrinking the last partition; keep the stamp for the re-run
+  fleetcast.imaging.image_restore:
+    image: /srv/images/workstation.fcimg
+    targets: [/dev/sda]
+    shrink_last_partition: true
+    recorded: "{{ previous_stamp | default(omit) }}"
+  register: restored
+
 - name: Show what a restore would do, without writing
   fleetcast.imaging.image_restore:
     image: /srv/images/workstation.fcimg
@@ -132,9 +146,10 @@ EXAMPLES = r"""
 RETURN = r"""
 stamp:
   description:
-    - With O(grow_last_partition), what the targets hold after the restore and the grow (image id,
-      targets, a SHA-256 fingerprint of their layout and used bytes); pass it as O(recorded) next time.
-  returned: when grow_last_partition is set and the restore ran or was found unchanged by O(recorded)
+    - With O(grow_last_partition) or O(shrink_last_partition), what the targets hold after the
+      restore and the resize (image id, targets, a SHA-256 fingerprint of their layout and used
+      bytes); pass it as O(recorded) next time.
+  returned: when grow_last_partition or shrink_last_partition is set and the restore ran, or was found unchanged by O(recorded)
   type: dict
 image_id:
   description: The image id (SHA-256 over the layout and the chunk table).

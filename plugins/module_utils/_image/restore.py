@@ -278,6 +278,11 @@ class RestoreSession:
                                   self._guard.get(disk["index"], []))
             if bad is not None:
                 target_plan.reason = f"chunk {bad.index} (offset {bad.offset}) differs from the image"
+                if target_plan.grow_partition is not None or target_plan.shrink_partition is not None:
+                    # a resized partition never reads back as the image's chunks: only the stamp of
+                    # the run that resized it can say that the target is still as that run left it
+                    target_plan.reason += (f" (partition {target_plan.grow_partition or target_plan.shrink_partition} "
+                                           "is resized on this target: give the earlier run's stamp as recorded)")
                 continue
             target_plan.state = "unchanged"
             target_plan.reason = "it already holds this image"
@@ -615,9 +620,10 @@ def restore_image(path: str, targets: List[str], grow_last: bool = False, check_
     validate the targets, verify the image whole, then (unless the targets already hold it, or in
     check mode) wipe, partition, write and finish. Returns what the module reports.
 
-    A grown target no longer reads back as the image's chunks, so with `grow_last` the report
-    carries a `stamp` (fingerprint.stamp of the targets as restored and grown); given back as
-    `recorded` on a later run, targets that still match it are unchanged and not written."""
+    A grown or shrunk target no longer reads back as the image's chunks, so with `grow_last` or
+    `shrink_last` the report carries a `stamp` (fingerprint.stamp of the targets as restored and
+    resized); given back as `recorded` on a later run (check mode too), targets that still match it
+    are unchanged: nothing is read from the image and nothing is written."""
     from . import fingerprint
 
     with ImageReader(path) as reader:
@@ -652,7 +658,7 @@ def restore_image(path: str, targets: List[str], grow_last: bool = False, check_
             session.abort()
         report.update(result.to_dict())
         report["plan"] = plan.to_dict()
-        if grow_last:
+        if grow_last or shrink_last:
             report["stamp"] = fingerprint.stamp(targets, manifest.image_id, None, threads)
         return report
 

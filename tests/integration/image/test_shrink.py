@@ -15,6 +15,7 @@ from ansible_collections.fleetcast.imaging.plugins.module_utils._image import ca
 
 import fs_volumes
 from fs_volumes import FSCK, MiB, run
+from image_helpers import ansible
 
 SECTOR = 512
 MASTER = int(os.environ.get("FLEETCAST_SHRINK_MASTER_MIB", "320")) * MiB
@@ -79,6 +80,35 @@ def test_restore_onto_a_smaller_disk_shrinks_the_last_filesystem(master, dirty_d
         handle.seek(FIRST[0])
         first = handle.read(MiB)
     assert first != bytes(MiB)   # partition 1's raw bytes are there as on the master
+    # The shrink is recorded: a re-run given the stamp is unchanged, in check mode and for real,
+    # and writes nothing; without it, the plan says why the target is restored again.
+    before = digest(target.path)
+    again = restore.restore_image(image, [target.device], shrink_last=True, scratch_dir=str(tmp_path),
+                                  check_mode=True)
+    assert again["changed"] and again["plan"]["targets"][0]["reason"].endswith(
+        "(partition 2 is resized on this target: give the earlier run's stamp as recorded)")
+    for check_mode in (True, False):
+        again = restore.restore_image(image, [target.device], shrink_last=True, scratch_dir=str(tmp_path),
+                                      check_mode=check_mode, recorded=report["stamp"])
+        assert not again["changed"] and again["chunks_written"] == 0 and again["stamp"] == report["stamp"]
+        assert again["plan"]["targets"][0]["state"] == "unchanged"
+    assert digest(target.path) == before
+
+
+def test_the_module_records_the_shrink_so_a_rerun_is_unchanged(master, dirty_disk, tmp_path):
+    fs, image, dummy, dummy2 = master
+    if fs != "ext4":
+        pytest.skip("the module's path is the same for NTFS; the engine test covers both")
+    target = dirty_disk(size=FITS, stride=8 * MiB)
+    args = {"image": image, "targets": [target.device], "shrink_last_partition": True, "scratch_dir": str(tmp_path)}
+    head, done = ansible("image_restore", args)
+    assert "CHANGED" in head and done["plan"]["targets"][0]["shrink_partition"] == 2
+    before = digest(target.path)
+    for check in (True, False):
+        head, again = ansible("image_restore", dict(args, recorded=done["stamp"]), check=check)
+        assert "SUCCESS" in head and not again["changed"] and again["chunks_written"] == 0
+        assert again["plan"]["targets"][0]["state"] == "unchanged"
+    assert digest(target.path) == before
 
 
 def test_restore_onto_a_much_smaller_disk_is_refused_before_any_write(master, loop_disk, tmp_path):
