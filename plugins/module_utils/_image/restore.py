@@ -195,7 +195,8 @@ class RestoreSession:
                     plan.sector_conversion = f"{disk['table']['sector_size']} -> {written.sector_size}"
             if size < disk["size"] and plan.shrink_partition is None:
                 raise ValidationError(f"Target {target} is too small: {size} bytes, the image's disk "
-                                      f"{disk['index']} needs {disk['size']} bytes.")
+                                      f"{disk['index']} needs {disk['size']} bytes (only image_restore, from the image "
+                                      "file, shrinks the last partition onto a smaller disk: shrink_last_partition).")
             plans.append(plan)
         self.plan = RestorePlan(plans)
         return self.plan
@@ -237,6 +238,11 @@ class RestoreSession:
         if fs not in SHRINKABLE:
             raise ValidationError(f"Cannot restore: {where} and its last partition {last.number} holds "
                                   f"{fs or 'no filesystem found'}, which cannot be shrunk (ext2/3/4 and NTFS can).")
+        if region.get("unclean"):
+            why = region.get("note", "log needs replay").split(":")[0]
+            raise ValidationError(f"Cannot restore: {where}, and its last partition {last.number} holds an {fs} that "
+                                  f"was not cleanly unmounted at capture ({why}), so it was stored whole and cannot "
+                                  "be shrunk: capture the master again once it is cleanly unmounted.")
         needed = used + SHRINK_MARGIN
         if new_bytes < needed:
             raise ValidationError(f"Cannot restore: {where}, so partition {last.number} would have {new_bytes} "

@@ -57,6 +57,8 @@ class UsedMap:
     extents: List[Extent] = field(default_factory=list)
     note: str = ""
     holes: List[Extent] = field(default_factory=list)   # free gaps merged into extents: stored as zeros
+    # not cleanly unmounted (a journal or log to replay, a dirty mark): stored whole, `note` says why
+    unclean: bool = False
 
     @property
     def used_bytes(self) -> int:
@@ -137,7 +139,8 @@ def ext_map(volume: _Volume) -> Optional[UsedMap]:
     fs_name = "ext4" if incompat & (EXT_INCOMPAT_64BIT | EXT_INCOMPAT_FLEX_BG | 0x40) else (
         "ext3" if compat & 0x4 else "ext2")
     if incompat & EXT_INCOMPAT_RECOVER:
-        return UsedMap(volume.size, fs_name, "all", note="journal needs recovery: every block is stored")
+        return UsedMap(volume.size, fs_name, "all", unclean=True,
+                       note="journal needs recovery: every block is stored")
     if incompat & EXT_INCOMPAT_META_BG:
         return UsedMap(volume.size, fs_name, "all", note="meta_bg layout: every block is stored")
     # Without bigalloc a cluster is a block; the bitmap has one bit per cluster either way.
@@ -295,7 +298,8 @@ def ntfs_map(volume: _Volume) -> Optional[UsedMap]:
         if kind == 0x70 and not volume_record[at + 8]:      # $VOLUME_INFORMATION, resident
             value = at + struct.unpack_from("<H", volume_record, at + 20)[0]
             if struct.unpack_from("<H", volume_record, value + 10)[0] & NTFS_VOLUME_DIRTY and not volume.trust_dirty:
-                return UsedMap(volume.size, "ntfs", "all", note="volume marked dirty: every cluster is stored")
+                return UsedMap(volume.size, "ntfs", "all", unclean=True,
+                               note="volume marked dirty: every cluster is stored")
     record = _ntfs_record(volume, mft + NTFS_RECORD_BITMAP * record_size, record_size)
     data = [(at, length) for kind, at, length in _ntfs_attributes(record)
             if kind == 0x80 and not record[at + 9]]          # the unnamed $DATA
@@ -314,6 +318,54 @@ def ntfs_map(volume: _Volume) -> Optional[UsedMap]:
 
 
 XFS_BNO_MAGICS = (b"ABTB", b"AB3B")
+XLOG_MAGIC = 0xFEEDBABE
+XLOG_UNMOUNT_TRANS = 0x20
+XLOG_HEADER_CYCLE_SIZE = 32 << 10
+
+
+def _xfs_log_clean(volume: _Volume, sb: bytes, block: int) -> Optional[bool]:
+    """Whether the internal log of an XFS ends with an unmount record (None: an external log, not
+    on this volume). The log is a ring of 512-byte blocks, each stamped with the cycle (pass) that
+    wrote it; the head is where the cycle number drops. The record just before the head is an
+    unmount record on a clean filesystem, as the kernel's xlog_find_tail decides at mount."""
+    logstart, agblocks, logblocks, agblklog = (struct.unpack_from(">Q", sb, 48)[0], struct.unpack_from(">I", sb, 84)[0],
+                                               struct.unpack_from(">I", sb, 96)[0], sb[124])
+    if not logstart:
+        return None
+    base = ((logstart >> agblklog) * agblocks + (logstart & ((1 << agblklog) - 1))) * block
+    count = logblocks * block // 512
+
+    def read(number: int, length: int = 512) -> bytes:
+        return volume.read(base + number % count * 512, length)
+
+    def cycle(number: int) -> int:
+        first, second = struct.unpack_from(">II", read(number, 8))
+        return second if first == XLOG_MAGIC else first    # a record header keeps its cycle second
+
+    if not count:
+        raise ValueError("XFS log of no blocks")
+    first = cycle(0)
+    if first == 0:
+        return True                 # never written since mkfs zeroed it
+    head = count
+    if cycle(count - 1) != first:   # the head is the first block of an older pass (or never written)
+        low, high = 0, count - 1
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if cycle(middle) == first else (low, middle)
+        head = high
+    for back in range(1, count + 1):     # the last record header before the head
+        header = read(head - back)
+        if struct.unpack_from(">I", header)[0] == XLOG_MAGIC:
+            break
+    else:
+        return False
+    version, length = struct.unpack_from(">ii", header, 8)
+    operations, size = struct.unpack_from(">i", header, 40)[0], struct.unpack_from(">i", header, 320)[0]
+    header_blocks = -(-size // XLOG_HEADER_CYCLE_SIZE) if version & 2 and size > XLOG_HEADER_CYCLE_SIZE else 1
+    at = head - back
+    ends = (at + header_blocks + -(-length // 512)) % count
+    return operations == 1 and ends == head % count and bool(read(at + header_blocks)[9] & XLOG_UNMOUNT_TRANS)
 
 
 def _xfs_free_extents(volume: _Volume, ag_offset: int, root: int, levels: int, block: int,
@@ -354,6 +406,15 @@ def xfs_map(volume: _Volume) -> Optional[UsedMap]:
     if not (512 <= block <= 65536) or not ag_blocks or not ag_count or dblocks * block > volume.size \
             or sect not in (512, 1024, 2048, 4096, 32768):
         return None
+    try:
+        clean = _xfs_log_clean(volume, sb, block)
+    except (ValueError, struct.error):
+        clean = False
+    if clean is False:
+        # The free-space trees on disk are behind what the log records: mapped by them, blocks the
+        # log allocated would be left out. Stored whole, the log replays at the clone's first mount.
+        return UsedMap(volume.size, "xfs", "all", unclean=True,
+                       note="log needs replay: every block is stored")
     header = 56 if version & 0x0F >= 5 else 16     # CRC-enabled (v5) blocks carry a longer header
     free: List[Extent] = []
     for ag in range(ag_count):
@@ -476,7 +537,8 @@ def btrfs_map(volume: _Volume) -> Optional[UsedMap]:
     if devices != 1:
         return UsedMap(volume.size, "btrfs", "all", note=f"{devices} devices: every byte is stored")
     if log_root:
-        return UsedMap(volume.size, "btrfs", "all", note="log tree to replay: every byte is stored")
+        return UsedMap(volume.size, "btrfs", "all", unclean=True,
+                       note="log tree to replay: every byte is stored")
     if incompat & BTRFS_INCOMPAT_EXTENT_TREE_V2 or total > volume.size:
         return UsedMap(volume.size, "btrfs", "all", note="layout not understood: every byte is stored")
     fs = _Btrfs(volume, sb)

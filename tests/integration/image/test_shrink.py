@@ -138,6 +138,16 @@ def test_a_filesystem_that_cannot_shrink_is_refused(master, dirty_disk, tmp_path
     with pytest.raises(ValidationError, match=r"^Cannot restore: target .* and its last partition 2 holds btrfs, "
                                               r"which cannot be shrunk \(ext2/3/4 and NTFS can\)\.$"):
         session.validate()
+    # a filesystem stored whole because it was not cleanly unmounted: its used data is unknown
+    layout = copy.deepcopy(manifest.layout)
+    next(r for r in layout["disks"][0]["regions"] if r.get("partition") == 2).update(
+        unclean=True, map="all", note="journal needs recovery: every block is stored")
+    session = restore.RestoreSession(layout, [target.device], shrink_last=True, scratch_dir=str(tmp_path))
+    with pytest.raises(ValidationError, match=rf"^Cannot restore: target .* bytes\), and its last partition 2 holds an "
+                                              rf"{fs} that was not cleanly unmounted at capture \(journal needs recovery\), "
+                                              r"so it was stored whole and cannot be shrunk: capture the master again "
+                                              r"once it is cleanly unmounted\.$"):
+        session.validate()
     # without shrink_last, a smaller target is refused as before
     with pytest.raises(ValidationError, match="is too small"):
         restore.RestoreSession(manifest.layout, [target.device]).validate()
