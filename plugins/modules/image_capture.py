@@ -19,7 +19,9 @@ description:
     O(partitions), each volume is captured on its own. A raw disk-image file can be given in O(disks).
   - Only used bytes are stored. ext2/3/4 is read through its block bitmaps, FAT12/16/32 through
     its allocation table, NTFS through C($Bitmap), XFS through its free-space B+trees and btrfs
-    through its extent tree; free space and deleted files' data are never stored. Any other
+    through its extent tree; free space and deleted files' data are never stored. The contents of
+    NTFS's C(pagefile.sys), C(swapfile.sys) and C(hiberfil.sys) are not stored either (the files
+    stay allocated; their first 4 KiB restore as zeros, so no clone resumes from an old hibernation). Any other
     content, and the gaps, are stored whole except that runs of zeros become zero chunks (nothing
     stored, zeroed on restore).
   - A filesystem that was not cleanly unmounted (an ext3/4 journal needing recovery, an XFS log or

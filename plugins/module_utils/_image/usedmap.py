@@ -233,10 +233,10 @@ NTFS_RECORD_BITMAP = 6
 NTFS_RECORD_VOLUME = 3
 
 
-def _ntfs_record(volume: _Volume, offset: int, size: int) -> bytes:
-    """One MFT record with its update sequence (the last two bytes of every 512) put back."""
+def _ntfs_record(volume: _Volume, offset: int, size: int, magic: bytes = b"FILE") -> bytes:
+    """One MFT record (or INDX block) with its update sequence (the last two bytes of every 512) put back."""
     record = bytearray(volume.read(offset, size))
-    if record[:4] != b"FILE":
+    if record[:4] != magic:
         raise ValueError(f"no MFT record at {offset}")
     usa_offset, usa_count = struct.unpack_from("<HH", record, 4)
     check = record[usa_offset:usa_offset + 2]
@@ -272,6 +272,97 @@ def _ntfs_runs(record: bytes, at: int, length: int) -> List[Tuple[int, int]]:
             runs.append((lcn, count))
         pairs += 1 + size_len + size_off
     return runs
+
+
+NTFS_RECORD_ROOT = 5
+# Files whose contents Windows never reads back across a boot: the paging files, and the hibernation
+# file once its header is gone (a zeroed header means "no image to resume"). They stay allocated.
+NTFS_SKIPPED = ("pagefile.sys", "swapfile.sys", "hiberfil.sys")
+
+
+def _ntfs_root_names(volume: _Volume, mft: int, record_size: int, cluster: int) -> Iterator[Tuple[int, str]]:
+    """(MFT record number, name) of the entries of the root directory's $I30 index: those in
+    $INDEX_ROOT and in every INDX block of $INDEX_ALLOCATION (stale blocks too: callers check the
+    record they are led to)."""
+    root = _ntfs_record(volume, mft + NTFS_RECORD_ROOT * record_size, record_size)
+    blocks: List[bytes] = []
+    block_size = 4096
+    for kind, at, length in _ntfs_attributes(root):
+        if kind == 0x90 and not root[at + 8]:          # $INDEX_ROOT: its own entries
+            value = at + struct.unpack_from("<H", root, at + 20)[0]
+            block_size = struct.unpack_from("<I", root, value + 8)[0]
+            blocks.append(root[value + 16:value + struct.unpack_from("<I", root, at + 16)[0]])
+    for kind, at, length in _ntfs_attributes(root):
+        if kind == 0xA0 and root[at + 8]:              # $INDEX_ALLOCATION: INDX blocks
+            for lcn, count in _ntfs_runs(root, at, length):
+                for offset in range(lcn * cluster, (lcn + count) * cluster, block_size):
+                    try:
+                        block = _ntfs_record(volume, offset, block_size, b"INDX")
+                    except ValueError:
+                        continue
+                    blocks.append(block[24:])
+    for header in blocks:
+        at, end = struct.unpack_from("<II", header, 0)
+        while at + 16 <= min(end, len(header)):
+            reference, length, key_length, flags = struct.unpack_from("<QHHH", header, at)
+            if flags & 2 or length < 16:                # the last entry carries no name
+                break
+            if key_length >= 66:
+                count = header[at + 16 + 64]
+                name = header[at + 16 + 66:at + 16 + 66 + 2 * count].decode("utf-16-le", "replace")
+                yield reference & 0xFFFFFFFFFFFF, name
+            at += length
+
+
+def _ntfs_skipped(volume: _Volume, mft: int, record_size: int, cluster: int) -> List[List[Extent]]:
+    """Per file, the byte ranges of the root directory's pagefile.sys, swapfile.sys and hiberfil.sys (their
+    unnamed $DATA runs, when the base record holds them all), each led to through the root index
+    and checked in its own MFT record: in use, a file, named so, in the root directory."""
+    found: List[List[Extent]] = []
+    seen = set()
+    for number, name in _ntfs_root_names(volume, mft, record_size, cluster):
+        if name.lower() not in NTFS_SKIPPED or number in seen:
+            continue
+        seen.add(number)
+        try:
+            record = _ntfs_record(volume, mft + number * record_size, record_size)
+        except ValueError:
+            continue
+        if struct.unpack_from("<H", record, 22)[0] & 3 != 1 or struct.unpack_from("<Q", record, 32)[0]:
+            continue                                     # not in use, a directory, or an extension record
+        names, data = set(), []
+        for kind, at, length in _ntfs_attributes(record):
+            if kind == 0x20:
+                data = []                                # an attribute list: runs elsewhere, leave it
+                break
+            if kind == 0x30 and not record[at + 8]:      # $FILE_NAME: parent and name
+                value = at + struct.unpack_from("<H", record, at + 20)[0]
+                if struct.unpack_from("<Q", record, value)[0] & 0xFFFFFFFFFFFF == NTFS_RECORD_ROOT:
+                    names.add(record[value + 66:value + 66 + 2 * record[value + 64]].decode("utf-16-le", "replace").lower())
+            if kind == 0x80 and not record[at + 9] and record[at + 8] and not struct.unpack_from("<H", record, at + 12)[0]:
+                data.append((at, length))                # unnamed, non-resident, neither compressed nor sparse
+        if name.lower() in names and len(data) == 1:
+            runs = [(lcn * cluster, count * cluster) for lcn, count in _ntfs_runs(record, *data[0])]
+            if runs:
+                found.append(runs)
+    return found
+
+
+def _subtract(extents: List[Extent], removed: List[Extent]) -> List[Extent]:
+    """`extents` (sorted, disjoint) without the bytes of `removed`."""
+    out: List[Extent] = []
+    cuts = sorted(removed)
+    for offset, length in extents:
+        at, end = offset, offset + length
+        for cut, cut_length in cuts:
+            if cut + cut_length <= at or cut >= end:
+                continue
+            if cut > at:
+                out.append((at, cut - at))
+            at = max(at, cut + cut_length)
+        if at < end:
+            out.append((at, end - at))
+    return out
 
 
 def ntfs_map(volume: _Volume) -> Optional[UsedMap]:
@@ -314,7 +405,21 @@ def ntfs_map(volume: _Volume) -> Optional[UsedMap]:
     extents += [(first * cluster, count * cluster) for first, count in _runs(bits)]
     tail = clusters * cluster          # the backup boot sector sits in the volume's last sector
     extents.append((tail, volume.size - tail) if volume.size > tail else (volume.size - sector, sector))
-    return UsedMap(volume.size, "ntfs", "ntfs", merge_extents(extents, volume.size, 0))
+    extents = merge_extents(extents, volume.size, 0)
+    try:
+        skipped = _ntfs_skipped(volume, mft, record_size, cluster)
+    except (ValueError, struct.error):
+        skipped = []
+    if not skipped:
+        return UsedMap(volume.size, "ntfs", "ntfs", extents)
+    # Their contents are not stored; the first 4 KiB of each file are, as zeros (a "hole"), so that
+    # no clone finds an old hibernation header in its hiberfil.sys and tries to resume from it.
+    heads = [(runs[0][0], min(runs[0][1], 4096)) for runs in skipped]
+    ranges = [extent for runs in skipped for extent in runs]
+    total = sum(length for dummy, length in ranges)
+    return UsedMap(volume.size, "ntfs", "ntfs", merge_extents(_subtract(extents, ranges) + heads, volume.size, 0),
+                   note=f"pagefile.sys, swapfile.sys, hiberfil.sys: {total} bytes of contents not stored",
+                   holes=heads)
 
 
 XFS_BNO_MAGICS = (b"ABTB", b"AB3B")
