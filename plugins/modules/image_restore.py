@@ -58,7 +58,7 @@ options:
         When the targets still hold exactly what that run left (same image, same targets, same
         fingerprint of the disks), the restore is unchanged (in check mode too) and nothing is read
         from the image or written.
-      - Without it, a target that an earlier run grew or shrank is restored again: a resized
+      - Without it, a target that an earlier run grew or shrank is restored again, since a resized
         partition never reads back as the image's chunks.
     type: dict
   shrink_last_partition:
