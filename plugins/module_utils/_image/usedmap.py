@@ -348,23 +348,6 @@ def _ntfs_skipped(volume: _Volume, mft: int, record_size: int, cluster: int) -> 
     return found
 
 
-def _subtract(extents: List[Extent], removed: List[Extent]) -> List[Extent]:
-    """`extents` (sorted, disjoint) without the bytes of `removed`."""
-    out: List[Extent] = []
-    cuts = sorted(removed)
-    for offset, length in extents:
-        at, end = offset, offset + length
-        for cut, cut_length in cuts:
-            if cut + cut_length <= at or cut >= end:
-                continue
-            if cut > at:
-                out.append((at, cut - at))
-            at = max(at, cut + cut_length)
-        if at < end:
-            out.append((at, end - at))
-    return out
-
-
 def ntfs_map(volume: _Volume) -> Optional[UsedMap]:
     """Used clusters of an NTFS volume from `$Bitmap` (MFT record 6, one bit per cluster), plus the
     boot sector's backup at the volume's end. A volume marked dirty (Windows did not shut it down, or
@@ -417,7 +400,8 @@ def ntfs_map(volume: _Volume) -> Optional[UsedMap]:
     heads = [(runs[0][0], min(runs[0][1], 4096)) for runs in skipped]
     ranges = [extent for runs in skipped for extent in runs]
     total = sum(length for dummy, length in ranges)
-    return UsedMap(volume.size, "ntfs", "ntfs", merge_extents(_subtract(extents, ranges) + heads, volume.size, 0),
+    kept = _complement(_complement(extents, volume.size) + ranges, volume.size)     # extents minus ranges
+    return UsedMap(volume.size, "ntfs", "ntfs", merge_extents(kept + heads, volume.size, 0),
                    note=f"pagefile.sys, swapfile.sys, hiberfil.sys: {total} bytes of contents not stored",
                    holes=heads)
 
