@@ -67,7 +67,9 @@ def digest(path):
 def test_restore_onto_a_smaller_disk_shrinks_the_last_filesystem(master, dirty_disk, tmp_path):
     fs, image, manifest, tree = master
     target = dirty_disk(size=FITS, stride=8 * MiB)
-    report = restore.restore_image(image, [target.device], shrink_last=True, scratch_dir=str(tmp_path))
+    state = str(tmp_path / "state")
+    report = restore.restore_image(image, [target.device], shrink_last=True, scratch_dir=str(tmp_path),
+                                   state_dir=state)
     planned = report["plan"]["targets"][0]
     start, size = last_range(FITS)
     assert (planned["shrink_partition"], planned["shrink_filesystem"], planned["shrink_bytes"]) == (2, fs, size)
@@ -80,21 +82,22 @@ def test_restore_onto_a_smaller_disk_shrinks_the_last_filesystem(master, dirty_d
         handle.seek(FIRST[0])
         first = handle.read(MiB)
     assert first != bytes(MiB)   # partition 1's raw bytes are there as on the master
-    # The shrink is recorded: a re-run given the stamp is unchanged, in check mode and for real,
-    # and writes nothing; without it, the plan says why the target is restored again.
+    # The shrink is recorded (the stamp, kept in the state directory): a re-run is unchanged, in
+    # check mode and for real, and writes nothing; with no stamp, the plan says why it would restore.
+    assert oct(os.stat(report["state_file"]).st_mode & 0o777) == "0o600"
     before = digest(target.path)
     again = restore.restore_image(image, [target.device], shrink_last=True, scratch_dir=str(tmp_path),
                                   check_mode=True)
     assert again["changed"] and again["plan"]["targets"][0]["reason"].endswith(
-        "(partition 2 is resized on this target: give the earlier run's stamp as recorded)")
-    for check_mode in (True, False):
+        "(partition 2 is resized on this target, and no stamp of the run that resized it was found)")
+    for check_mode, kept in ((True, {"state_dir": state}), (False, {"recorded": report["stamp"]})):
         again = restore.restore_image(image, [target.device], shrink_last=True, scratch_dir=str(tmp_path),
-                                      check_mode=check_mode, recorded=report["stamp"])
+                                      check_mode=check_mode, **kept)
         assert not again["changed"] and again["chunks_written"] == 0 and again["stamp"] == report["stamp"]
         assert again["plan"]["targets"][0]["state"] == "unchanged"
-    if fs == "ext4":     # and through the module (the same engine call for NTFS)
+    if fs == "ext4":     # and the same task run again through the module (the same engine call for NTFS)
         args = {"image": image, "targets": [target.device], "shrink_last_partition": True,
-                "scratch_dir": str(tmp_path), "recorded": report["stamp"]}
+                "scratch_dir": str(tmp_path), "state_dir": state}
         for check in (True, False):
             head, again = ansible("image_restore", args, check=check)
             assert "SUCCESS" in head and not again["changed"] and again["chunks_written"] == 0
