@@ -12,7 +12,7 @@ SIZE = 64 * MiB
 SKIPPED = {"pagefile.sys": 12 * MiB, "hiberfil.sys": 6 * MiB, "swapfile.sys": 2 * MiB}
 
 
-def test_paging_and_hibernation_contents_are_not_stored_and_the_files_stay(tmp_path):
+def test_paging_and_hibernation_contents_are_not_stored_and_the_files_stay(tmp_path, monkeypatch):
     tree = tmp_path / "tree"
     (tree / "docs").mkdir(parents=True)
     for number in range(50):
@@ -31,13 +31,13 @@ def test_paging_and_hibernation_contents_are_not_stored_and_the_files_stay(tmp_p
         f"pagefile.sys, swapfile.sys, hiberfil.sys: {total} bytes of contents not stored")
     assert region["used_bytes"] < 4 * MiB and os.path.getsize(image) < 2 * MiB
     # Without the skip the same volume stores every byte of those files.
+    monkeypatch.setattr(usedmap, "NTFS_SKIPPED", ())
     fd = os.open(volume, os.O_RDONLY)
     try:
-        saved, usedmap.NTFS_SKIPPED = usedmap.NTFS_SKIPPED, ()
         assert usedmap.used_map(fd, SIZE).used_bytes >= region["used_bytes"] + total - 3 * 4096
     finally:
-        usedmap.NTFS_SKIPPED = saved
         os.close(fd)
+    monkeypatch.undo()
     target = tmp_path / "target.img"
     with open(target, "wb") as handle:
         for dummy in range(SIZE // MiB):
