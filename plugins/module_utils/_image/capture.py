@@ -148,7 +148,8 @@ def unclean_warnings(layout: Dict[str, Any]) -> List[str]:
                 fs = region.get("filesystem") or "filesystem"
                 advice = UNCLEAN_ADVICE.get("ext2" if fs.startswith("ext") else fs, _LIVE)
                 why = region.get("note", "log needs replay").split(":")[0]
-                lines.append(f"The {fs} in {region['name']} of {disk['source']} is mounted or was not cleanly "
+                where = f"in {region['name']} of {disk['source']}" if region.get("partition") else f"on {disk['source']}"
+                lines.append(f"The {fs} {where} is mounted or was not cleanly "
                              f"unmounted ({why}), so every block of it was stored; for a smaller image, {advice}, "
                              "then capture again.")
     return lines

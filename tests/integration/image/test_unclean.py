@@ -47,7 +47,7 @@ def test_a_filesystem_shut_down_while_mounted_is_stored_whole_and_its_log_replay
     replay = ("mount and unmount it to replay its log (not xfs_repair -L, which throws the log away)" if fs == "xfs"
               else "mount and unmount it (or run e2fsck -p) to replay its journal")
     assert capture.unclean_warnings(layout) == [
-        f"The {fs} in volume of {master.device} is mounted or was not cleanly unmounted ({why}), so every block "
+        f"The {fs} on {master.device} is mounted or was not cleanly unmounted ({why}), so every block "
         f"of it was stored; for a smaller image, unmount it or remount it read-only if it is mounted, else {replay}, "
         "then capture again."]
     if fs == "xfs":
