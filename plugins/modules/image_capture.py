@@ -19,9 +19,16 @@ description:
     O(partitions), each volume is captured on its own. A raw disk-image file can be given in O(disks).
   - Only used bytes are stored. ext2/3/4 is read through its block bitmaps, FAT12/16/32 through
     its allocation table, NTFS through C($Bitmap), XFS through its free-space B+trees and btrfs
-    through its extent tree; free space and deleted files' data are never stored. Any other
+    through its extent tree; free space and deleted files' data are never stored. The contents of
+    NTFS's C(pagefile.sys), C(swapfile.sys) and C(hiberfil.sys) are not stored either (the files
+    stay allocated; their first 4 KiB restore as zeros, so no clone resumes from an old hibernation). Any other
     content, and the gaps, are stored whole except that runs of zeros become zero chunks (nothing
     stored, zeroed on restore).
+  - A filesystem that was not cleanly unmounted (an ext3/4 journal needing recovery, an XFS log or
+    a btrfs log tree to replay, an NTFS marked dirty) is stored whole, because its on-disk
+    allocation maps may be behind its journal; the journal travels with it and is replayed at the
+    clone's first mount. The task warns, naming the partition and what to do for a smaller image
+    (mount and unmount it; for NTFS a full shutdown of Windows or C(chkdsk /f)).
   - Chunks are compressed by several threads while the source is read; memory stays bounded.
   - The file is written beside O(dest) and renamed into place when complete, so O(dest) is
     never a half-written image.
@@ -83,7 +90,9 @@ attributes:
     support: none
 notes:
   - The source should not be mounted read-write while it is captured, or the image may be
-    inconsistent. Capturing reads only.
+    inconsistent. Capturing reads only. A mounted ext4, XFS or btrfs is usually stored whole (its
+    journal or log is live); remount it read-only during the capture for a consistent and smaller
+    image (C(fsfreeze -f) does it for ext4, not for XFS; see C(docs/disks.md)).
   - A LUKS volume, and a BitLocker volume whose protectors are active, are refused (their contents
     cannot be read without the key, and clones would share it); capture the opened LUKS volume as
     a partition, and suspend or turn off BitLocker first. Members of md RAID arrays and LVM
@@ -194,11 +203,15 @@ def main():
         if module.check_mode:
             capture.check_destination(dest)
             layout = capture.describe(sources, params["chunk_size_mib"] * MiB, params["description"])[0]
+            for line in capture.unclean_warnings(layout):
+                module.warn(line)
             plan = info.summary(image_format.Manifest(layout))
             module.exit_json(changed=True, plan={"disks": plan["disks"], "used_bytes": sum(
                 region["used_bytes"] for disk in plan["disks"] for region in disk["regions"])})
         manifest = capture.capture_to_file(sources, dest, params["chunk_size_mib"] * MiB, params["level"],
                                            params["threads"], mode, description=params["description"])
+        for line in capture.unclean_warnings(manifest.layout):
+            module.warn(line)
         result = info.summary(manifest)
         result.update(path=dest, file_size=os.path.getsize(dest), verified=False)
     except FleetcastError as err:

@@ -144,7 +144,7 @@ image:
         One entry per image disk: C(index), C(source), C(kind) (V(disk) or V(partition)), C(size),
         C(sector_size), C(label) (V(gpt), V(msdos), V(none)), C(guid), C(chunk_count),
         C(data_bytes), C(zero_bytes), C(regions) (name, offset, length, filesystem, how used bytes
-        were found, used bytes) and C(partitions) (number, start, end, size, kind, type_guid,
+        were found, used bytes, and a note saying why a region was stored whole or skipped) and C(partitions) (number, start, end, size, kind, type_guid,
         mbr_type, part_uuid, name, flags, filesystem, fs_uuid, fs_label, used_map, used_bytes).
       type: list
       elements: dict

@@ -48,16 +48,31 @@ options:
       - Let the partition that ends last fill a larger target, and grow its ext2/3/4 filesystem
         with C(resize2fs). Other filesystems keep their size inside the grown partition.
       - A target that was grown no longer reads back as the image's chunks. The result then carries
-        RV(stamp), which records that the grow was applied; give it back as O(recorded) on a later
-        run and targets that still match it are reported unchanged and not written.
+        RV(stamp), which records what the grow left, and keeps it in O(state_dir); a later run
+        finds it there (or is given it as O(recorded)) and targets that still match it are
+        reported unchanged and not written.
     type: bool
     default: false
   recorded:
     description:
-      - The RV(stamp) of an earlier run with O(grow_last_partition). When the targets still hold
-        exactly what that run left (same image, same targets, same fingerprint of the disks), the
-        restore is unchanged and nothing is read from the image or written.
+      - The RV(stamp) of an earlier run with O(grow_last_partition) or O(shrink_last_partition).
+        When the targets still hold exactly what that run left (same image, same targets, same
+        fingerprint of the disks), the restore is unchanged (in check mode too) and nothing is read
+        from the image or written.
+      - Without it, the stamp kept in O(state_dir) by the last such run onto the same targets is
+        used; without either, a target that an earlier run grew or shrank is restored again, since
+        a resized partition never reads back as the image's chunks.
     type: dict
+  state_dir:
+    description:
+      - Directory on the target host where a run with O(grow_last_partition) or
+        O(shrink_last_partition) keeps its RV(stamp) (one file per set of targets, mode 0600), and
+        where a later run finds it when O(recorded) is not given, so that running the same task
+        again is unchanged. An empty string keeps nothing.
+      - The stamp holds no secret (the image id, the targets and a fingerprint). A target changed
+        since, or another image, is restored again whatever the stamp says.
+    type: path
+    default: /var/lib/fleetcast/restore
   shrink_last_partition:
     description:
       - Restore onto a target smaller than the image's disk by cutting back the partition that ends
@@ -68,6 +83,10 @@ options:
       - Refused before anything is written, with the sizes, when the filesystem cannot be shrunk,
         its used bytes (plus 32 MiB) do not fit, or O(scratch_dir) lacks the room.
       - Bytes stored from the gap after a resized (grown or shrunk) last partition are not written.
+      - A shrunk target no longer reads back as the image's chunks. The result carries RV(stamp),
+        which records what the shrink left, and keeps it in O(state_dir); a later run finds it there
+        (or is given it as O(recorded)) and targets that still match it are reported unchanged and
+        not written.
     type: bool
     default: false
   scratch_dir:
@@ -108,10 +127,10 @@ EXAMPLES = r"""
     grow_last_partition: true
   register: restored
 
-- name: Again later; unchanged when the grown disk still holds what the restore left
+- name: Again later, from another controller (the stamp given, not found in state_dir)
   fleetcast.imaging.image_restore:
     image: /srv/images/workstation.fcimg
-    targets: [/dev/nvme0n1]
+    targets: [/dev/sda]
     grow_last_partition: true
     recorded: "{{ restored.stamp }}"
 
@@ -120,6 +139,12 @@ EXAMPLES = r"""
     image: /srv/images/workstation.fcimg
     targets: [/dev/sda]
     public_key: "{{ lookup('ansible.builtin.file', 'keys/images.pub') }}"
+
+- name: Restore onto a smaller disk, shrinking the last partition (a re-run is unchanged)
+  fleetcast.imaging.image_restore:
+    image: /srv/images/workstation.fcimg
+    targets: [/dev/sdb]
+    shrink_last_partition: true
 
 - name: Show what a restore would do, without writing
   fleetcast.imaging.image_restore:
@@ -132,10 +157,16 @@ EXAMPLES = r"""
 RETURN = r"""
 stamp:
   description:
-    - With O(grow_last_partition), what the targets hold after the restore and the grow (image id,
-      targets, a SHA-256 fingerprint of their layout and used bytes); pass it as O(recorded) next time.
-  returned: when grow_last_partition is set and the restore ran or was found unchanged by O(recorded)
+    - With O(grow_last_partition) or O(shrink_last_partition), what the targets hold after the
+      restore and the resize (image id, targets, a SHA-256 fingerprint of their layout and used
+      bytes); pass it as O(recorded) next time.
+  returned: when grow_last_partition or shrink_last_partition is set and the restore ran, or was found unchanged by its stamp
   type: dict
+state_file:
+  description: Where the RV(stamp) was kept (null when O(state_dir) is empty or the file could not be written).
+  returned: when a restore with grow_last_partition or shrink_last_partition ran
+  type: str
+  sample: /var/lib/fleetcast/restore/3f1c0a9e2b7d4c5a8e6f1b2c3d4e5f60.json
 image_id:
   description: The image id (SHA-256 over the layout and the chunk table).
   returned: always
@@ -223,6 +254,7 @@ def main():
             public_key=dict(type="str"),
             signature=dict(type="path"),
             recorded=dict(type="dict"),
+            state_dir=dict(type="path", default="/var/lib/fleetcast/restore"),
         ),
         supports_check_mode=True,
     )
@@ -241,7 +273,8 @@ def main():
                                       params["public_key"], params["signature"])
         report = restore.restore_image(params["image"], params["targets"], params["grow_last_partition"],
                                        module.check_mode, params["threads"], params["recorded"], check,
-                                       params["shrink_last_partition"], params["scratch_dir"])
+                                       params["shrink_last_partition"], params["scratch_dir"],
+                                       params["state_dir"] or None)
     except FleetcastError as err:
         error = str(err)
     if error:

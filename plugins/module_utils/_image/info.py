@@ -43,7 +43,7 @@ def summary(manifest: Manifest) -> Dict[str, Any]:
             "sector_size": table.get("sector_size"), "label": table.get("label"), "guid": table.get("guid"),
             "partitions": _partitions(disk),
             "regions": [{key: region.get(key) for key in ("name", "offset", "length", "filesystem", "map",
-                                                          "used_bytes")} for region in disk["regions"]],
+                                                          "used_bytes", "note")} for region in disk["regions"]],
             "chunk_count": len(chunks),
             "data_bytes": sum(entry.length for entry in chunks if entry.kind == "data"),
             "zero_bytes": sum(entry.length for entry in chunks if entry.kind == "zero"),

@@ -12,6 +12,7 @@ from any number of threads, finish (grow, re-read the table, check the image id)
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import threading
@@ -195,7 +196,8 @@ class RestoreSession:
                     plan.sector_conversion = f"{disk['table']['sector_size']} -> {written.sector_size}"
             if size < disk["size"] and plan.shrink_partition is None:
                 raise ValidationError(f"Target {target} is too small: {size} bytes, the image's disk "
-                                      f"{disk['index']} needs {disk['size']} bytes.")
+                                      f"{disk['index']} needs {disk['size']} bytes (only image_restore, from the image "
+                                      "file, shrinks the last partition onto a smaller disk: shrink_last_partition).")
             plans.append(plan)
         self.plan = RestorePlan(plans)
         return self.plan
@@ -237,6 +239,11 @@ class RestoreSession:
         if fs not in SHRINKABLE:
             raise ValidationError(f"Cannot restore: {where} and its last partition {last.number} holds "
                                   f"{fs or 'no filesystem found'}, which cannot be shrunk (ext2/3/4 and NTFS can).")
+        if region.get("unclean"):
+            why = region.get("note", "log needs replay").split(":")[0]
+            raise ValidationError(f"Cannot restore: {where}, and its last partition {last.number} holds an {fs} that "
+                                  f"was not cleanly unmounted at capture ({why}), so it was stored whole and cannot "
+                                  "be shrunk: capture the master again once it is cleanly unmounted.")
         needed = used + SHRINK_MARGIN
         if new_bytes < needed:
             raise ValidationError(f"Cannot restore: {where}, so partition {last.number} would have {new_bytes} "
@@ -278,6 +285,11 @@ class RestoreSession:
                                   self._guard.get(disk["index"], []))
             if bad is not None:
                 target_plan.reason = f"chunk {bad.index} (offset {bad.offset}) differs from the image"
+                if target_plan.grow_partition is not None or target_plan.shrink_partition is not None:
+                    # a resized partition never reads back as the image's chunks: only the stamp of
+                    # the run that resized it can say that the target is still as that run left it
+                    target_plan.reason += (f" (partition {target_plan.grow_partition or target_plan.shrink_partition} "
+                                           "is resized on this target, and no stamp of the run that resized it was found)")
                 continue
             target_plan.state = "unchanged"
             target_plan.reason = "it already holds this image"
@@ -607,17 +619,55 @@ def _first_false(check: Callable[[Any], bool], items: Iterable[Any], threads: in
     return None
 
 
+def _state_file(state_dir: str, targets: List[str]) -> str:
+    """Where the stamp of a resizing restore onto `targets` is kept: one file per set of targets."""
+    key = hashlib.sha256("\0".join(os.path.realpath(target) for target in targets).encode()).hexdigest()[:32]
+    return os.path.join(state_dir, f"{key}.json")
+
+
+def _load_stamp(state_dir: Optional[str], targets: List[str]) -> Optional[Dict[str, Any]]:
+    if not state_dir:
+        return None
+    try:
+        with open(_state_file(state_dir, targets), encoding="utf-8") as handle:
+            found = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _keep_stamp(state_dir: Optional[str], targets: List[str], stamp: Dict[str, Any]) -> Optional[str]:
+    """Write the stamp where the next run looks for it (0600, atomically); None if it cannot be kept,
+    which costs only that run's idempotence (the next run restores again)."""
+    if not state_dir:
+        return None
+    path = _state_file(state_dir, targets)
+    try:
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        fd = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(stamp, handle, sort_keys=True)
+        os.replace(path + ".new", path)
+    except OSError:
+        return None
+    return path
+
+
 def restore_image(path: str, targets: List[str], grow_last: bool = False, check_mode: bool = False,
                   threads: int = 0, recorded: Optional[Dict[str, Any]] = None,
                   check_signature: Optional[Callable[[Manifest], Any]] = None,
-                  shrink_last: bool = False, scratch_dir: Optional[str] = None) -> Dict[str, Any]:
+                  shrink_last: bool = False, scratch_dir: Optional[str] = None,
+                  state_dir: Optional[str] = None) -> Dict[str, Any]:
     """Restore an image file: check its signature (`check_signature(manifest)` raises to refuse),
     validate the targets, verify the image whole, then (unless the targets already hold it, or in
     check mode) wipe, partition, write and finish. Returns what the module reports.
 
-    A grown target no longer reads back as the image's chunks, so with `grow_last` the report
-    carries a `stamp` (fingerprint.stamp of the targets as restored and grown); given back as
-    `recorded` on a later run, targets that still match it are unchanged and not written."""
+    A grown or shrunk target no longer reads back as the image's chunks, so with `grow_last` or
+    `shrink_last` the report carries a `stamp` (fingerprint.stamp of the targets as restored and
+    resized); given back as `recorded` on a later run (check mode too), targets that still match it
+    are unchanged: nothing is read from the image and nothing is written. With `state_dir`, the
+    stamp is also kept there (one file per set of targets) and read back when `recorded` is not
+    given, so that a plain re-run of the same restore is unchanged."""
     from . import fingerprint
 
     with ImageReader(path) as reader:
@@ -627,6 +677,8 @@ def restore_image(path: str, targets: List[str], grow_last: bool = False, check_
         session = RestoreSession(manifest.layout, targets, grow_last, check_mode, protect=[path],
                                  shrink_last=shrink_last, scratch_dir=scratch_dir)
         plan = session.validate()     # the cheap checks first: a wrong target fails at once
+        if recorded is None and (grow_last or shrink_last):
+            recorded = _load_stamp(state_dir, targets)
         if recorded:
             state = fingerprint.deployed_state(recorded, targets, manifest.image_id, None, threads)
             if state["unchanged"]:
@@ -652,8 +704,9 @@ def restore_image(path: str, targets: List[str], grow_last: bool = False, check_
             session.abort()
         report.update(result.to_dict())
         report["plan"] = plan.to_dict()
-        if grow_last:
+        if grow_last or shrink_last:
             report["stamp"] = fingerprint.stamp(targets, manifest.image_id, None, threads)
+            report["state_file"] = _keep_stamp(state_dir, targets, report["stamp"])
         return report
 
 

@@ -57,6 +57,8 @@ class UsedMap:
     extents: List[Extent] = field(default_factory=list)
     note: str = ""
     holes: List[Extent] = field(default_factory=list)   # free gaps merged into extents: stored as zeros
+    # not cleanly unmounted (a journal or log to replay, a dirty mark): stored whole, `note` says why
+    unclean: bool = False
 
     @property
     def used_bytes(self) -> int:
@@ -137,7 +139,8 @@ def ext_map(volume: _Volume) -> Optional[UsedMap]:
     fs_name = "ext4" if incompat & (EXT_INCOMPAT_64BIT | EXT_INCOMPAT_FLEX_BG | 0x40) else (
         "ext3" if compat & 0x4 else "ext2")
     if incompat & EXT_INCOMPAT_RECOVER:
-        return UsedMap(volume.size, fs_name, "all", note="journal needs recovery: every block is stored")
+        return UsedMap(volume.size, fs_name, "all", unclean=True,
+                       note="journal needs recovery: every block is stored")
     if incompat & EXT_INCOMPAT_META_BG:
         return UsedMap(volume.size, fs_name, "all", note="meta_bg layout: every block is stored")
     # Without bigalloc a cluster is a block; the bitmap has one bit per cluster either way.
@@ -230,10 +233,10 @@ NTFS_RECORD_BITMAP = 6
 NTFS_RECORD_VOLUME = 3
 
 
-def _ntfs_record(volume: _Volume, offset: int, size: int) -> bytes:
-    """One MFT record with its update sequence (the last two bytes of every 512) put back."""
+def _ntfs_record(volume: _Volume, offset: int, size: int, magic: bytes = b"FILE") -> bytes:
+    """One MFT record (or INDX block) with its update sequence (the last two bytes of every 512) put back."""
     record = bytearray(volume.read(offset, size))
-    if record[:4] != b"FILE":
+    if record[:4] != magic:
         raise ValueError(f"no MFT record at {offset}")
     usa_offset, usa_count = struct.unpack_from("<HH", record, 4)
     check = record[usa_offset:usa_offset + 2]
@@ -271,6 +274,80 @@ def _ntfs_runs(record: bytes, at: int, length: int) -> List[Tuple[int, int]]:
     return runs
 
 
+NTFS_RECORD_ROOT = 5
+# Files whose contents Windows never reads back across a boot: the paging files, and the hibernation
+# file once its header is gone (a zeroed header means "no image to resume"). They stay allocated.
+NTFS_SKIPPED = ("pagefile.sys", "swapfile.sys", "hiberfil.sys")
+
+
+def _ntfs_root_names(volume: _Volume, mft: int, record_size: int, cluster: int) -> Iterator[Tuple[int, str]]:
+    """(MFT record number, name) of the entries of the root directory's $I30 index: those in
+    $INDEX_ROOT and in every INDX block of $INDEX_ALLOCATION (stale blocks too: callers check the
+    record they are led to)."""
+    root = _ntfs_record(volume, mft + NTFS_RECORD_ROOT * record_size, record_size)
+    blocks: List[bytes] = []
+    block_size = 4096
+    for kind, at, length in _ntfs_attributes(root):
+        if kind == 0x90 and not root[at + 8]:          # $INDEX_ROOT: its own entries
+            value = at + struct.unpack_from("<H", root, at + 20)[0]
+            block_size = struct.unpack_from("<I", root, value + 8)[0]
+            blocks.append(root[value + 16:value + struct.unpack_from("<I", root, at + 16)[0]])
+    for kind, at, length in _ntfs_attributes(root):
+        if kind == 0xA0 and root[at + 8]:              # $INDEX_ALLOCATION: INDX blocks
+            for lcn, count in _ntfs_runs(root, at, length):
+                for offset in range(lcn * cluster, (lcn + count) * cluster, block_size):
+                    try:
+                        block = _ntfs_record(volume, offset, block_size, b"INDX")
+                    except ValueError:
+                        continue
+                    blocks.append(block[24:])
+    for header in blocks:
+        at, end = struct.unpack_from("<II", header, 0)
+        while at + 16 <= min(end, len(header)):
+            reference, length, key_length, flags = struct.unpack_from("<QHHH", header, at)
+            if flags & 2 or length < 16:                # the last entry carries no name
+                break
+            if key_length >= 66:
+                count = header[at + 16 + 64]
+                name = header[at + 16 + 66:at + 16 + 66 + 2 * count].decode("utf-16-le", "replace")
+                yield reference & 0xFFFFFFFFFFFF, name
+            at += length
+
+
+def _ntfs_skipped(volume: _Volume, mft: int, record_size: int, cluster: int) -> List[List[Extent]]:
+    """Per file, the byte ranges of the root directory's pagefile.sys, swapfile.sys and hiberfil.sys (their
+    unnamed $DATA runs, when the base record holds them all), each led to through the root index
+    and checked in its own MFT record: in use, a file, named so, in the root directory."""
+    found: List[List[Extent]] = []
+    seen = set()
+    for number, name in _ntfs_root_names(volume, mft, record_size, cluster):
+        if name.lower() not in NTFS_SKIPPED or number in seen:
+            continue
+        seen.add(number)
+        try:
+            record = _ntfs_record(volume, mft + number * record_size, record_size)
+        except ValueError:
+            continue
+        if struct.unpack_from("<H", record, 22)[0] & 3 != 1 or struct.unpack_from("<Q", record, 32)[0]:
+            continue                                     # not in use, a directory, or an extension record
+        names, data = set(), []
+        for kind, at, length in _ntfs_attributes(record):
+            if kind == 0x20:
+                data = []                                # an attribute list: runs elsewhere, leave it
+                break
+            if kind == 0x30 and not record[at + 8]:      # $FILE_NAME: parent and name
+                value = at + struct.unpack_from("<H", record, at + 20)[0]
+                if struct.unpack_from("<Q", record, value)[0] & 0xFFFFFFFFFFFF == NTFS_RECORD_ROOT:
+                    names.add(record[value + 66:value + 66 + 2 * record[value + 64]].decode("utf-16-le", "replace").lower())
+            if kind == 0x80 and not record[at + 9] and record[at + 8] and not struct.unpack_from("<H", record, at + 12)[0]:
+                data.append((at, length))                # unnamed, non-resident, neither compressed nor sparse
+        if name.lower() in names and len(data) == 1:
+            runs = [(lcn * cluster, count * cluster) for lcn, count in _ntfs_runs(record, *data[0])]
+            if runs:
+                found.append(runs)
+    return found
+
+
 def ntfs_map(volume: _Volume) -> Optional[UsedMap]:
     """Used clusters of an NTFS volume from `$Bitmap` (MFT record 6, one bit per cluster), plus the
     boot sector's backup at the volume's end. A volume marked dirty (Windows did not shut it down, or
@@ -295,7 +372,8 @@ def ntfs_map(volume: _Volume) -> Optional[UsedMap]:
         if kind == 0x70 and not volume_record[at + 8]:      # $VOLUME_INFORMATION, resident
             value = at + struct.unpack_from("<H", volume_record, at + 20)[0]
             if struct.unpack_from("<H", volume_record, value + 10)[0] & NTFS_VOLUME_DIRTY and not volume.trust_dirty:
-                return UsedMap(volume.size, "ntfs", "all", note="volume marked dirty: every cluster is stored")
+                return UsedMap(volume.size, "ntfs", "all", unclean=True,
+                               note="volume marked dirty: every cluster is stored")
     record = _ntfs_record(volume, mft + NTFS_RECORD_BITMAP * record_size, record_size)
     data = [(at, length) for kind, at, length in _ntfs_attributes(record)
             if kind == 0x80 and not record[at + 9]]          # the unnamed $DATA
@@ -310,10 +388,73 @@ def ntfs_map(volume: _Volume) -> Optional[UsedMap]:
     extents += [(first * cluster, count * cluster) for first, count in _runs(bits)]
     tail = clusters * cluster          # the backup boot sector sits in the volume's last sector
     extents.append((tail, volume.size - tail) if volume.size > tail else (volume.size - sector, sector))
-    return UsedMap(volume.size, "ntfs", "ntfs", merge_extents(extents, volume.size, 0))
+    extents = merge_extents(extents, volume.size, 0)
+    try:
+        skipped = _ntfs_skipped(volume, mft, record_size, cluster)
+    except (ValueError, struct.error):
+        skipped = []
+    if not skipped:
+        return UsedMap(volume.size, "ntfs", "ntfs", extents)
+    # Their contents are not stored; the first 4 KiB of each file are, as zeros (a "hole"), so that
+    # no clone finds an old hibernation header in its hiberfil.sys and tries to resume from it.
+    heads = [(runs[0][0], min(runs[0][1], 4096)) for runs in skipped]
+    ranges = [extent for runs in skipped for extent in runs]
+    total = sum(length for dummy, length in ranges)
+    kept = _complement(_complement(extents, volume.size) + ranges, volume.size)     # extents minus ranges
+    return UsedMap(volume.size, "ntfs", "ntfs", merge_extents(kept + heads, volume.size, 0),
+                   note=f"pagefile.sys, swapfile.sys, hiberfil.sys: {total} bytes of contents not stored",
+                   holes=heads)
 
 
 XFS_BNO_MAGICS = (b"ABTB", b"AB3B")
+XLOG_MAGIC = 0xFEEDBABE
+XLOG_UNMOUNT_TRANS = 0x20
+XLOG_HEADER_CYCLE_SIZE = 32 << 10
+
+
+def _xfs_log_clean(volume: _Volume, sb: bytes, block: int) -> Optional[bool]:
+    """Whether the internal log of an XFS ends with an unmount record (None: an external log, not
+    on this volume). The log is a ring of 512-byte blocks, each stamped with the cycle (pass) that
+    wrote it; the head is where the cycle number drops. The record just before the head is an
+    unmount record on a clean filesystem, as the kernel's xlog_find_tail decides at mount."""
+    logstart, agblocks, logblocks, agblklog = (struct.unpack_from(">Q", sb, 48)[0], struct.unpack_from(">I", sb, 84)[0],
+                                               struct.unpack_from(">I", sb, 96)[0], sb[124])
+    if not logstart:
+        return None
+    base = ((logstart >> agblklog) * agblocks + (logstart & ((1 << agblklog) - 1))) * block
+    count = logblocks * block // 512
+
+    def read(number: int, length: int = 512) -> bytes:
+        return volume.read(base + number % count * 512, length)
+
+    def cycle(number: int) -> int:
+        first, second = struct.unpack_from(">II", read(number, 8))
+        return second if first == XLOG_MAGIC else first    # a record header keeps its cycle second
+
+    if not count:
+        raise ValueError("XFS log of no blocks")
+    first = cycle(0)
+    if first == 0:
+        return True                 # never written since mkfs zeroed it
+    head = count
+    if cycle(count - 1) != first:   # the head is the first block of an older pass (or never written)
+        low, high = 0, count - 1
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if cycle(middle) == first else (low, middle)
+        head = high
+    for back in range(1, count + 1):     # the last record header before the head
+        header = read(head - back)
+        if struct.unpack_from(">I", header)[0] == XLOG_MAGIC:
+            break
+    else:
+        return False
+    version, length = struct.unpack_from(">ii", header, 8)
+    operations, size = struct.unpack_from(">i", header, 40)[0], struct.unpack_from(">i", header, 320)[0]
+    header_blocks = -(-size // XLOG_HEADER_CYCLE_SIZE) if version & 2 and size > XLOG_HEADER_CYCLE_SIZE else 1
+    at = head - back
+    ends = (at + header_blocks + -(-length // 512)) % count
+    return operations == 1 and ends == head % count and bool(read(at + header_blocks)[9] & XLOG_UNMOUNT_TRANS)
 
 
 def _xfs_free_extents(volume: _Volume, ag_offset: int, root: int, levels: int, block: int,
@@ -354,6 +495,15 @@ def xfs_map(volume: _Volume) -> Optional[UsedMap]:
     if not (512 <= block <= 65536) or not ag_blocks or not ag_count or dblocks * block > volume.size \
             or sect not in (512, 1024, 2048, 4096, 32768):
         return None
+    try:
+        clean = _xfs_log_clean(volume, sb, block)
+    except (ValueError, struct.error):
+        clean = False
+    if clean is False:
+        # The free-space trees on disk are behind what the log records: mapped by them, blocks the
+        # log allocated would be left out. Stored whole, the log replays at the clone's first mount.
+        return UsedMap(volume.size, "xfs", "all", unclean=True,
+                       note="log needs replay: every block is stored")
     header = 56 if version & 0x0F >= 5 else 16     # CRC-enabled (v5) blocks carry a longer header
     free: List[Extent] = []
     for ag in range(ag_count):
@@ -476,7 +626,8 @@ def btrfs_map(volume: _Volume) -> Optional[UsedMap]:
     if devices != 1:
         return UsedMap(volume.size, "btrfs", "all", note=f"{devices} devices: every byte is stored")
     if log_root:
-        return UsedMap(volume.size, "btrfs", "all", note="log tree to replay: every byte is stored")
+        return UsedMap(volume.size, "btrfs", "all", unclean=True,
+                       note="log tree to replay: every byte is stored")
     if incompat & BTRFS_INCOMPAT_EXTENT_TREE_V2 or total > volume.size:
         return UsedMap(volume.size, "btrfs", "all", note="layout not understood: every byte is stored")
     fs = _Btrfs(volume, sb)

@@ -42,5 +42,7 @@ def test_a_too_small_disk_is_named_in_one_sentence(tmp_path, loop_disk):
                          capture_output=True, text=True, env=env, timeout=120, check=False)
     out = re.sub(r"\s+", " ", run.stdout)
     assert run.returncode != 0
-    assert (f"ws01: {disk.device} holds {8 << 20} bytes but image disk 0 needs 1099511627776." in out), out[-2000:]
+    assert (f"ws01: {disk.device} holds {8 << 20} bytes but image disk 0 needs 1099511627776, and a multicast session "
+            "does not shrink partitions: give it a disk at least that large, or restore the image file with "
+            "fleetcast.imaging.image_restore and shrink_last_partition." in out), out[-2000:]
     assert "[; '" not in out

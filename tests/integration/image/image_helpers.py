@@ -1,6 +1,7 @@
 # Helpers: a master disk like a real workstation's (GPT: EFI vfat, BIOS boot, ext4 root with thousands of
 # files) and dirty targets to restore onto. All on loop devices the tests make.
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,22 @@ def run(*argv, check=True):
     if check and proc.returncode:
         raise AssertionError(f"{argv} failed ({proc.returncode}): {proc.stderr or proc.stdout}")
     return proc
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def ansible(module, args, check=False):
+    """Run one of the collection's modules on localhost: (the status line, the result dict)."""
+    argv = [os.path.join(ROOT, ".venv", "bin", "ansible"), "localhost", "-m", f"fleetcast.imaging.{module}",
+            "-a", json.dumps(args)] + (["--check", "--diff"] if check else [])
+    env = dict(ENV, LC_ALL="C.UTF-8", ANSIBLE_STDOUT_CALLBACK="minimal", ANSIBLE_CALLBACK_RESULT_FORMAT="json",
+               ANSIBLE_CONFIG=os.path.join(ROOT, "tests", "ansible.cfg"),
+               ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"))
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False, cwd=ROOT)
+    head, dummy, body = proc.stdout.partition(" => ")
+    assert body, proc.stdout + proc.stderr
+    return head, json.loads(body)
 
 
 def part_range(number, disk_size=MASTER_SIZE):

@@ -1,18 +1,14 @@
 # Bad input: one clear error each and not one byte written to the target. Plus the real modules.
-import json
 import os
 import shutil
-import subprocess
 
 import pytest
-from image_helpers import ENV, MASTER_SIZE, MiB, part_range, run, sha256_file
+from image_helpers import MASTER_SIZE, MiB, ansible, part_range, run, sha256_file
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import (
     ChunkCorruptError, ImageError, UnsafeTargetError, ValidationError)
 from ansible_collections.fleetcast.imaging.plugins.module_utils._image import capture, restore
 from ansible_collections.fleetcast.imaging.plugins.module_utils._lab import loopdisk
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 @pytest.fixture(scope="module")
@@ -106,18 +102,6 @@ def test_nonexistent_device_and_wrong_target_count(image, target):
         restore.restore_image(image[0], ["/dev/fleetcast-nonexistent"])
     assert_refused_untouched(target.device, lambda: restore.restore_image(image[0], [target.device, "/dev/null"]),
                              ValidationError, "The image holds 1 disk.* but 2 target")
-
-
-def ansible(module, args, check=False):
-    argv = [os.path.join(ROOT, ".venv", "bin", "ansible"), "localhost", "-m", f"fleetcast.imaging.{module}",
-            "-a", json.dumps(args)] + (["--check", "--diff"] if check else [])
-    env = dict(ENV, LC_ALL="C.UTF-8", ANSIBLE_STDOUT_CALLBACK="minimal", ANSIBLE_CALLBACK_RESULT_FORMAT="json",
-               ANSIBLE_CONFIG=os.path.join(ROOT, "tests", "ansible.cfg"),
-               ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"))
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False, cwd=ROOT)
-    head, dummy, body = proc.stdout.partition(" => ")
-    assert body, proc.stdout + proc.stderr
-    return head, json.loads(body)
 
 
 def test_modules_capture_info_and_check_mode_restore(master, target, tmp_path):

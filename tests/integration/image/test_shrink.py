@@ -15,6 +15,7 @@ from ansible_collections.fleetcast.imaging.plugins.module_utils._image import ca
 
 import fs_volumes
 from fs_volumes import FSCK, MiB, run
+from image_helpers import ansible
 
 SECTOR = 512
 MASTER = int(os.environ.get("FLEETCAST_SHRINK_MASTER_MIB", "320")) * MiB
@@ -66,7 +67,9 @@ def digest(path):
 def test_restore_onto_a_smaller_disk_shrinks_the_last_filesystem(master, dirty_disk, tmp_path):
     fs, image, manifest, tree = master
     target = dirty_disk(size=FITS, stride=8 * MiB)
-    report = restore.restore_image(image, [target.device], shrink_last=True, scratch_dir=str(tmp_path))
+    state = str(tmp_path / "state")
+    report = restore.restore_image(image, [target.device], shrink_last=True, scratch_dir=str(tmp_path),
+                                   state_dir=state)
     planned = report["plan"]["targets"][0]
     start, size = last_range(FITS)
     assert (planned["shrink_partition"], planned["shrink_filesystem"], planned["shrink_bytes"]) == (2, fs, size)
@@ -79,6 +82,27 @@ def test_restore_onto_a_smaller_disk_shrinks_the_last_filesystem(master, dirty_d
         handle.seek(FIRST[0])
         first = handle.read(MiB)
     assert first != bytes(MiB)   # partition 1's raw bytes are there as on the master
+    # The shrink is recorded (the stamp, kept in the state directory): a re-run is unchanged, in
+    # check mode and for real, and writes nothing; with no stamp, the plan says why it would restore.
+    assert oct(os.stat(report["state_file"]).st_mode & 0o777) == "0o600"
+    before = digest(target.path)
+    again = restore.restore_image(image, [target.device], shrink_last=True, scratch_dir=str(tmp_path),
+                                  check_mode=True)
+    assert again["changed"] and again["plan"]["targets"][0]["reason"].endswith(
+        "(partition 2 is resized on this target, and no stamp of the run that resized it was found)")
+    for check_mode, kept in ((True, {"state_dir": state}), (False, {"recorded": report["stamp"]})):
+        again = restore.restore_image(image, [target.device], shrink_last=True, scratch_dir=str(tmp_path),
+                                      check_mode=check_mode, **kept)
+        assert not again["changed"] and again["chunks_written"] == 0 and again["stamp"] == report["stamp"]
+        assert again["plan"]["targets"][0]["state"] == "unchanged"
+    if fs == "ext4":     # and the same task run again through the module (the same engine call for NTFS)
+        args = {"image": image, "targets": [target.device], "shrink_last_partition": True,
+                "scratch_dir": str(tmp_path), "state_dir": state}
+        for check in (True, False):
+            head, again = ansible("image_restore", args, check=check)
+            assert "SUCCESS" in head and not again["changed"] and again["chunks_written"] == 0
+            assert again["plan"]["targets"][0]["state"] == "unchanged"
+    assert digest(target.path) == before
 
 
 def test_restore_onto_a_much_smaller_disk_is_refused_before_any_write(master, loop_disk, tmp_path):
@@ -107,6 +131,16 @@ def test_a_filesystem_that_cannot_shrink_is_refused(master, dirty_disk, tmp_path
     session = restore.RestoreSession(layout, [target.device], shrink_last=True, scratch_dir=str(tmp_path))
     with pytest.raises(ValidationError, match=r"^Cannot restore: target .* and its last partition 2 holds btrfs, "
                                               r"which cannot be shrunk \(ext2/3/4 and NTFS can\)\.$"):
+        session.validate()
+    # a filesystem stored whole because it was not cleanly unmounted: its used data is unknown
+    layout = copy.deepcopy(manifest.layout)
+    next(r for r in layout["disks"][0]["regions"] if r.get("partition") == 2).update(
+        unclean=True, map="all", note="journal needs recovery: every block is stored")
+    session = restore.RestoreSession(layout, [target.device], shrink_last=True, scratch_dir=str(tmp_path))
+    with pytest.raises(ValidationError, match=rf"^Cannot restore: target .* bytes\), and its last partition 2 holds an "
+                                              rf"{fs} that was not cleanly unmounted at capture \(journal needs recovery\), "
+                                              r"so it was stored whole and cannot be shrunk: capture the master again "
+                                              r"once it is cleanly unmounted\.$"):
         session.validate()
     # without shrink_last, a smaller target is refused as before
     with pytest.raises(ValidationError, match="is too small"):
