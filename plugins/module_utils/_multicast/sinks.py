@@ -28,6 +28,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 from .._errors import FleetcastError, ImageError, ValidationError
 from .._image.format import ChunkEntry, ChunkRecord, ImageWriter, Manifest, canonical_json, header_bytes
 from .._image.restore import RestoreSession
+from .._writeback import WriteBehind
 
 JOURNAL_VERSION = 1
 
@@ -329,6 +330,7 @@ class FileSink(_Sink):
         self.mode = mode
         self.handle = None
         self.writer: Optional[ImageWriter] = None
+        self.behind: Optional[WriteBehind] = None
         self.file_lock = threading.Lock()
 
     def output_name(self) -> Any:
@@ -378,6 +380,7 @@ class FileSink(_Sink):
                 kept = []
                 fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self.mode)
             self.handle = os.fdopen(fd, "wb", buffering=1 << 20)
+            self.behind = WriteBehind(fd)
             try:
                 self.writer = (ImageWriter.reopen(self.handle, layout, kept, end) if end
                                else ImageWriter(self.handle, layout))
@@ -395,9 +398,14 @@ class FileSink(_Sink):
                 return                      # held already (resume), or a resend
             try:
                 self.writer.add(record)
+                self.handle.flush()         # in the file, so that it can be written behind
             except OSError as err:
                 raise self._write_error(err) from None
             entry = self.writer._entries[record.index]
+        try:
+            self.behind.wrote(entry.file_offset, entry.record_length)
+        except OSError as err:
+            raise self._write_error(err) from None
         self._wrote(entry)
 
     def _write_error(self, err: OSError) -> FleetcastError:
