@@ -115,7 +115,7 @@ class ReceiveSpec(SessionSpec):
     grow_last: bool = False
     name: Optional[str] = None
     timeout: int = 30
-    window_mib: int = 48
+    window_mib: int = 40
     mode: Any = "0600"
     resume: bool = True
     resume_dir: str = DEFAULT_RESUME_DIR
@@ -268,6 +268,7 @@ def receive(spec: ReceiveSpec, check_mode: bool = False) -> Dict[str, Any]:
     address = _address(spec, host)
     if check_mode:
         return {"changed": True, "plan": receive_plan(spec, address, host)}
+    netio.return_large_allocations()
     if spec.devices:
         sink: sinks._Sink = sinks.DiskSink(spec.devices, spec.grow_last, host,
                                            sinks.Journal(_journal_path(spec)) if spec.resume else None)

@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence
 
 from .._errors import FleetcastError
 from .._writeback import WriteBehind
-from .netio import interface_address
+from .netio import interface_address, return_large_allocations
 from .source import ReaderSource, SpoolSource
 
 OFFSET = struct.Struct(">Q")
@@ -166,6 +166,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 source = file_source(args.file, args.object_size, sizes)
             result = Sender(config, source).run().to_dict()
         else:
+            return_large_allocations()
             sink = FileSink(args.output)
             from .receiver import Receiver, ReceiverConfig  # pylint: disable=import-outside-toplevel
             config = ReceiverConfig(group=args.group, port=args.port, address=address,
