@@ -215,7 +215,8 @@ def serve(spec: SendSpec, check_mode: bool = False) -> Dict[str, Any]:
     done = [r for r in receivers if r["state"] == "done" and r["digest_matches"]]
     report = dict(changed=bool(done), receivers=receivers, image_id=result.digest, objects=result.objects,
                   bytes_sent=result.bytes, repair_datagrams=result.repair_datagrams, seconds=result.seconds,
-                  flow_holds=result.flow_holds, offload=result.gso, encrypted=result.encrypted)
+                  flow_holds=result.flow_holds, skipped_chunks=result.skipped_objects, offload=result.gso,
+                  encrypted=result.encrypted)
     if not done:
         raise SessionFailed(f"No receiver completed the session that {host} served on {spec.where()}.", report)
     return report
