@@ -25,9 +25,8 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-import zstandard
-
 from .._errors import ChunkCorruptError, FleetcastError, ImageError, ValidationError
+from .._image import format as image_format     # its zstandard: None where missing (session.missing_library)
 from .._image.format import (RECORD, RECORD_CRC, ChunkEntry, ChunkRecord, ImageWriter, Manifest, canonical_json,
                              header_bytes, zero_digest)
 from .._image.restore import RestoreSession
@@ -238,7 +237,7 @@ class _Received(ChunkRecord):
             return
         if getattr(_local, "buffer", None) is None:
             _local.buffer = bytearray(VERIFY_PIECE)
-            _local.dctx = zstandard.ZstdDecompressor()
+            _local.dctx = image_format.zstandard.ZstdDecompressor()
         buffer, view, digest, total = _local.buffer, memoryview(_local.buffer), hashlib.sha256(), 0
         try:
             with _local.dctx.stream_reader(self.payload) as reader:
@@ -248,7 +247,7 @@ class _Received(ChunkRecord):
                         break
                     digest.update(view[:got])
                     total += got
-        except zstandard.ZstdError as err:
+        except image_format.zstandard.ZstdError as err:
             raise ChunkCorruptError(f"{where} cannot be decompressed: {err}.") from None
         if total != self.length or digest.digest() != self.digest:
             raise ChunkCorruptError(f"{where} failed its SHA-256 check ({total} of {self.length} bytes decoded).")
