@@ -5,7 +5,7 @@
 and the plain fallback) against udpcast and uftp, at each loss level, in the same run.
 
 Run as root: .venv/bin/python bench/bench_transport.py [--size-mib 1024] [--receivers 1,3] [--loss 0,2]
-             [--payload random|debian] [--durable DIR] [--object-sizes LIST]
+             [--payload random|debian] [--durable DIR] [--object-sizes LIST] [--encrypt]
 
 --payload debian sends the lab's cached Debian image (a real root with its kernel, about 145 MB in
 chunks of very different compressed sizes; built once, see docs/user-guide.md) instead of random
@@ -20,9 +20,12 @@ Command lines used (all on eth0 of lab namespaces, MTU 1500, same group/port sch
   uftp:     uftpd -d -I eth0 -M 239.255.61.1 -p P -B 104857600 -D DIR
             uftp -I eth0 -M 239.255.61.1 -P 239.255.61.2 -p P -B 104857600 -Y none -R -1 -H ids NAME
             (full speed, no encryption; uftp's own NAK passes repair loss)
+            with --encrypt: -Y aes256-gcm -h sha256 instead of -Y none (AES-256-GCM, its key
+            exchanged with a generated RSA key)
   fleetcast: python3 -m ..._transport receive --group G --port P --output OUT
              python3 -m ..._transport send --group G --port P --file IN --min-receivers N
-             (plus --no-offload on both sides for the fallback path)
+             (plus --no-offload on both sides for the fallback path; with --encrypt, --encrypt on
+             the sender: AES-256-GCM, as the roles default to; udpcast has no encryption)
 Before each measurement, tmpfs is filled with as much as that run will hold and emptied, so that no
 tool pays for the virtual machine faulting that memory in.
 With --durable DIR the outputs go to DIR (a directory on a real disk, not tmpfs) and every tool's
@@ -106,10 +109,10 @@ def wait_usage(process: subprocess.Popen, deadline: float):
 
 
 class Run:
-    def __init__(self, lab, sender, receivers, payload, workdir, port, durable=False, object_sizes=""):
+    def __init__(self, lab, sender, receivers, payload, workdir, port, durable=False, object_sizes="", encrypt=False):
         self.lab, self.sender, self.receivers = lab, sender, receivers
         self.payload, self.workdir, self.port = payload, workdir, port
-        self.durable, self.object_sizes = durable, object_sizes
+        self.durable, self.object_sizes, self.encrypt = durable, object_sizes, encrypt
 
     def outputs(self, tool):
         directory = os.path.join(self.workdir, tool)
@@ -158,13 +161,14 @@ class Run:
         extra = [] if offload else ["--no-offload"]
         outputs = [os.path.join(directory, h.name) for h in self.receivers]
         common = ["--group", "239.255.61.9", "--port", str(self.port)] + extra
+        encrypt = ["--encrypt"] if self.encrypt else []
         if self.image_id:
             return self.measure(
                 lambda: [h.popen(BRIDGE + ["receive", "--dest", out, "--timeout", "60", "--no-resume"] + common,
                                  env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                          for h, out in zip(self.receivers, outputs)],
                 lambda: self.sender.popen(BRIDGE + ["send", "--image", self.payload, "--min-receivers",
-                                                    str(len(self.receivers))] + common, env=ENV,
+                                                    str(len(self.receivers))] + common + encrypt, env=ENV,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
                 outputs, timeout)
         return self.measure(
@@ -172,7 +176,7 @@ class Run:
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                      for h, out in zip(self.receivers, outputs)],
             lambda: self.sender.popen(ENGINE + ["send", "--file", self.payload, "--min-receivers",
-                                                str(len(self.receivers))] + common
+                                                str(len(self.receivers))] + common + encrypt
                                       + (["--object-sizes", self.object_sizes] if self.object_sizes else []), env=ENV,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
             outputs, timeout)
@@ -208,7 +212,8 @@ class Run:
             lambda: [h.popen(["uftpd", "-d", "-U", f"0x{i + 1:08x}", "-D", d] + common,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                      for i, (h, d) in enumerate(zip(self.receivers, dirs))],
-            lambda: self.sender.popen(["uftp", "-P", "239.255.61.2", "-Y", "none", "-R", "-1", "-H", ids]
+            lambda: self.sender.popen(["uftp", "-P", "239.255.61.2", "-R", "-1", "-H", ids]
+                                      + (["-Y", "aes256-gcm", "-h", "sha256"] if self.encrypt else ["-Y", "none"])
                                       + common + [os.path.basename(self.payload)], cwd=os.path.dirname(self.payload),
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
             outputs, timeout, wait_sender=True, stop_receivers=stop)
@@ -225,6 +230,8 @@ def main() -> int:
                         help="random bytes of --size-mib, or the lab's cached Debian image")
     parser.add_argument("--durable", default="", help="outputs in this directory (a real disk), timed until synced")
     parser.add_argument("--object-sizes", default="", help="fleetcast's object sizes in turn (varied, as an image's chunks)")
+    parser.add_argument("--encrypt", action="store_true",
+                        help="fleetcast with AES-256-GCM (--encrypt), uftp with -Y aes256-gcm; udpcast cannot encrypt")
     args = parser.parse_args()
     # tmpfs: the benchmark measures the transports, not this machine's disk writeback (unless --durable)
     base = args.durable or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
@@ -248,7 +255,7 @@ def main() -> int:
         with NetLab() as lab:
             sender = lab.add_host("srv")
             hosts = [lab.add_host(f"r{i + 1}") for i in range(max(counts))]
-            run = Run(lab, sender, hosts, payload, workdir, 9400, bool(args.durable), args.object_sizes)
+            run = Run(lab, sender, hosts, payload, workdir, 9400, bool(args.durable), args.object_sizes, args.encrypt)
             run.payload_digest = sha256(payload)
             run.image_id = image_id
             for count in counts:

@@ -64,7 +64,7 @@ options:
   window_mib:
     description: Memory in MiB for objects being reassembled, verified and written; bounds the receiver's memory whatever the image size.
     type: int
-    default: 48
+    default: 40
   mode:
     description: Permissions of the image file written at O(dest).
     type: raw
@@ -185,7 +185,7 @@ def main():
             session_key=dict(type="str", required=True, no_log=True),
             name=dict(type="str"),
             timeout=dict(type="int", default=30),
-            window_mib=dict(type="int", default=48),
+            window_mib=dict(type="int", default=40),
             offload=dict(type="bool", default=True),
             mode=dict(type="raw", default="0600"),
             resume=dict(type="bool", default=True),

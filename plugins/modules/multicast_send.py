@@ -197,6 +197,14 @@ flow_holds:
   returned: success
   type: int
   sample: 42
+skipped_chunks:
+  description:
+    - Chunks not sent at all because every receiver already held them (receives of this image that
+      resumed where they were interrupted); a receiver that joins later fetches them as it fetches
+      anything it lacks.
+  returned: success
+  type: int
+  sample: 0
 seconds:
   description: Length of the session.
   returned: success

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .._errors import FleetcastError, ImageError, ValidationError
+from .._writeback import WriteBehind
 from .capture import LAYOUT_FORMAT
 from . import sectors
 from .format import ChunkEntry, ChunkRecord, ImageReader, Manifest, image_id
@@ -144,6 +145,7 @@ class RestoreSession:
         # per image disk converted to another sector size: the target's own table areas, which
         # chunks captured around the master's (smaller) table must not overwrite
         self._guard: Dict[int, List[Any]] = {}
+        self._behind: Dict[int, WriteBehind] = {}   # per descriptor written: write-behind (_writeback)
 
     # -- validation: reads only -------------------------------------------------------------
     def validate(self) -> RestorePlan:
@@ -397,7 +399,8 @@ class RestoreSession:
                 return False
             self._claimed.add(record.index)
         try:
-            self._write_verified(fd, record, offset, self._guard.get(record.disk, []) if where == "target" else [])
+            self._write_verified(fd, record, offset, self._guard.get(record.disk, []) if where == "target" else [],
+                                 behind=where == "target")
         except BaseException:
             with self._lock:
                 self._claimed.discard(record.index)
@@ -411,9 +414,10 @@ class RestoreSession:
                 self._data_bytes += record.length
         return True
 
-    def _write_verified(self, fd: int, record: ChunkRecord, offset: int, guard: List[Any]) -> None:
+    def _write_verified(self, fd: int, record: ChunkRecord, offset: int, guard: List[Any], behind: bool = True) -> None:
         """Write `record` at `offset` of `fd`, except bytes inside `guard` (the target's own table
-        areas after a sector conversion, never written by chunks)."""
+        areas after a sector conversion, never written by chunks); `behind`: written behind (a
+        target, not the shrink's scratch file, which is read back later)."""
         from .._disk import blockdev
 
         raw = record.decompress_verified()
@@ -425,9 +429,20 @@ class RestoreSession:
                     blockdev.zero_range(fd, offset + start, length)
                 else:
                     _pwrite_all(fd, memoryview(raw)[start:start + length], offset + start)
+                    if behind:
+                        self._written_behind(fd, offset + start, length)
         except OSError as err:
             raise FleetcastError(f"Writing chunk {record.index} at offset {record.offset} of {target} failed: "
                                  f"{err.strerror}.") from None
+
+    def _written_behind(self, fd: int, offset: int, length: int) -> None:
+        """Start writing a chunk just written to the disk, bounding what waits in the page cache
+        (finish() still fsyncs every target before it reports)."""
+        with self._lock:
+            behind = self._behind.get(fd)
+            if behind is None:
+                behind = self._behind[fd] = WriteBehind(fd)
+        behind.wrote(offset, length)
 
     def written_image_id(self) -> str:
         """The image id of what this session verified and wrote (the receiver's digest)."""
@@ -473,6 +488,7 @@ class RestoreSession:
 
     def _close(self) -> None:
         self._fds.clear()
+        self._behind.clear()
         for held in self._claims:
             held.release()
         self._claims = []

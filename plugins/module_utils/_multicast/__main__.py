@@ -40,7 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     receive.add_argument("--devices", nargs="+")
     receive.add_argument("--name")
     receive.add_argument("--timeout", type=int, default=30)
-    receive.add_argument("--window-mib", type=int, default=48)
+    receive.add_argument("--window-mib", type=int, default=40)
     receive.add_argument("--no-resume", dest="resume", action="store_false")
     options = vars(parser.parse_args(argv))
     options["session_key"] = os.environ.get("FLEETCAST_SESSION_KEY", "")

@@ -115,7 +115,7 @@ class ReceiveSpec(SessionSpec):
     grow_last: bool = False
     name: Optional[str] = None
     timeout: int = 30
-    window_mib: int = 48
+    window_mib: int = 40
     mode: Any = "0600"
     resume: bool = True
     resume_dir: str = DEFAULT_RESUME_DIR
@@ -215,7 +215,8 @@ def serve(spec: SendSpec, check_mode: bool = False) -> Dict[str, Any]:
     done = [r for r in receivers if r["state"] == "done" and r["digest_matches"]]
     report = dict(changed=bool(done), receivers=receivers, image_id=result.digest, objects=result.objects,
                   bytes_sent=result.bytes, repair_datagrams=result.repair_datagrams, seconds=result.seconds,
-                  flow_holds=result.flow_holds, offload=result.gso, encrypted=result.encrypted)
+                  flow_holds=result.flow_holds, skipped_chunks=result.skipped_objects, offload=result.gso,
+                  encrypted=result.encrypted)
     if not done:
         raise SessionFailed(f"No receiver completed the session that {host} served on {spec.where()}.", report)
     return report
@@ -268,6 +269,7 @@ def receive(spec: ReceiveSpec, check_mode: bool = False) -> Dict[str, Any]:
     address = _address(spec, host)
     if check_mode:
         return {"changed": True, "plan": receive_plan(spec, address, host)}
+    netio.return_large_allocations()
     if spec.devices:
         sink: sinks._Sink = sinks.DiskSink(spec.devices, spec.grow_last, host,
                                            sinks.Journal(_journal_path(spec)) if spec.resume else None)

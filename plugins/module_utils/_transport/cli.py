@@ -20,7 +20,8 @@ import sys
 from typing import List, Optional, Sequence
 
 from .._errors import FleetcastError
-from .netio import interface_address
+from .._writeback import WriteBehind
+from .netio import interface_address, return_large_allocations
 from .source import ReaderSource, SpoolSource
 
 OFFSET = struct.Struct(">Q")
@@ -72,17 +73,20 @@ def stream_source(stream, object_size: int, sizes: Sequence[int] = ()) -> SpoolS
 
 
 class FileSink:
-    """Objects of `file_source` back into a file, in whatever order they arrive."""
+    """Objects of `file_source` back into a file, in whatever order they arrive; written behind
+    (each object heads for the disk as soon as it is written) and fsynced before commit()."""
 
     def __init__(self, output: str):
         self.output = output
         self.partial = output + ".partial"
         self.fd: Optional[int] = None
         self.size: Optional[int] = None
+        self.behind: Optional[WriteBehind] = None
 
     def _open(self) -> int:
         if self.fd is None:
             self.fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            self.behind = WriteBehind(self.fd)
         return self.fd
 
     def __call__(self, index: int, data: bytes) -> None:
@@ -93,7 +97,8 @@ class FileSink:
                 os.ftruncate(fd, self.size)
             return
         (offset,) = OFFSET.unpack_from(data)
-        os.pwrite(fd, memoryview(data)[OFFSET.size:], offset)
+        written = os.pwrite(fd, memoryview(data)[OFFSET.size:], offset)
+        self.behind.wrote(offset, written)
 
     def commit(self) -> None:
         fd = self._open()
@@ -161,6 +166,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 source = file_source(args.file, args.object_size, sizes)
             result = Sender(config, source).run().to_dict()
         else:
+            return_large_allocations()
             sink = FileSink(args.output)
             from .receiver import Receiver, ReceiverConfig  # pylint: disable=import-outside-toplevel
             config = ReceiverConfig(group=args.group, port=args.port, address=address,

@@ -66,6 +66,7 @@ class Peer:
     requests: int = 0
     bytes_done: int = 0
     frontier: int = 0                # one past the highest object it has started
+    lowest_missing: int = 0          # every object before this one it holds (as of its last STATUS)
     free: int = START_CREDIT         # bytes of window it has free (as of its last STATUS)
     paces: bool = True               # its room limits the first pass (not a late joiner)
     floor: int = 0                   # objects before this one it is not expected to hold
@@ -142,7 +143,8 @@ class Membership:
         return [], []
 
     def _status(self, peer: Peer, body: bytes, now: float) -> List[Request]:
-        dummy, delivered, datagrams, overflow, done_bytes, frontier, free, count = wire.STATUS_HEAD.unpack_from(body)
+        (dummy, delivered, lowest_missing, overflow, done_bytes, frontier, free, datagrams,
+         count) = wire.STATUS_HEAD.unpack_from(body)
         progress = (delivered, done_bytes, frontier)
         if progress != peer.progress:
             peer.progress, peer.progress_at = progress, now
@@ -160,7 +162,7 @@ class Membership:
             peer.progress_at = now
             peer.readmitted += 1
         peer.delivered, peer.bytes_done, peer.overflow = delivered, done_bytes, overflow
-        peer.frontier, peer.free = frontier, free
+        peer.frontier, peer.free, peer.lowest_missing = frontier, free, lowest_missing
         requests = []
         offset = wire.STATUS_HEAD.size
         for dummy in range(min(count, wire.REQUESTS_PER_STATUS)):
@@ -168,6 +170,20 @@ class Membership:
             offset += wire.REQUEST.size
         peer.requests += len(requests)
         return requests
+
+    def held_by_all(self) -> int:
+        """How many first objects every receiver of the session holds already (resumed receives of
+        the same image report them as delivered), so that the first pass need not send them: 0
+        until at least min_receivers take part, every expected receiver among them, and each
+        has reported. A receiver that joins later, or one dropped meanwhile, fetches them through
+        the carousel like anything else it lacks."""
+        taking_part = [peer for peer in self.peers.values() if peer.state in ("active", "done")]
+        if len(taking_part) < max(1, self.policy.min_receivers):
+            return 0
+        names = {peer.name for peer in taking_part}
+        if any(expected not in names for expected in self.policy.expected):
+            return 0
+        return min(peer.lowest_missing for peer in taking_part)
 
     def _match_name(self, name: str, address: str) -> str:
         for expected in self.policy.expected:

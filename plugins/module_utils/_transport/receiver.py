@@ -354,8 +354,9 @@ class Receiver:
     def _status_head(self, drops: int, room: int, requests: int) -> bytes:
         core = self.core
         core.reported_free = room
-        return wire.STATUS_HEAD.pack(self.receiver_id, core.delivered, core.authentic & 0xFFFFFFFF, drops,
-                                     core.delivered_bytes, core.frontier, max(0, room), requests)
+        return wire.STATUS_HEAD.pack(self.receiver_id, core.delivered, core.lowest_missing, drops,
+                                     core.delivered_bytes, core.frontier, max(0, room),
+                                     core.authentic & 0xFFFFFFFF, requests)
 
     # --- data ------------------------------------------------------------------------------------
     def _rows(self, rows, now: float) -> None:

@@ -83,6 +83,7 @@ class SendResult:
     digest: str
     session_id: str
     mmsg: bool = False                 # without GSO: sendmmsg sent many datagrams per call
+    skipped_objects: int = 0           # first-pass objects every receiver held already (resumed), not sent
 
     def to_dict(self) -> dict:
         value = dict(self.__dict__)
@@ -152,6 +153,7 @@ class Sender:
         self.pool = BufferPool(wire.DATAGRAM)
         self.repairs = RepairScheduler()
         self.next_index = 0                # first pass position
+        self.skipped = 0                   # first-pass objects every receiver held already
         self.rates = RateControl(config.rate_cap, config.start_rate, config.min_rate)
         self.rate = self.rates.rate
         self.flow = FlowGate()
@@ -224,7 +226,10 @@ class Sender:
                     continue
                 prepared = self._prepare(index)
                 with self._prefetch_ready:
-                    self._prefetched[index] = prepared
+                    if index < self._prefetch_taken:
+                        self.pool.give(prepared.rows)      # skipped meanwhile: every receiver has it
+                    else:
+                        self._prefetched[index] = prepared
                     self._prefetch_ready.notify_all()
                 self._wake()
         except BaseException as err:
@@ -259,6 +264,29 @@ class Sender:
         entry = self.meta.get
         return self.flow.room(self.peers.values(), prepared.index, prepared.rows.shape[0],
                               lambda sent: (entry(sent) or (None,))[0], time.monotonic())
+
+    def _skip_held(self, final: Optional[int]) -> None:
+        """Move the first pass past the objects every receiver already holds (resumed receives of
+        this image): they are neither read nor sent. Only when the source names its image (what
+        receivers report as their digest); a plain session's digest needs every object's META."""
+        if self.next_index == 0 or not self.source.image_id():
+            return
+        below = self.members.held_by_all()
+        if final is not None:
+            below = min(below, final)
+        if below <= self.next_index:
+            return
+        with self._prefetch_ready:
+            for index in range(self._prefetch_taken, below):
+                prepared = self._prefetched.pop(index, None)
+                if prepared is not None:
+                    self.pool.give(prepared.rows)
+            self._prefetch_taken = max(self._prefetch_taken, below)
+            self._prefetch_claimed = max(self._prefetch_claimed, below)
+            self._prefetch_ready.notify_all()
+        self.skipped += below - self.next_index
+        self.next_index = below
+        self._announce(final)
 
     def _next_first_pass(self) -> Optional[_Prepared]:
         with self._prefetch_ready:
@@ -471,6 +499,9 @@ class Sender:
                 self._send_fragments(prepared, 0, prepared.rows.shape[0], repair=True)
             return True
         if final is None or self.next_index < final:
+            self._skip_held(final)
+            if final is not None and self.next_index >= final:
+                return False
             if not self._room_for_next():
                 return False
             prepared = self._next_first_pass()
@@ -495,4 +526,4 @@ class Sender:
                           whole_object_resends=self.resends, seconds=round(seconds, 3),
                           final_rate=self.rate, flow_holds=self.flow.holds, gso=self.gso, encrypted=self.cipher is not None,
                           digest=digest.hex(), session_id=f"{self.session_id:016x}",
-                          mmsg=self.batch is not None and not self.gso)
+                          mmsg=self.batch is not None and not self.gso, skipped_objects=self.skipped)

@@ -58,9 +58,9 @@ WELCOME_BODY = struct.Struct(">QQ")
 END_BODY = struct.Struct(">B")
 DONE_ACK_BODY = struct.Struct(">Q")
 JOIN_BODY = struct.Struct(">QQ")
-# receiver id, delivered, authentic data datagrams taken (mod 2**32), overflow, bytes done, frontier,
-# free window bytes, requests
-STATUS_HEAD = struct.Struct(">QIIIQIQB")
+# receiver id, delivered, lowest missing, overflow, bytes done, frontier, free window bytes,
+# authentic data datagrams taken (mod 2**32), requests
+STATUS_HEAD = struct.Struct(">QIIIQIQIB")
 REQUEST = struct.Struct(">BIII")
 REQUESTS_PER_STATUS = 80
 DONE_BODY = struct.Struct(">QI32s")    # receiver id, objects, final digest (image id)
