@@ -147,6 +147,9 @@ def inventory(lab, server, ctl_key, run_dir, power=True, ghost=False, receiver_t
             "multicast_image_max_wait": 900,
             "multicast_image_receiver_timeout": receiver_timeout,
             "multicast_image_drop_after": 20,
+            # A TCG guest takes 2-3 MB/s of datagrams (its virtual NIC's queue drops the rest,
+            # which its kernel never sees): the sender would otherwise send faster than they take.
+            "multicast_image_rate_mbit": int(os.environ.get("FLEETCAST_E2E_RATE_MBIT", "24")),
             "multicast_image_poll_interval": 5,
         },
         "children": {
