@@ -83,7 +83,16 @@ def test_disk_with_mounted_partition_window_is_refused(loop_disk, tmp_path, othe
         while any(mount.mountpoint == str(mountpoint) for mount in aliases.mounts()):
             assert time.monotonic() < deadline, "the private namespace kept its mount"
             time.sleep(0.1)
-    fd = open_target(disk.device)  # unmounted and detached: writable again
+    # unmounted and detached: writable again, once the kernel has let go of the file system (it
+    # tears it down after the namespace is gone, later on a loaded machine)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            fd = open_target(disk.device)
+            break
+        except UnsafeTargetError as err:
+            assert "claimed by another program" in str(err) and time.monotonic() < deadline, err
+            time.sleep(0.1)
     os.close(fd)
 
 
