@@ -192,11 +192,33 @@ def playbook(server, inv, playbooks, log_path, extra=()):
 
 
 def summary_rows(output):
+    """Each participant's row of the run: from the run's JSON report (its path is in the summary),
+    else from the printed summary."""
+    match = re.search(r"Data: (\S+\.json)", output)
+    if match and os.path.isfile(match.group(1)):
+        with open(match.group(1), encoding="utf-8") as handle:
+            report = json.load(handle)
+        rows = {}
+        for host in report.get("hosts", []):
+            identity = host.get("identity") or {}
+            reason = host.get("reason") or ""
+            rows[host["name"]] = {
+                "result": "FAILED" if host.get("outcome") == "failed" else host.get("outcome"),
+                "bytes": host.get("bytes"), "seconds": host.get("seconds"),
+                "identity": "verified" if identity.get("verified") else "no",
+                "rest": (f"at {host['failed_stage']}: {reason}" if host.get("failed_stage") else reason)}
+        return rows
+    return printed_summary_rows(output)
+
+
+def printed_summary_rows(output):
     rows = {}
     for line in output.splitlines():
         line = line.strip().strip('",').replace("\\n", "\n")
         for part in line.split("\n"):
-            match = re.match(r"^(p\d+)\s+(ok|FAILED|skipped|planned)\s+(\S+)\s+(\S+)\s+(\S+)(.*)$", part.strip())
+            # a row as the stock callback prints the summary's list: "- p1  ok  ..."
+            match = re.match(r"^(p\d+)\s+(ok|FAILED|skipped|planned)\s+(\S+)\s+(\S+)\s+(\S+)(.*)$",
+                             part.strip().lstrip("- ").strip("'"))
             if match:
                 rows[match.group(1)] = {"result": match.group(2), "bytes": match.group(3), "seconds": match.group(4),
                                         "identity": match.group(5), "rest": match.group(6).strip()}
