@@ -83,3 +83,30 @@ def test_capture_without_a_master_or_an_image_name_is_refused(tmp_path):
                        "    imaging_server:\n      hosts:\n        imgsrv01:\n", playbook="capture.yml")
     _assert_refused(run, out, "imgsrv01 failed at capture: imgsrv01: set imaging_image_name (the name of the image "
                     "file, without directory or .fcimg) and imaging_image_dir (the directory of images on this server).")
+
+
+FAILED_AT_BOOT = """\
+all:
+  vars: {ansible_connection: local, ansible_python_interpreter: /usr/bin/python3}
+  children:
+    imaging_server:
+      hosts:
+        imgsrv01:
+    imaging_participants:
+      hosts:
+        ws01:
+          imaging_failure: {stage: boot, msg: "ws01: not reached: no SSH answer"}
+        ws02:
+"""
+
+
+@pytest.mark.timeout(120)
+def test_capture_s_report_leaves_participants_to_deploy_s(tmp_path):
+    # `boot.yml capture.yml deploy.yml`: ansible-playbook runs no later playbook once a host failed
+    # in an earlier one, so capture.yml's report must not fail a participant boot.yml did not
+    # reach (deploy.yml's report does, after the others were deployed).
+    run, out = _deploy(tmp_path, FAILED_AT_BOOT, "-e", "imaging_report_capture_only=true", playbook="report.yml")
+    assert run.returncode == 0, run.stdout[-3000:]
+    run, out = _deploy(tmp_path, FAILED_AT_BOOT, playbook="report.yml")
+    _assert_refused(run, out, "ws01 failed at boot: ws01: not reached: no SSH answer")
+    assert "ws02 failed" not in out
