@@ -313,10 +313,15 @@ class Cutter(threading.Thread):
                 # session (data, repairs, reports) is cut, the SSH connection of Ansible stays, so
                 # the participant is reported by its own receiver. (A cut of everything makes the
                 # host UNREACHABLE in Ansible's recap instead.)
-                rules = (f"table bridge fleetcast_e2e_cut {{ chain forward {{ type filter hook forward priority 0; "
-                         f"policy accept; oifname \"{self.tap}\" meta l4proto udp drop; "
-                         f"iifname \"{self.tap}\" meta l4proto udp drop; }} }}")
-                run(["ip", "netns", "exec", self.switch, "nft", rules], check=False)
+                rules = ("table bridge fleetcast_e2e_cut {\n chain forward {\n"
+                         "  type filter hook forward priority 0; policy accept;\n"
+                         f"  oifname \"{self.tap}\" meta l4proto udp drop\n"
+                         f"  iifname \"{self.tap}\" meta l4proto udp drop\n }}\n}}\n")
+                done = run(["ip", "netns", "exec", self.switch, "nft", "-f", "-"], input=rules, text=True,
+                           capture_output=True, check=False)
+                if done.returncode:
+                    log(f"could not cut {self.tap}: {done.stderr.strip()}")
+                    return
                 self.cut_at = time.time()
                 log(f"cut {self.tap}: the participant's multicast session is gone ({(now - base) >> 20} MiB had reached it)")
                 return
