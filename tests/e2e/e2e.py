@@ -56,6 +56,7 @@ MACHINES = {
 PARTICIPANTS = ["p1", "p2", "p3"]
 CUT = "p3"
 GHOST = "p4"
+UNBOOTABLE = "p2"              # run 2: its clone's MBR loses its boot code before it boots from disk
 
 
 def log(text):
@@ -104,7 +105,7 @@ def read_disk_file(name, rel):
         run(["losetup", "--detach", loop], check=False)
 
 
-def inventory(lab, server, ctl_key, run_dir, power=True, ghost=False, receiver_timeout=900):
+def inventory(lab, server, ctl_key, run_dir, power=True, ghost=False, receiver_timeout=900, unbootable=None):
     known = os.path.join(LAB_DIR, "boot_known_hosts")
     hosts = {}
     for name, (firmware, address, boot_address, mac) in MACHINES.items():
@@ -112,6 +113,9 @@ def inventory(lab, server, ctl_key, run_dir, power=True, ghost=False, receiver_t
                        "imaging_boot_address": boot_address, "ansible_host": boot_address,
                        "imaging_boot_power_command": [sys.executable, os.path.join(HERE, "vmlab.py"),
                                                       "power-on", LAB_DIR, name]}
+    if unbootable:
+        # it will not come up: no need to wait the default ten minutes for it
+        hosts[unbootable]["imaging_boot_verify_timeout"] = 120
     if ghost:
         # A participant that never network-boots (switched off, PXE disabled): "not reached".
         hosts[GHOST] = {"imaging_boot_mac": "52:54:00:e2:e0:24", "imaging_boot_firmware": "bios",
@@ -408,7 +412,9 @@ def main():
         os.makedirs(run2)
         # Run 2 sends the image file (no capture to wait for): a receiver whose network is cut
         # gives up after two minutes of silence.
-        inv = inventory(lab, server, ctl_key, run2, ghost=True, receiver_timeout=120)
+        inv = inventory(lab, server, ctl_key, run2, ghost=True, receiver_timeout=120, unbootable=UNBOOTABLE)
+        with open(os.path.join(LAB_DIR, f"{UNBOOTABLE}.unbootable"), "w", encoding="ascii"):
+            pass
         cutter = Cutter(lab.switch, vms[CUT]["tap"], after=40 << 20)
         watch = threading.Thread(target=start_cutter_when_multicast, args=(os.path.join(run2, "ansible.log"), cutter),
                                  daemon=True)
@@ -437,7 +443,12 @@ def main():
             failures.append(f"run 2: {GHOST} (never powered on) is not FAILED 'not reached': {ghost}")
         else:
             log(f"run 2: {GHOST}: {ghost['rest']}")
-        others = [name for name in PARTICIPANTS if name != CUT]
+        broken = rows.get(UNBOOTABLE, {})
+        if broken.get("result") != "FAILED" or "did not boot" not in broken.get("rest", ""):
+            failures.append(f"run 2: {UNBOOTABLE} (its clone cannot boot) is not FAILED 'did not boot': {broken}")
+        else:
+            log(f"run 2: {UNBOOTABLE}: {broken['rest']}")
+        others = [name for name in PARTICIPANTS if name not in (CUT, UNBOOTABLE)]
         for name in others:
             if rows.get(name, {}).get("result") != "ok" or rows[name].get("identity") != "verified":
                 failures.append(f"run 2: {name} is not 'ok, verified' in the summary: {rows.get(name)}")
