@@ -28,8 +28,8 @@ MAX_RATE = 10 * 1000 ** 3
 # A receiver silent this long no longer holds the first pass back (a busy slow host may report
 # only every few hundred ms).
 PACING_SILENCE = 1.0
-MAX_HOLD = 1.0                     # nor one short of room that data did not reach for this long,
-LAG_HOLD = 5.0                     # nor one short of room this long while another has room (lagging)
+MAX_HOLD = 1.0                     # one short of room that data did not reach this long stops pacing,
+LAG_HOLD = 5.0                     # as does one short of room this long while another has room (lagging)
 CUT_EVERY = 0.3                    # reports already on their way describe the old rate: one cut per this
 
 
