@@ -169,21 +169,40 @@ class ChunkRecord:
         return ChunkEntry(self.index, self.disk, self.offset, self.length, self.kind, self.digest,
                           file_offset, RECORD.size + RECORD_CRC.size + len(self.payload))
 
-    def decompress_verified(self) -> bytes:
-        """The raw bytes of this chunk, checked against its SHA-256; ChunkCorruptError otherwise."""
+    def decompress_verified(self, into: Optional[memoryview] = None) -> Union[bytes, memoryview]:
+        """The raw bytes of this chunk, checked against its SHA-256; ChunkCorruptError otherwise.
+        `into`: a writable buffer of at least `length` bytes to decode into (a page-aligned one
+        lets the bytes go to the disk direct); its first `length` bytes are then returned."""
         where = _where(self.index, self.disk, self.offset)
         if self.kind == "zero":
             if self.digest != zero_digest(self.length):
                 raise ChunkCorruptError(f"Zero {where} carries a digest that is not that of {self.length} zero bytes.")
             return bytes(self.length)
         try:
-            raw = _decompressor().decompress(self.payload, max_output_size=self.length)
+            if into is not None and len(into) >= self.length:
+                raw = into[:self.length]
+                decoded = _decompress_into(self.payload, raw)
+            else:
+                raw = _decompressor().decompress(self.payload, max_output_size=self.length)
+                decoded = len(raw)
         except zstandard.ZstdError as err:
             raise ChunkCorruptError(f"{_cap(where)} cannot be decompressed: {err}.") from None
-        if len(raw) != self.length or hashlib.sha256(raw).digest() != self.digest:
+        if decoded != self.length or hashlib.sha256(raw).digest() != self.digest:
             raise ChunkCorruptError(f"{_cap(where)} failed its SHA-256 check "
-                                    f"({len(raw)} of {self.length} bytes decoded).")
+                                    f"({decoded} of {self.length} bytes decoded).")
         return raw
+
+
+def _decompress_into(payload: bytes, target: memoryview) -> int:
+    """Decode a zstd frame into `target`: the bytes decoded, len(target) + 1 if the frame holds more."""
+    done = 0
+    with _decompressor().stream_reader(payload) as reader:
+        while done < len(target):
+            got = reader.readinto(target[done:])
+            if not got:
+                return done
+            done += got
+        return done + 1 if reader.read(1) else done
 
 
 @dataclass

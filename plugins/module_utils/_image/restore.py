@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .._errors import FleetcastError, ImageError, ValidationError
-from .._writeback import WriteBehind
+from .._writeback import DiskWriter, pwrite_all, scratch
 from .capture import LAYOUT_FORMAT
 from . import sectors
 from .format import ChunkEntry, ChunkRecord, ImageReader, Manifest, image_id
@@ -145,7 +145,7 @@ class RestoreSession:
         # per image disk converted to another sector size: the target's own table areas, which
         # chunks captured around the master's (smaller) table must not overwrite
         self._guard: Dict[int, List[Any]] = {}
-        self._behind: Dict[int, WriteBehind] = {}   # per descriptor written: write-behind (_writeback)
+        self._writers: Dict[int, DiskWriter] = {}   # per descriptor written: direct or behind (_writeback)
 
     # -- validation: reads only -------------------------------------------------------------
     def validate(self) -> RestorePlan:
@@ -420,29 +420,29 @@ class RestoreSession:
         target, not the shrink's scratch file, which is read back later)."""
         from .._disk import blockdev
 
-        raw = record.decompress_verified()
+        raw = record.decompress_verified(into=scratch(record.length) if record.kind != "zero" else None)
         target = self.targets[record.disk]
         try:
             pieces = sectors.outside(record.offset, record.length, guard)
             for start, length in pieces:
                 if record.kind == "zero":
                     blockdev.zero_range(fd, offset + start, length)
+                elif behind:
+                    self._writer(fd).write(memoryview(raw)[start:start + length], offset + start)
                 else:
-                    _pwrite_all(fd, memoryview(raw)[start:start + length], offset + start)
-                    if behind:
-                        self._written_behind(fd, offset + start, length)
+                    pwrite_all(fd, memoryview(raw)[start:start + length], offset + start)
         except OSError as err:
             raise FleetcastError(f"Writing chunk {record.index} at offset {record.offset} of {target} failed: "
                                  f"{err.strerror}.") from None
 
-    def _written_behind(self, fd: int, offset: int, length: int) -> None:
-        """Start writing a chunk just written to the disk, bounding what waits in the page cache
-        (finish() still fsyncs every target before it reports)."""
+    def _writer(self, fd: int) -> DiskWriter:
+        """The writer of a target: chunks go to the disk direct where aligned, else written behind,
+        bounding what waits in the page cache (finish() still fsyncs every target before it reports)."""
         with self._lock:
-            behind = self._behind.get(fd)
-            if behind is None:
-                behind = self._behind[fd] = WriteBehind(fd)
-        behind.wrote(offset, length)
+            writer = self._writers.get(fd)
+            if writer is None:
+                writer = self._writers[fd] = DiskWriter(fd)
+            return writer
 
     def written_image_id(self) -> str:
         """The image id of what this session verified and wrote (the receiver's digest)."""
@@ -488,7 +488,9 @@ class RestoreSession:
 
     def _close(self) -> None:
         self._fds.clear()
-        self._behind.clear()
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
         for held in self._claims:
             held.release()
         self._claims = []
@@ -560,7 +562,7 @@ class _Shrink:
                 piece = os.pread(fd, min(length, 4 << 20), offset)
                 if not piece:
                     raise FleetcastError(f"The shrunk filesystem for {where} ended early at {offset}.")
-                _pwrite_all(target_fd, piece, start + offset)
+                pwrite_all(target_fd, piece, start + offset)
                 offset, length = offset + len(piece), length - len(piece)
 
     def close(self) -> None:
@@ -568,13 +570,6 @@ class _Shrink:
             os.close(fd)
             os.unlink(path)
         self.routes.clear()
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        done = os.pwrite(fd, view, offset)
-        view, offset = view[done:], offset + done
 
 
 def _first_mismatch(target: str, entries: List[ChunkEntry], threads: int = 0,

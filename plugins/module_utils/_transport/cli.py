@@ -20,7 +20,7 @@ import sys
 from typing import List, Optional, Sequence
 
 from .._errors import FleetcastError
-from .._writeback import WriteBehind
+from .._writeback import DiskWriter
 from .netio import interface_address, return_large_allocations
 from .source import ReaderSource, SpoolSource
 
@@ -43,9 +43,9 @@ def file_source(path: str, object_size: int, sizes: Sequence[int] = ()) -> Reade
         # one buffer, read into in place: no concatenation copy of the object
         offset = bounds[index - 1]
         length = bounds[index] - offset
-        record = bytearray(OFFSET.size + length)
-        OFFSET.pack_into(record, 0, offset)
-        if os.preadv(fd, [memoryview(record)[OFFSET.size:]], offset) != length:
+        record = bytearray(length + OFFSET.size)
+        OFFSET.pack_into(record, length, offset)
+        if os.preadv(fd, [memoryview(record)[:length]], offset) != length:
             raise FleetcastError(f"{path} became shorter while it was being sent (object {index}).")
         return record
 
@@ -65,7 +65,7 @@ def stream_source(stream, object_size: int, sizes: Sequence[int] = ()) -> SpoolS
             data = stream.read(pattern[number % len(pattern)])     # blocks until that much or the end
             if not data:
                 return
-            yield OFFSET.pack(offset) + data
+            yield data + OFFSET.pack(offset)
             offset += len(data)
             number += 1
 
@@ -73,20 +73,22 @@ def stream_source(stream, object_size: int, sizes: Sequence[int] = ()) -> SpoolS
 
 
 class FileSink:
-    """Objects of `file_source` back into a file, in whatever order they arrive; written behind
-    (each object heads for the disk as soon as it is written) and fsynced before commit()."""
+    """Objects of `file_source` back into a file, in whatever order they arrive. An object is its
+    bytes, then their offset in the file (a trailer, so that the bytes start where the reassembly
+    buffer starts, on a page boundary, and go to the disk direct: ``_writeback.DiskWriter``); the
+    file is fsynced before commit()."""
 
     def __init__(self, output: str):
         self.output = output
         self.partial = output + ".partial"
         self.fd: Optional[int] = None
         self.size: Optional[int] = None
-        self.behind: Optional[WriteBehind] = None
+        self.writer: Optional[DiskWriter] = None
 
     def _open(self) -> int:
         if self.fd is None:
             self.fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            self.behind = WriteBehind(self.fd)
+            self.writer = DiskWriter(self.fd)
         return self.fd
 
     def __call__(self, index: int, data: bytes) -> None:
@@ -96,18 +98,20 @@ class FileSink:
             if self.size >= 0:           # -1: a stream, whose size nobody knew
                 os.ftruncate(fd, self.size)
             return
-        (offset,) = OFFSET.unpack_from(data)
-        written = os.pwrite(fd, memoryview(data)[OFFSET.size:], offset)
-        self.behind.wrote(offset, written)
+        view = memoryview(data).cast("B")
+        (offset,) = OFFSET.unpack_from(view, len(view) - OFFSET.size)
+        self.writer.write(view[:len(view) - OFFSET.size], offset)
 
     def commit(self) -> None:
         fd = self._open()
         os.fsync(fd)
-        os.close(fd)
-        self.fd = None
+        self.close()
         os.rename(self.partial, self.output)
 
     def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
