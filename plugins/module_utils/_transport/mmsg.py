@@ -1,8 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: fleetcast.imaging developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Many datagrams per system call without UDP GSO/GRO: ``sendmmsg(2)`` and ``recvmmsg(2)``
-through ctypes.
+"""Many datagrams per system call: ``sendmmsg(2)`` and ``recvmmsg(2)`` through ctypes, without UDP
+GSO/GRO, and ``recvmmsg`` of several GRO buffers per call with it.
 
 Private to the collection: not a public API. Without offload, one system call per 1472-byte
 datagram was most of the transport's cost on both sides; with these one call sends up to ``BATCH``
@@ -29,6 +29,11 @@ from .wire import DATAGRAM
 
 BATCH = 64                      # datagrams per sendmmsg (a burst the size of a GSO send)
 RECEIVE_BATCH = 256             # datagrams per recvmmsg at most (a 377 KB array)
+GRO_ROWS = 44                   # full datagrams in one GRO buffer at most (UDP GRO stops at 64 KiB)
+GRO_BATCH = 8                   # GRO buffers per recvmmsg (a 518 KB array)
+GRO_SPILL = 1024                # room after the 44 rows: a shorter datagram GRO appended (65507 - 64768 at most)
+SOL_UDP = 17
+UDP_GRO = 104
 MSG_TRUNC = 0x20
 MSG_DONTWAIT = 0x40
 _RETRY = (errno.EINTR,)
@@ -188,6 +193,95 @@ class BatchReceiver:
     def source(self, number: int) -> Tuple[str, int]:
         name = self.vectors.names[number]
         return socket.inet_ntoa(bytes(name.sin_addr)), int.from_bytes(bytes(name.sin_port), "big")
+
+
+class _Control(ctypes.Structure):
+    # struct cmsghdr followed by one int: what UDP_GRO puts in each message's control buffer
+    _fields_ = [("cmsg_len", ctypes.c_size_t), ("cmsg_level", ctypes.c_int), ("cmsg_type", ctypes.c_int),
+                ("value", ctypes.c_int), ("pad", ctypes.c_int)]
+
+
+_CONTROL_VIEW = None if np is None else np.dtype({
+    "names": ["level", "type", "value"], "formats": [np.int32, np.int32, np.int32],
+    "offsets": [_Control.cmsg_level.offset, _Control.cmsg_type.offset, _Control.value.offset],
+    "itemsize": ctypes.sizeof(_Control)})
+_CONTROLLEN_VIEW = None if np is None else np.dtype({
+    "names": ["controllen"], "formats": [np.uintp],
+    "offsets": [MMsgHdr.msg_hdr.offset + MsgHdr.msg_controllen.offset], "itemsize": ctypes.sizeof(MMsgHdr)})
+
+
+class GroBatchReceiver:
+    """Receives up to `capacity` GRO buffers per recvmmsg call on a socket with UDP_GRO on.
+
+    Buffer i lands in rows i * GRO_ROWS .. of one array, so that buffers of GRO_ROWS full datagrams
+    follow each other without a gap (several of them are then one run of rows), and whatever follows
+    those rows (a shorter datagram GRO appended) in ``spill[i]``. After ``count = receive()``:
+    ``lengths[:count]``, ``flags[:count]`` (MSG_TRUNC), ``segments(count)`` (the segment size GRO
+    reports, 0 for a datagram that came alone) and ``source(i)``."""
+
+    def __init__(self, sock: socket.socket, capacity: int = GRO_BATCH) -> None:
+        self.fd = sock.fileno()
+        self.capacity = capacity
+        self.rows = np.zeros((capacity * GRO_ROWS, DATAGRAM), dtype=np.uint8)
+        self.spill = np.zeros((capacity, GRO_SPILL), dtype=np.uint8)
+        self.iov = (IoVec * (2 * capacity))()
+        self.names = (SockAddrIn * capacity)()
+        self.controls = (_Control * capacity)()
+        self.headers = (MMsgHdr * capacity)()
+        self.address = ctypes.addressof(self.headers)
+        slot = GRO_ROWS * DATAGRAM
+        for number, header in enumerate(self.headers):
+            self.iov[2 * number].iov_base = self.rows.ctypes.data + number * slot
+            self.iov[2 * number].iov_len = slot
+            self.iov[2 * number + 1].iov_base = self.spill.ctypes.data + number * GRO_SPILL
+            self.iov[2 * number + 1].iov_len = GRO_SPILL
+            header.msg_hdr.msg_name = ctypes.addressof(self.names) + number * ctypes.sizeof(SockAddrIn)
+            header.msg_hdr.msg_namelen = ctypes.sizeof(SockAddrIn)
+            header.msg_hdr.msg_iov = ctypes.addressof(self.iov) + 2 * number * ctypes.sizeof(IoVec)
+            header.msg_hdr.msg_iovlen = 2
+            header.msg_hdr.msg_control = ctypes.addressof(self.controls) + number * ctypes.sizeof(_Control)
+        results = np.frombuffer(self.headers, dtype=_RESULT_VIEW)
+        self.lengths = results["len"]
+        self.flags = results["flags"]
+        # the kernel writes back how much control data it put: reset to the room before each call
+        self.controllen = np.frombuffer(self.headers, dtype=_CONTROLLEN_VIEW)["controllen"]
+        self.control = np.frombuffer(self.controls, dtype=_CONTROL_VIEW)
+        self.control_room = ctypes.sizeof(_Control)
+
+    def receive(self) -> int:
+        """GRO buffers received, 0 if none is waiting (never blocks); OSError on any error."""
+        self.controllen[:] = self.control_room
+        while True:
+            count = LIBC.recvmmsg(self.fd, self.address, self.capacity, MSG_DONTWAIT, None)
+            if count >= 0:
+                return count
+            code = ctypes.get_errno()
+            if code in _WOULD_BLOCK:
+                return 0
+            if code not in _RETRY:
+                raise _error(code)
+
+    def segments(self, count: int) -> "np.ndarray":
+        control = self.control[:count]
+        present = ((self.controllen[:count] >= _Control.pad.offset) & (control["level"] == SOL_UDP)
+                   & (control["type"] == UDP_GRO))
+        return np.where(present, control["value"], 0)
+
+    def message(self, number: int) -> bytes:
+        """The whole of buffer `number` as bytes (for control datagrams, which are rare)."""
+        length = int(self.lengths[number])
+        slot = GRO_ROWS * DATAGRAM
+        head = self.rows[number * GRO_ROWS:(number + 1) * GRO_ROWS].reshape(-1)[:min(length, slot)].tobytes()
+        return head + self.spill[number, :max(0, length - slot)].tobytes()
+
+    def source(self, number: int) -> Tuple[str, int]:
+        name = self.names[number]
+        return socket.inet_ntoa(bytes(name.sin_addr)), int.from_bytes(bytes(name.sin_port), "big")
+
+
+def gro_batch_receiver(sock: socket.socket) -> Optional[GroBatchReceiver]:
+    """A GroBatchReceiver for a socket with UDP_GRO on, or None for one GRO buffer per call."""
+    return GroBatchReceiver(sock) if mmsg_wanted() else None
 
 
 def batch_sender(sock: socket.socket, destination: Tuple[str, int]) -> Optional[BatchSender]:

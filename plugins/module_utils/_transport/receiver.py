@@ -30,7 +30,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .._errors import TransportError
 from . import gcm, wire
-from .mmsg import MSG_TRUNC, batch_receiver
+from .mmsg import GRO_ROWS, MSG_TRUNC, batch_receiver, gro_batch_receiver
 from .netio import disable_gro, gro_segment_size, np, receiver_sockets, renew_membership, udp_receive_errors
 from .reassembly import MISSING, Reassembly
 
@@ -124,8 +124,11 @@ class Receiver:
         self.data_sock.setblocking(False)
         # without GRO, recvmmsg where libc has it; else one recvfrom per datagram (the last resort)
         self.batch = None
+        self.gro_batch = None
         if not self.gro:
             self._use_batches()
+        else:
+            self._use_gro_batches()
         self.gro_dropped = False           # GRO was on but coalesced nothing: batches instead
         self.datagrams = 0
         self.receive_calls = 0
@@ -166,6 +169,17 @@ class Receiver:
             self.batch_rows = [self.batch.rows[number:number + 1] for number in range(self.batch.capacity)]
             self.batch_payloads = [row[0, wire.DATA_HEADER_SIZE:] for row in self.batch_rows]
 
+    def _use_gro_batches(self) -> None:
+        """Several GRO buffers per call where recvmmsg is there: a full buffer holds 44 datagrams,
+        so one buffer per call still cost about 30 us of Python and numpy per 64 KB; buffers that
+        follow each other go to `_rows` as one run."""
+        self.gro_batch = gro_batch_receiver(self.data_sock)
+        if self.gro_batch is not None:   # each slot's first row and its payload as views, for `_one`
+            rows = self.gro_batch.rows
+            self.gro_singles = [rows[number * GRO_ROWS:number * GRO_ROWS + 1]
+                                for number in range(self.gro_batch.capacity)]
+            self.gro_payloads = [row[0, wire.DATA_HEADER_SIZE:] for row in self.gro_singles]
+
     def _gro_coalesces(self) -> bool:
         """False once GRO has handed over GRO_PROBE authentic data datagrams one by one and never
         several in one buffer: the kernel offers the option but the device does not coalesce (no
@@ -177,6 +191,7 @@ class Receiver:
         if disable_gro(self.data_sock):
             self.gro = False
             self.gro_dropped = True
+            self.gro_batch = None
             self._use_batches()
         return False
 
@@ -391,6 +406,56 @@ class Receiver:
             self.receive_calls += 1
             self.datagrams += data
 
+    def _gro_buffers(self, count: int, now: float) -> None:
+        """The GRO buffers of one recvmmsg call, in order. Data rows of buffers that follow each
+        other without a gap (every buffer but the run's last one full) go to `_rows` in one call; a
+        datagram that came alone goes to `_one` (it counts towards the GRO probe); control
+        datagrams, alone, GRO-coalesced among themselves or appended shorter after data rows, are
+        split by the segment size the kernel reports. A buffer cut short (MSG_TRUNC) is ignored."""
+        batch = self.gro_batch
+        lengths = batch.lengths[:count].tolist()
+        segments = batch.segments(count).tolist()
+        flags = batch.flags[:count].tolist()
+        run = [0, 0]                                  # rows run[0]:run[1] wait for `_rows`
+        datagrams = 0
+
+        def flush() -> None:
+            if run[1] > run[0] and self.keys is not None:
+                self._rows(batch.rows[run[0]:run[1]], now)
+            run[0] = run[1] = 0
+
+        for number in range(count):
+            length, segment = lengths[number], segments[number]
+            if flags[number] & MSG_TRUNC or not length:
+                continue
+            if segment == wire.DATAGRAM or (not segment and length == wire.DATAGRAM):
+                rows = min(length // wire.DATAGRAM, GRO_ROWS)
+                datagrams += rows
+                first = number * GRO_ROWS
+                if not segment:                       # it came alone
+                    flush()
+                    if self.keys is not None:
+                        self._one(self.gro_singles[number], self.gro_payloads[number], now)
+                elif run[1] == first and run[1] > run[0]:
+                    run[1] += rows                    # the previous buffer was full: one run
+                else:
+                    flush()
+                    run[0], run[1] = first, first + rows
+                if length > rows * wire.DATAGRAM:      # a shorter datagram GRO appended
+                    flush()
+                    self._control_datagram(batch.message(number)[rows * wire.DATAGRAM:], batch.source(number))
+                continue
+            flush()
+            whole = batch.message(number)
+            for start in range(0, length, segment or length):   # one size, coalesced, or alone
+                self._control_datagram(whole[start:start + (segment or length)], batch.source(number))
+        flush()
+        if datagrams and self.keys is not None:
+            self.receive_calls += 1
+            self.datagrams += datagrams
+            if self.gro and self.core.singles >= GRO_PROBE:
+                self._gro_coalesces()
+
     def _drain_rejected(self) -> None:
         while True:
             try:
@@ -464,7 +529,11 @@ class Receiver:
             if self.error is not None:
                 return
             try:
-                if self.gro:
+                if self.gro_batch is not None:
+                    size = self.gro_batch.receive()   # GRO buffers, not bytes; 0: none waiting
+                    if not size:
+                        raise BlockingIOError
+                elif self.gro:
                     size, ancillary, _flags, source = self.data_sock.recvmsg_into(
                         [self.buffer], socket.CMSG_SPACE(4))
                 elif self.batch is not None:
@@ -483,7 +552,14 @@ class Receiver:
                 heard = now
                 rejoin_after = REJOIN_AFTER
                 iterations += 1
-                if self.batch is not None:
+                if self.gro_batch is not None:
+                    drained = size < self.gro_batch.capacity
+                    self._gro_buffers(size, now)      # may turn GRO off (the probe)
+                    if drained:
+                        # drained: let buffers gather for a millisecond, as without GRO (one call
+                        # then takes several instead of one, each call's Python paid once)
+                        time.sleep(GATHER)
+                elif self.batch is not None:
                     self._batch(size, now)
                     if size < self.batch.capacity:
                         # drained: one call a millisecond later takes ~100 datagrams instead of a

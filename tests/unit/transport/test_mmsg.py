@@ -56,6 +56,7 @@ def test_layout_is_the_64_bit_kernel_abi():
     assert ctypes.sizeof(mmsg.MsgHdr) == 56 and ctypes.sizeof(mmsg.MMsgHdr) == 64
     assert mmsg.MsgHdr.msg_flags.offset == 48 and mmsg.MMsgHdr.msg_len.offset == 56
     assert ctypes.sizeof(mmsg.SockAddrIn) == 16 and ctypes.sizeof(mmsg.IoVec) == 16
+    assert ctypes.sizeof(mmsg._Control) == 24 and mmsg._Control.value.offset == 16   # CMSG_SPACE(4), CMSG_DATA
 
 
 def test_hundred_rows_arrive_byte_exact_with_lengths_and_source(pair):
@@ -202,3 +203,52 @@ def test_receiver_sorts_a_mixed_or_short_batch_datagram_by_datagram(pair):
         sending.sendto(_data(number), target)
     sorting._batch(sorting.batch.receive(), 0.0)
     assert sorting.seen == [("one", number) for number in range(VECTOR_FROM - 1)]
+
+
+UDP_SEGMENT = 103
+
+
+def _gso_send(sending, target, payload, segment):
+    """One send that the kernel splits into `segment`-byte datagrams (UDP GSO); looped back to a
+    socket with UDP_GRO on, it arrives whole, as a GRO buffer would."""
+    sending.setsockopt(mmsg.SOL_UDP, UDP_SEGMENT, segment)
+    sending.sendto(payload, target)
+
+
+class _GroSorting(_Sorting):
+    """A receiver reduced to `_gro_buffers`."""
+
+    def __init__(self, receiving):        # pylint: disable=super-init-not-called
+        receiving.setsockopt(mmsg.SOL_UDP, mmsg.UDP_GRO, 1)
+        self.gro = False                  # no GRO probe here
+        self.data_sock = receiving
+        Receiver._use_gro_batches(self)
+        self.keys = object()
+        self.datagrams = self.receive_calls = 0
+        self.seen = []
+
+
+def test_gro_buffers_that_follow_each_other_go_to_rows_as_one_run(pair):
+    sending, receiving = pair
+    sorting = _GroSorting(receiving)
+    target = receiving.getsockname()
+    full = b"".join(_data(number) for number in range(44))
+    for dummy in range(3):
+        _gso_send(sending, target, full, wire.DATAGRAM)                    # three full buffers
+    _gso_send(sending, target, full[:10 * wire.DATAGRAM], wire.DATAGRAM)  # a short one after them
+    sending.sendto(_data(99), target)                                     # a datagram alone
+    _gso_send(sending, target, full[:5 * wire.DATAGRAM] + b"\x03appended", wire.DATAGRAM)
+    _gso_send(sending, target, b"\x02" + b"a" * 99 + b"\x02" + b"b" * 99 + b"\x02tail", 100)   # control, coalesced
+    count = sorting.gro_batch.receive()
+    assert count == 7
+    assert sorting.gro_batch.segments(count).tolist() == [wire.DATAGRAM] * 4 + [0, wire.DATAGRAM, 100]
+    sorting._gro_buffers(count, 0.0)
+    source = sending.getsockname()
+    assert sorting.seen == [
+        ("rows", 142, list(range(44)) * 3 + list(range(10))),
+        ("one", 99),
+        ("rows", 5, list(range(5))),
+        ("control", b"\x03appended", source),
+        ("control", b"\x02" + b"a" * 99, source), ("control", b"\x02" + b"b" * 99, source),
+        ("control", b"\x02tail", source)]
+    assert (sorting.datagrams, sorting.receive_calls) == (148, 1)
