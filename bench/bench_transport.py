@@ -248,6 +248,9 @@ def main() -> int:
         with open(payload, "wb") as out:
             for _mib in range(args.size_mib):
                 out.write(os.urandom(1 << 20))
+    if args.durable:
+        # the payload on the disk before any run: else the first run's closing sync writes it too
+        syncfs(workdir)
     tools = args.tools.split(",")
     counts = [int(x) for x in args.receivers.split(",")]
     results = {}
