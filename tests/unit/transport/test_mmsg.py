@@ -147,7 +147,7 @@ class _Sorting(Receiver):
         self.batch = mmsg.BatchReceiver(receiving)
         self.batch_rows = [self.batch.rows[number:number + 1] for number in range(self.batch.capacity)]
         self.batch_payloads = [row[0, wire.DATA_HEADER_SIZE:] for row in self.batch_rows]
-        self.keys = object()
+        self.core = object()              # joined: data goes on
         self.datagrams = self.receive_calls = 0
         self.seen = []
 
@@ -223,7 +223,7 @@ class _GroSorting(_Sorting):
         self.gro = False                  # no GRO probe here
         self.data_sock = receiving
         Receiver._use_gro_batches(self)
-        self.keys = object()
+        self.core = object()              # joined: data goes on
         self.datagrams = self.receive_calls = 0
         self.seen = []
 
