@@ -42,6 +42,15 @@ options:
         C(recvmmsg) call); the environment variable E(FLEETCAST_NO_OFFLOAD=1) does the same.
     type: bool
     default: true
+  dscp:
+    description:
+      - DSCP class (RFC 2474) marked on every datagram of the session that this end sends (the
+        sender's data and control, each receiver's reports), so that the network's QoS policy can
+        tell imaging traffic apart; for example V(8) (CS1, lower effort) keeps a session from
+        crowding other traffic where the switches honour it. V(0) leaves the datagrams unmarked.
+      - Give the same value to the sender and the receivers.
+    type: int
+    default: 0
 notes:
   - While the session runs, SIGTERM (for example M(fleetcast.imaging.progress) cancelling, or the
     job being stopped) ends it at once; a sender that stops tells every receiver, which fail within

@@ -187,6 +187,7 @@ def main():
             timeout=dict(type="int", default=30),
             window_mib=dict(type="int", default=40),
             offload=dict(type="bool", default=True),
+            dscp=dict(type="int", default=0),
             mode=dict(type="raw", default="0600"),
             resume=dict(type="bool", default=True),
             resume_dir=dict(type="path", default="/var/lib/fleetcast/resume"),

@@ -249,6 +249,7 @@ def main():
             receiver_timeout=dict(type="int", default=8),
             encrypt=dict(type="bool", default=False),
             offload=dict(type="bool", default=True),
+            dscp=dict(type="int", default=0),
             progress_file=dict(type="path"),
             public_key=dict(type="str"),
             signature=dict(type="path"),

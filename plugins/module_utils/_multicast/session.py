@@ -79,6 +79,7 @@ class SessionSpec:
     group: str = "239.255.42.1"
     port: int = 9000
     offload: bool = True
+    dscp: int = 0
 
     @classmethod
     def from_options(cls, options: Dict[str, Any]):
@@ -161,6 +162,9 @@ def _network_failure(err: OSError, spec: SessionSpec, host: str) -> TransportErr
 
 
 def _address(spec: SessionSpec, host: str) -> str:
+    """The interface's address, once the options both ends share are valid."""
+    if not 0 <= spec.dscp <= 63:
+        raise ValidationError(f"{host}: dscp {spec.dscp} is not a DSCP class (0 to 63; 8 is CS1, lower effort).")
     try:
         return netio.interface_address(spec.interface)
     except TransportError as err:
@@ -197,7 +201,7 @@ def serve(spec: SendSpec, check_mode: bool = False) -> Dict[str, Any]:
         group=spec.group, port=spec.port, address=address, session_key=spec.session_key.encode("utf-8"),
         ttl=spec.ttl, expected=spec.expected, min_receivers=spec.min_receivers, max_wait=float(spec.max_wait),
         rate_cap=spec.rate_mbit * 125000, receiver_timeout=float(spec.receiver_timeout), encrypt=spec.encrypt,
-        offload=None if spec.offload else False,
+        offload=None if spec.offload else False, dscp=spec.dscp,
         progress=_progress_writer(spec.progress_file) if spec.progress_file else None)
     try:
         with cancellable(f"The multicast session on {spec.where()} served by {host}"):
@@ -279,7 +283,7 @@ def receive(spec: ReceiveSpec, check_mode: bool = False) -> Dict[str, Any]:
     config = ReceiverConfig(
         group=spec.group, port=spec.port, address=address, session_key=spec.session_key.encode("utf-8"),
         name=spec.name or address, timeout=float(spec.timeout), window_bytes=spec.window_mib * 1024 * 1024,
-        offload=None if spec.offload else False, layout_first=True, resume=sink.held)
+        offload=None if spec.offload else False, layout_first=True, resume=sink.held, dscp=spec.dscp)
     try:
         with cancellable(f"Receiving the multicast session on {spec.where()}"):
             result = Receiver(config, sink, finish=sink.finish).run()

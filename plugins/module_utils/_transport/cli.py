@@ -133,6 +133,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         command.add_argument("--port", type=int, default=9611)
         command.add_argument("--interface", default="eth0")
         command.add_argument("--no-offload", action="store_true")
+        command.add_argument("--dscp", type=int, default=0, help="DSCP class of what this end sends (0: unmarked)")
     send = sub.choices["send"]
     send.add_argument("--file", required=True, help="the file to send; - for standard input, sent as it is written")
     send.add_argument("--object-size", type=int, default=4 * 1024 * 1024)
@@ -162,7 +163,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 expected=[e for e in args.expected.split(",") if e], min_receivers=args.min_receivers,
                 max_wait=args.max_wait, rate_cap=args.rate, receiver_timeout=args.receiver_timeout,
                 progress_timeout=args.progress_timeout,
-                encrypt=args.encrypt, offload=offload)
+                encrypt=args.encrypt, offload=offload, dscp=args.dscp)
             sizes = [int(value) for value in args.object_sizes.split(",") if value]
             if args.file == "-":
                 source = stream_source(sys.stdin.buffer, args.object_size, sizes)
@@ -176,7 +177,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             config = ReceiverConfig(group=args.group, port=args.port, address=address,
                                     session_key=_key(), name=args.name or address,
                                     timeout=args.timeout, window_bytes=args.window_mib * 1024 * 1024,
-                                    offload=offload)
+                                    offload=offload, dscp=args.dscp)
             try:
                 result = Receiver(config, sink).run().to_dict()
                 sink.commit()

@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Optional, Sequence
 from . import gcm, wire
 from .control import ReceiverControl
 from .mmsg import GRO_ROWS, MSG_TRUNC, batch_receiver, gro_batch_receiver
-from .netio import disable_gro, gro_segment_size, np, receiver_sockets, renew_membership, udp_receive_errors
+from .netio import disable_gro, gro_segment_size, mark, np, receiver_sockets, renew_membership, udp_receive_errors
 from .reassembly import Reassembly
 
 
@@ -49,6 +49,7 @@ class ReceiverConfig:
     name: str = ""
     timeout: float = 30.0              # silence (or no session at all) that ends with an error
     window_bytes: int = 48 * 1024 * 1024
+    dscp: int = 0                      # DSCP class of this receiver's reports (0: unmarked)
     offload: Optional[bool] = None
     layout_first: bool = False         # accept other objects only once object 0 was delivered
     # resume: given the announced image id, a list of the objects the sink holds of that image;
@@ -102,6 +103,7 @@ class Receiver:
         self.core: Optional[Reassembly] = None     # the session's data state, once joined
         self.data_sock, self.control_sock, self.gro = receiver_sockets(
             config.group, config.port, config.address, config.offload)
+        mark(self.control_sock, config.dscp)
         # non-blocking, waiting in select only when the queue is empty: a socket timeout would
         # cost a poll() before every receive, i.e. one per datagram on the fallback path
         self.data_sock.setblocking(False)

@@ -35,7 +35,7 @@ from .flow import FlowGate, RateControl
 from .repair import RepairScheduler
 from .membership import Membership, Policy, ReceiverReport
 from .mmsg import BATCH, batch_sender
-from .netio import GSO_MAX_SEGMENTS, BufferPool, np, report_socket, sender_socket
+from .netio import GSO_MAX_SEGMENTS, BufferPool, mark, np, report_socket, sender_socket
 from .source import ObjectSource
 
 ANNOUNCE_EVERY = 0.1
@@ -54,6 +54,7 @@ class SenderConfig:
     address: str                       # the sender's own address on the imaging interface
     session_key: bytes
     ttl: int = 1
+    dscp: int = 0                      # DSCP class of every datagram the sender sends (0: unmarked)
     expected: Sequence[str] = ()       # receiver names or addresses
     min_receivers: int = 1
     max_wait: float = 60.0
@@ -133,6 +134,7 @@ class Sender:
         self.mac = gcm.ObjectMac(self.keys.auth)
         self.signer = DatagramMac(self.keys.data, wire.DATAGRAM)
         self.sock, self.gso = sender_socket(config.address, config.port, config.ttl, config.offload)
+        mark(self.sock, config.dscp)
         self.sock.setblocking(False)
         try:
             self.reports = report_socket(config.group, config.port, config.address)

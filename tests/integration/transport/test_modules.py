@@ -93,6 +93,9 @@ def test_check_mode_plans_and_sends_nothing(netlab, tmp_path, master):
                                check=True))
     assert refused["failed"] and "/nonexistent-disk" in refused["msg"]
     assert KEY not in json.dumps(refused)
+    for module, args in (("multicast_send", {"image": str(image)}), ("multicast_receive", {"dest": str(dest)})):
+        wrong = _result(_ansible(pc1, module, dict(args, session_key=KEY, dscp=64), check=True))
+        assert wrong["failed"] and wrong["msg"].endswith(": dscp 64 is not a DSCP class (0 to 63; 8 is CS1, lower effort).")
 
 
 def test_sender_without_receivers_fails_clearly(netlab, master):

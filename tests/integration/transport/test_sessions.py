@@ -2,6 +2,7 @@
 # through a bridge, real loss from nftables; every output compared byte for byte.
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -359,3 +360,35 @@ def test_forged_and_replayed_datagrams_change_no_byte(netlab, tmp_path):
     # had to be rejected and fetched again
     assert sum(r["forged_datagrams"] for r in results) > 0, results
     assert sum(r["rejected_objects"] for r in results) == 0, results
+
+
+def _count_udp_by_dscp(host, port):
+    """nft counters in `host`'s namespace: incoming UDP to `port` (and port + 1) marked CS1, and not."""
+    host.nft("table inet fleetcast_dscp {\n"
+             " chain input { type filter hook input priority -10; policy accept;\n"
+             f"  udp dport {{ {port}, {port + 1} }} ip dscp cs1 counter\n"
+             f"  udp dport {{ {port}, {port + 1} }} ip dscp != cs1 counter\n"
+             " }\n}\n")
+
+
+def _dscp_counts(host):
+    listed = host.run(["nft", "list", "table", "inet", "fleetcast_dscp"]).stdout
+    marked, unmarked = [int(n) for n in re.findall(r"counter packets (\d+)", listed)]
+    return marked, unmarked
+
+
+def test_dscp_marks_every_datagram_of_the_session_both_ways(netlab, tmp_path):
+    # A network engineer's QoS policy sees the class on the wire: the sender's data and control
+    # at the receiver, the receiver's reports at the sender; nothing of the session goes unmarked.
+    expected, payload, sender_host, hosts, outputs, receivers = _lab_session(
+        netlab, tmp_path, 8 * MiB, 1, extra=["--dscp", "8"])
+    for host in (sender_host, hosts[0]):
+        _count_udp_by_dscp(host, 9611)
+    sender = start_sender(sender_host, payload, extra=["--expected", "r1", "--dscp", "8"])
+    code, report = finish(sender)
+    assert code == 0, report
+    _outputs_exact(receivers, outputs, expected)
+    at_receiver, at_sender = _dscp_counts(hosts[0]), _dscp_counts(sender_host)
+    # (the input hook counts a GRO buffer of up to 44 datagrams once)
+    assert at_receiver[0] >= 8 * MiB // (44 * wire.DATAGRAM) and at_receiver[1] == 0, at_receiver
+    assert at_sender[0] > 0 and at_sender[1] == 0, at_sender
