@@ -325,5 +325,3 @@ class ReceiverControl:
             core.skip(fresh)
         self.resumed = len(fresh)
         self.held = []
-
-
