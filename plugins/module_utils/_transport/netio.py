@@ -90,10 +90,8 @@ def page_aligned(count: int, width: int) -> "np.ndarray":
     return raw[shift:shift + count * width].reshape(count, width)
 
 
-_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 LARGE_ALLOCATION = 1024 * 1024
-TRIM_THRESHOLD = 16 * 1024 * 1024
 
 
 def return_large_allocations() -> None:
@@ -103,14 +101,11 @@ def return_large_allocations() -> None:
     heap and the threads' arenas, which kept up to twice that each once freed (a receiver through
     the bridge peaked at 113-119 MiB, 101 MiB with this). Only for the receiving process (its
     long-lived large buffers are pooled, so the cost is a page fault per 4 KiB of a chunk copy).
-    Setting that threshold also pins the heap's trim threshold at its 128 KiB default, so a batch's
-    numpy temporaries (three of about 480 KB for 330 datagrams) were handed back to the kernel
-    after every batch and faulted in afresh for the next: twice a receiver's CPU. Up to
-    TRIM_THRESHOLD of free heap is kept instead."""
+    Setting that threshold also pins the heap's trim threshold at 128 KiB, so per-call temporaries
+    of a few hundred KB would be handed back and faulted in afresh every call: the hot loop keeps
+    its own scratch instead (``dmac.DatagramMac``)."""
     try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(_M_MMAP_THRESHOLD, LARGE_ALLOCATION)
-        libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, LARGE_ALLOCATION)
     except (OSError, AttributeError):
         pass                      # not glibc: its own policy stands
 
