@@ -29,6 +29,7 @@ MAX_RATE = 10 * 1000 ** 3
 # only every few hundred ms).
 PACING_SILENCE = 1.0
 MAX_HOLD = 1.0                     # one short of room that data did not reach this long stops pacing,
+NEVER_REACHED_HOLD = 0.25          # one that has not taken a single data datagram, after this long
 LAG_HOLD = 5.0                     # as does one short of room this long while another has room (lagging)
 CUT_EVERY = 0.3                    # reports already on their way describe the old rate: one cut per this
 
@@ -48,7 +49,8 @@ class FlowGate:
         ones, old disks) is paced by them instead of being sent data they would drop. It stops
         pacing (and catches up through repairs and the carousel) when data does not reach it (short
         of room for MAX_HOLD, objects sent past its frontier, none of their datagrams taken: a
-        smaller MTU, a filter) or when it lags (short for LAG_HOLD while another pacing receiver
+        smaller MTU, a filter; NEVER_REACHED_HOLD if it never took a single data datagram, so that
+        one host behind a small MTU does not stall everybody for a second) or when it lags (short for LAG_HOLD while another pacing receiver
         has room: the others do not crawl at its pace for long)."""
         short = []
         others_have_room = False
@@ -81,7 +83,8 @@ class FlowGate:
         room = True
         for peer in short:
             held = now - peer.short_since
-            unreached = peer.frontier < index and now - max(peer.taking_at, peer.short_since) > MAX_HOLD
+            hold = MAX_HOLD if peer.taking_at else NEVER_REACHED_HOLD
+            unreached = peer.frontier < index and now - max(peer.taking_at, peer.short_since) > hold
             if unreached or (others_have_room and held > LAG_HOLD):
                 peer.suspended = True
                 peer.floor = index

@@ -1,7 +1,7 @@
 # Flow and rate control of the sender, as pure state with a fake clock.
 from ansible_collections.fleetcast.imaging.plugins.module_utils._transport import wire
 from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.flow import (
-    LAG_HOLD, MAX_HOLD, PACING_SILENCE, FlowGate, RateControl)
+    LAG_HOLD, MAX_HOLD, NEVER_REACHED_HOLD, PACING_SILENCE, FlowGate, RateControl)
 from ansible_collections.fleetcast.imaging.plugins.module_utils._transport.membership import Peer
 
 OBJECT = 100                                  # fragments per object in these tests
@@ -57,16 +57,31 @@ def test_a_fleet_of_slow_receivers_paces_the_first_pass_however_long_each_object
     assert gate.holds == 1
 
 
-def test_a_receiver_data_does_not_reach_stops_pacing_after_max_hold():
+def test_a_receiver_data_stops_reaching_stops_pacing_after_max_hold():
     gate = FlowGate()
     start = 10.0
     unreached = _peer(free=10 * LENGTH, frontier=0, heard=start)   # room, but none of 12 objects came
+    unreached.datagrams, unreached.taking_at = 500, start - 5.0    # it took some data, long ago
     assert not gate.room([unreached], 12, OBJECT, _length, start)
     unreached.last_heard = start + MAX_HOLD
     assert not gate.room([unreached], 12, OBJECT, _length, start + MAX_HOLD - 0.01)
     unreached.last_heard = start + MAX_HOLD + 0.02
     assert gate.room([unreached], 12, OBJECT, _length, start + MAX_HOLD + 0.02)
     assert unreached.suspended
+
+
+def test_a_receiver_that_never_took_a_datagram_stops_pacing_after_a_quarter_second():
+    # a host behind a smaller MTU hears control and reports room, but no data datagram fits its path:
+    # the others must not wait a second for it (the target: slowed by at most 20 %)
+    gate = FlowGate()
+    start = 10.0
+    unreached = _peer(free=10 * LENGTH, frontier=0, heard=start)
+    slow = _peer(free=10 * LENGTH, frontier=0, heard=start)
+    slow.datagrams, slow.taking_at = 40, start - 0.5                # it takes data, slowly
+    assert not gate.room([unreached, slow], 12, OBJECT, _length, start)
+    unreached.last_heard = slow.last_heard = start + NEVER_REACHED_HOLD + 0.02
+    gate.room([unreached, slow], 12, OBJECT, _length, start + NEVER_REACHED_HOLD + 0.02)
+    assert unreached.suspended and not slow.suspended
 
 
 def test_a_slow_receiver_holds_a_faster_one_back_only_for_lag_hold():
