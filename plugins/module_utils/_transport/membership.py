@@ -23,6 +23,21 @@ from .._errors import TransportError
 from . import wire
 
 START_CREDIT = 16 * 1024 * 1024    # window bytes assumed free at a receiver before its first STATUS
+# Loss measured per receiver: the data datagrams the sender sent against those the receiver took
+# (its STATUS counts them) over windows of at least LOSS_WINDOW seconds and LOSS_MIN_SENT datagrams
+# (about 0.75 MB: a 3 MB/s path still yields a figure every 0.3 s), or, at high rates, of
+# LOSS_MANY_SENT datagrams (6 MB) in at least LOSS_SHORTEST (two STATUS rounds): at the start
+# rate a 0.3 s window would let the whole first pass of a small image go out into a slow path
+# before the first figure. Datagrams in flight or queued at the receiver when a window opens or
+# closes cancel out; only a change of that backlog within one window shows as (negative or
+# positive) loss, a few hundred datagrams against the thousands of a window. A window that never
+# gathers enough datagrams (flow control held the first pass back, only repairs trickle) starts
+# over after LOSS_STALE.
+LOSS_WINDOW = 0.3
+LOSS_MIN_SENT = 512
+LOSS_SHORTEST = 0.02
+LOSS_MANY_SENT = 4096
+LOSS_STALE = 2.0
 
 Address = Tuple[str, int]
 Reply = Tuple[int, bytes, Address]           # (control type, body, destination)
@@ -79,6 +94,17 @@ class Peer:
     datagrams: int = 0               # authentic data datagrams it has taken (its count, mod 2**32)
     taking_at: float = 0.0           # when that count last grew: data reaches it, however slowly
     stalled: bool = False            # dropped for making no progress: served again once it does
+    loss_mark: Optional[Tuple[float, int, int]] = None   # (time, datagrams sent, its count) opening a window
+    loss: float = 0.0                # the fraction of the datagrams sent in its last window it did not take
+    took: int = 0                    # datagrams it took in that window
+    take_rate: float = 0.0           # bytes per second it took in that window
+    loss_since: float = 0.0          # when that window opened
+    measured: int = 0                # windows measured so far
+    measured_seen: int = 0           # the last of them rate control looked at
+    wire_loss: float = 0.0           # loss that stayed when the rate was cut for its loss: the wire's
+    cut_loss: Optional[float] = None     # its loss when it last called for a cut (judged by the next window)
+    cut_loss_at: float = 0.0
+    cut_ceiling: int = 0             # the rate it called for then
     readmitted: int = 0              # times it was dropped and came back
 
 
@@ -96,19 +122,22 @@ class Membership:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.peers: Dict[int, Peer] = {}
+        self.fresh = 0                   # loss windows closed since the last ``measured()``
 
     # --- input: a receiver's message -------------------------------------------------------------
     def message(self, kind: int, seq: int, body: bytes, address: Address, now: float,
-                sent: int) -> Tuple[List[Reply], List[Request]]:
-        """An authenticated control message from a receiver; `sent`: objects sent once so far.
+                sent: int, data_sent: Optional[int] = None) -> Tuple[List[Reply], List[Request]]:
+        """An authenticated control message from a receiver; `sent`: objects sent once so far;
+        `data_sent`: data datagrams sent to the group so far (first pass and repairs), against
+        which each receiver's count of datagrams taken measures its loss (None: not measured).
         Returns the replies to send and the repair requests to serve. A malformed body (struct
         error) changes nothing."""
         try:
-            return self._message(kind, seq, body, address, now, sent)
+            return self._message(kind, seq, body, address, now, sent, data_sent)
         except struct.error:
             return [], []
 
-    def _message(self, kind, seq, body, address, now, sent):
+    def _message(self, kind, seq, body, address, now, sent, data_sent=None):
         if kind == wire.JOIN:
             receiver_id, nonce = wire.JOIN_BODY.unpack_from(body)
             name = body[wire.JOIN_BODY.size:].decode("utf-8", "replace")
@@ -130,7 +159,7 @@ class Membership:
             return [], []                # unknown, replayed, or gone with its own reason
         peer.last_heard = now
         if kind == wire.STATUS:
-            return [], self._status(peer, body, now)
+            return [], self._status(peer, body, now, data_sent)
         if kind == wire.DONE:
             dummy, count, digest = wire.DONE_BODY.unpack_from(body)
             if peer.state != "done":     # from a dropped receiver too: it was slow, not dead
@@ -142,13 +171,17 @@ class Membership:
             peer.state, peer.reason, peer.finished_at = "failed", reason or "it left the session", now
         return [], []
 
-    def _status(self, peer: Peer, body: bytes, now: float) -> List[Request]:
+    def _status(self, peer: Peer, body: bytes, now: float, data_sent: Optional[int] = None) -> List[Request]:
         (dummy, delivered, lowest_missing, overflow, done_bytes, frontier, free, datagrams,
          count) = wire.STATUS_HEAD.unpack_from(body)
         progress = (delivered, done_bytes, frontier)
         if progress != peer.progress:
             peer.progress, peer.progress_at = progress, now
-        if datagrams != peer.datagrams:
+        if (datagrams - peer.datagrams) & 0xFFFFFFFF >= 1 << 31:
+            # a count behind the last one (an older STATUS overtaken by a newer one; its seq was
+            # still in the replay window): its measure of loss is stale, the rest is not
+            data_sent = None
+        elif datagrams != peer.datagrams:
             peer.datagrams, peer.taking_at = datagrams, now
         if peer.state == "dropped":
             # Back (it was silent: a pause, a cut path) or getting somewhere again (it was
@@ -161,6 +194,9 @@ class Membership:
             peer.stalled, peer.paces = False, False
             peer.progress_at = now
             peer.readmitted += 1
+            peer.loss_mark = None         # what it took while dropped measures nothing
+        if data_sent is not None and peer.state == "active" and _measure_loss(peer, now, data_sent):
+            self.fresh += 1
         peer.delivered, peer.bytes_done, peer.overflow = delivered, done_bytes, overflow
         peer.frontier, peer.free, peer.lowest_missing = frontier, free, lowest_missing
         requests = []
@@ -248,6 +284,16 @@ class Membership:
             peer.overflow_seen = peer.overflow
         return congested
 
+    def measured(self) -> List[Peer]:
+        """Active receivers with a loss measured since the last call (see ``flow.RateControl.measured``)."""
+        fresh = []
+        self.fresh = 0
+        for peer in self.peers.values():
+            if peer.state == "active" and peer.measured > peer.measured_seen:
+                fresh.append(peer)
+            peer.measured_seen = peer.measured
+        return fresh
+
     def reports(self, digest: bytes, origin: float) -> List[ReceiverReport]:
         """Every receiver's outcome; times in seconds from `origin` (the session's start)."""
         reports: List[ReceiverReport] = []
@@ -266,3 +312,30 @@ class Membership:
                 reports.append(ReceiverReport(name=name, address="", state="never_joined",
                                               reason="never joined the session"))
         return reports
+
+
+def _measure_loss(peer: Peer, now: float, data_sent: int) -> bool:
+    """Close the receiver's loss window if it is long enough (see LOSS_WINDOW), open the next;
+    whether one closed. Its count is mod 2**32; a wrap between two reports is a plain difference
+    mod 2**32."""
+    taken = peer.datagrams
+    mark = peer.loss_mark
+    if mark is None:
+        peer.loss_mark = (now, data_sent, taken)
+        return False
+    since, sent_then, taken_then = mark
+    span, sent = now - since, data_sent - sent_then
+    if span < LOSS_SHORTEST or (span < LOSS_WINDOW and sent < LOSS_MANY_SENT):
+        return False
+    if sent >= LOSS_MIN_SENT:
+        took = (taken - taken_then) & 0xFFFFFFFF
+        peer.loss = max(0.0, 1.0 - took / sent)
+        peer.took = took
+        peer.take_rate = took * wire.DATAGRAM / span
+        peer.loss_since = since
+        peer.measured += 1
+        peer.loss_mark = (now, data_sent, taken)
+        return True
+    if span > LOSS_STALE:
+        peer.loss_mark = (now, data_sent, taken)
+    return False

@@ -10,7 +10,8 @@ receiver finish). A request already served within the hold-off is not served aga
 goes to the group once however many receivers lost it. New objects go out only while every pacing
 receiver has window room for them (credit from its STATUS). A receiver silent for ``receiver_timeout``
 is dropped; nobody ever waits for it. The rate has a cap and backs off when receivers report
-datagrams their kernel had to drop.
+datagrams their kernel had to drop, or take far fewer of the datagrams sent than random loss
+explains (a slow path ahead of them: it is set to what they take).
 
 The protocol's decisions are made by the sans-I/O core: ``membership`` (who takes part), ``flow``
 (credit and rate), ``repair`` (what to resend next); this class is their driver (sockets,
@@ -392,11 +393,16 @@ class Sender:
                 if kind < wire.JOIN:
                     continue   # our own kind of message, sent back at us: not a receiver's
                 now = time.monotonic()
-                replies, requests = self.members.message(kind, seq, body, address, now, self.next_index)
+                replies, requests = self.members.message(kind, seq, body, address, now, self.next_index,
+                                                          data_sent=self.datagrams)
                 for reply, reply_body, destination in replies:
                     self._control(reply, reply_body, to=destination)
                 for what, index, first, amount in requests:
                     self._request(what, index, first, amount, now)
+        if self.members.fresh:
+            # a receiver's loss measured: a slow path is answered at once, not at the next
+            # period (at the start rate, 100 ms is most of a small image's first pass)
+            self.rate = self.rates.measured(self.members.measured(), time.monotonic())
 
     def _request(self, what: int, index: int, first: int, amount: int, now: float) -> None:
         meta = self.meta
