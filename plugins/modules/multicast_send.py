@@ -171,6 +171,11 @@ receivers:
     readmitted:
       description: Times it was dropped and then served again because it came back.
       type: int
+    loss_cuts:
+      description:
+        - Times the sending rate was cut to what this receiver took, because it lost far more of
+          what was sent than random loss explains (a slow link, NIC or hypervisor queue ahead of it).
+      type: int
   sample:
     - {name: pc1, address: 10.0.0.11, state: done, digest: 9f2c, digest_matches: true, reason: ""}
     - {name: pc2, address: 10.0.0.12, state: dropped, reason: "no message for 8 s (had 40 objects)"}

@@ -36,19 +36,21 @@ MAX_HOLD = 1.0                     # one short of room that data did not reach t
 LAG_HOLD = 5.0                     # as does one short of room this long while another has room (lagging)
 CUT_EVERY = 0.3                    # reports already on their way describe the old rate: one cut per this
 # Loss-based congestion (``RateControl.measured``). A receiver is congested when it lost more than
-# LOSS_CONGESTED of what was sent in a window (membership.LOSS_WINDOW), and LOSS_MARGIN more than
-# the loss that stayed when the rate was last cut for it (that is the wire's, not the rate's).
-# Random loss of 2-5 % never reaches it; the lab's 20 % (nftables drops whole GSO packets of up
-# to 64 datagrams, so a window's loss scatters by several points) once: the loss stays after the
-# cut, so 30 % is needed next time. A path limited to R settles between 1.05 and 1.18 R. A path that takes
-# fewer than LOSS_MIN_TAKEN datagrams a window (under 300 kB/s) is unreached, not slow: flow
-# control stops pacing on it (FlowGate, MAX_HOLD), it never drives the rate to the floor.
+# LOSS_CONGESTED of what was sent in a window (membership.LOSS_OBJECTS), and LOSS_MARGIN more
+# than the loss that stayed when the rate was last cut for it (that is the wire's, not the
+# rate's). Random loss of 2-5 % never reaches it; the lab's 20 % (nftables drops whole GSO
+# packets of up to 64 datagrams, so a window's loss scatters by several points) once: the loss
+# stays after the cut, the cut is undone, and 28 % is needed from then on. A path limited to R
+# settles between 1.05 and about 1.2 R. A path that takes fewer than LOSS_MIN_TAKEN datagrams a
+# window is unreached, not slow: flow control stops pacing on it (FlowGate, MAX_HOLD); it never
+# drives the rate to the floor.
 LOSS_CONGESTED = 0.15
-LOSS_MARGIN = 0.10
+LOSS_MARGIN = 0.08
 LOSS_MIN_TAKEN = 64
-CEILING_HOLD = 3.0                 # a ceiling not confirmed by a new loss signal this long is forgotten
+CEILING_HOLD = 3.0                 # a ceiling its receiver did not renew this long (or three of its
+                                   # windows) is forgotten
 CEILING_ROOM = 1.05                # the rate is cut to what the receiver took, this much more
-CEILING_GROWTH = 1.01              # growth per period past that ceiling: probe the path gently
+CEILING_PROBE = 1.05               # each clean window of that receiver raises the ceiling this much
 
 
 class FlowGate:
@@ -121,9 +123,12 @@ class RateControl:
         self.rate = min(self.cap, start)
         self.cut_until = 0.0
         self.congested_once = False
-        self.ceiling = 0               # the rate a receiver's loss last allowed (0: none, or forgotten)
-        self.ceiling_at = 0.0
+        self.ceiling = 0               # the rate a receiver's loss allows (0: none, or forgotten)
+        self.ceiling_by = -1           # that receiver
+        self.ceiling_at = 0.0          # when it last set or raised the ceiling
+        self.ceiling_hold = CEILING_HOLD
         self.before_cut = 0            # the rate before the last cut for loss (undone if it was spurious)
+        self.before_congested = False
         self.loss_cuts = 0             # cuts for loss
         self.undone = 0                # of them, undone
 
@@ -136,30 +141,30 @@ class RateControl:
             self.congested_once = True
         elif not congested:
             # fast growth until the first sign of congestion, then a gentle probe: every overshoot
-            # costs datagrams dropped at the receivers and sent again; past the rate a receiver's
-            # path was measured to take, gentler still (from 1.05 to 1.2 times it in 1.3 s) while
-            # that measure is recent (the slow receiver may have finished, or its path cleared)
-            if self.ceiling and now - self.ceiling_at > CEILING_HOLD:
-                self.ceiling = 0
-            if self.ceiling and self.rate >= self.ceiling:
-                self.rate = min(self.cap, int(self.rate * CEILING_GROWTH) + 1)
-            else:
-                growth = 1.03 if self.congested_once else 1.15
-                self.rate = min(self.cap, int(self.rate * growth) + 1000 ** 2)
-                if self.ceiling and self.rate > self.ceiling:
-                    self.rate = max(self.ceiling, min(self.rate, int(self.ceiling * CEILING_GROWTH)))
+            # costs datagrams dropped at the receivers and sent again. Never past the ceiling a
+            # receiver's loss set while it is recent: that receiver's clean windows raise it
+            # (``measured``), not the clock (its windows may be seconds apart).
+            if self.ceiling and now - self.ceiling_at > self.ceiling_hold:
+                self.ceiling = 0       # it finished, stopped pacing, or its path cleared
+            growth = 1.03 if self.congested_once else 1.15
+            self.rate = min(self.cap, int(self.rate * growth) + 1000 ** 2)
+            if self.ceiling:
+                self.rate = min(self.rate, self.ceiling)
         return self.rate
 
     def measured(self, peers: Iterable[Peer], now: float) -> int:
         """The rate after receivers' loss windows closed (`peers`: those with a fresh window,
         ``Membership.measured``). A pacing receiver that lost more than LOSS_CONGESTED of what
-        was sent, and LOSS_MARGIN more than its wire loses anyway, sets the rate to what it took
-        (CEILING_ROOM more): the slowest path the session must serve sets its pace.
+        was sent, and LOSS_MARGIN more than its wire loses anyway, sets a ceiling on the rate:
+        what it took, CEILING_ROOM more. The slowest path the session must serve sets its pace.
+        Each window of that receiver without congestion raises the ceiling by CEILING_PROBE, so
+        a path limited to R is probed from 1.05 R up to where it loses again (about 1.2 R).
 
         Each call for a cut is judged by the receiver's next window: if it then took data faster
         than the ceiling it called for, its loss was a backlog it worked off (a receiver not
-        scheduled for a few ms), and the cut is undone as far as that window shows; if its loss did not fall by LOSS_MARGIN
-        with the rate, that loss is its wire's, and only more than that again counts.
+        scheduled for a few ms), and the cut is undone as far as that window shows; if its loss
+        did not fall by LOSS_MARGIN with the rate, that loss is its wire's: the cut is undone,
+        and only LOSS_MARGIN more than that loss counts from then on.
 
         Only a receiver that paces counts: one that flow control stopped pacing on (data does not
         reach it, or it lagged: ``FlowGate``), a late joiner, one served again after it was
@@ -168,17 +173,18 @@ class RateControl:
         as far as the pacing policy lets it."""
         ceiling = None
         for peer in peers:
+            judged = False
             if peer.cut_loss is not None and peer.loss_since >= peer.cut_loss_at:
                 # the first window opened after its call for a cut
+                judged, latest = True, self.ceiling == peer.cut_ceiling
                 if peer.take_rate > peer.cut_ceiling:
                     # back up to what it took meanwhile, at most the rate before the cut (one
                     # window's backlog says little about the path beyond that)
-                    undone = min(self.before_cut, int(peer.take_rate * CEILING_ROOM))
-                    if self.ceiling == peer.cut_ceiling and undone > self.rate:
-                        self.rate, self.ceiling = undone, 0
-                        self.undone += 1
+                    self._undo(min(self.before_cut, int(peer.take_rate * CEILING_ROOM)), latest)
                 elif peer.loss > peer.cut_loss - LOSS_MARGIN:
+                    # the loss did not go with the rate: the wire's, not congestion
                     peer.wire_loss = peer.loss
+                    self._undo(self.before_cut, latest)
                 else:
                     peer.wire_loss = 0.0
                 peer.cut_loss = None
@@ -187,16 +193,31 @@ class RateControl:
                 continue
             if peer.loss > max(LOSS_CONGESTED, peer.wire_loss + LOSS_MARGIN):
                 allowed = max(self.floor, int(peer.take_rate * CEILING_ROOM))
-                peer.cut_loss, peer.cut_loss_at, peer.cut_ceiling = peer.loss, now, allowed
-                ceiling = allowed if ceiling is None else min(ceiling, allowed)
+                if allowed < self.rate:          # its call cuts the rate: judged by its next window
+                    peer.cut_loss, peer.cut_loss_at, peer.cut_ceiling = peer.loss, now, allowed
+                    peer.loss_cuts += 1
+                if ceiling is None or allowed < ceiling:
+                    ceiling, by, span = allowed, peer.receiver_id, now - peer.loss_since
+            elif self.ceiling and peer.receiver_id == self.ceiling_by and not judged:
+                # a clean window of the receiver that set the ceiling: probe a step higher
+                self.ceiling = min(self.cap, int(self.ceiling * CEILING_PROBE))
+                self.ceiling_at = now
         if ceiling is not None:
             # Not held to CUT_EVERY: the ceiling is what the path took, which reports still on
             # their way (sent at the old rate) measure just the same; a first window that
             # overestimated it (a burst the path let through) is corrected by the next one.
             if ceiling < self.rate:
-                self.before_cut = self.rate
-                self.rate = min(self.cap, ceiling)
+                self.before_cut, self.before_congested = self.rate, self.congested_once
+                self.rate = ceiling
                 self.loss_cuts += 1
-            self.ceiling, self.ceiling_at = ceiling, now
+            # it lasts three of that receiver's windows (seconds apart on a slow path) unheard
+            self.ceiling, self.ceiling_by, self.ceiling_at = ceiling, by, now
+            self.ceiling_hold = max(CEILING_HOLD, 3 * span)
             self.congested_once = True
         return self.rate
+
+    def _undo(self, rate: int, latest: bool) -> None:
+        if latest and rate > self.rate:
+            self.rate, self.ceiling = rate, 0
+            self.congested_once = self.congested_once and self.before_congested
+            self.undone += 1

@@ -23,20 +23,24 @@ from .._errors import TransportError
 from . import wire
 
 START_CREDIT = 16 * 1024 * 1024    # window bytes assumed free at a receiver before its first STATUS
-# Loss measured per receiver: the data datagrams the sender sent against those the receiver took
-# (its STATUS counts them) over windows of at least LOSS_WINDOW seconds and LOSS_MIN_SENT datagrams
-# (about 0.75 MB: a 3 MB/s path still yields a figure every 0.3 s), or, at high rates, of
-# LOSS_MANY_SENT datagrams (6 MB) in at least LOSS_SHORTEST (two STATUS rounds): at the start
-# rate a 0.3 s window would let the whole first pass of a small image go out into a slow path
-# before the first figure. Datagrams in flight or queued at the receiver when a window opens or
-# closes cancel out; only a change of that backlog within one window shows as (negative or
-# positive) loss, a few hundred datagrams against the thousands of a window. A window that never
-# gathers enough datagrams (flow control held the first pass back, only repairs trickle) starts
-# over after LOSS_STALE.
-LOSS_WINDOW = 0.3
+# Loss measured per receiver, against its position in the first pass: every datagram sent before
+# the first datagram of the last object it started (its frontier - 1) has reached it or is lost
+# (a LAN path keeps datagrams in order), whatever it still holds unread in its socket buffer
+# (64 MiB: a busy receiver's backlog is seconds of data, which a count of everything sent would
+# take for loss). Over a window, loss = 1 - (datagrams it took) / (datagrams sent before its
+# position). It took some of the object it is in at either end, so a window spans at least
+# LOSS_OBJECTS of the largest objects (and LOSS_MIN_SENT datagrams, LOSS_SHORTEST seconds): that
+# error is an eighth at most, below what counts as congestion (flow.LOSS_CONGESTED). A loss
+# clear beyond that error (LOSS_CLEAR more than it) closes a window after two objects already:
+# at the start rate, a slow path's position runs with the sender (it starts every object, from
+# the few datagrams it gets), and eight objects would be most of a small image. Datagrams sent
+# after that first datagram and already taken (repairs sent meanwhile) only make the loss look
+# smaller. A window whose position does not move (flow control holds the first pass; the first
+# pass is over, only repairs go out) measures nothing, and starts over after LOSS_STALE.
+LOSS_OBJECTS = 8
+LOSS_CLEAR = 0.25
 LOSS_MIN_SENT = 512
 LOSS_SHORTEST = 0.02
-LOSS_MANY_SENT = 4096
 LOSS_STALE = 2.0
 
 Address = Tuple[str, int]
@@ -58,6 +62,7 @@ class ReceiverReport:
     requests: int = 0
     holds: int = 0                   # objects whose first sending waited for this receiver's room
     readmitted: int = 0              # times it was dropped and then served again (it came back)
+    loss_cuts: int = 0               # times its loss (a slow path ahead of it) cut the session's rate
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -94,7 +99,7 @@ class Peer:
     datagrams: int = 0               # authentic data datagrams it has taken (its count, mod 2**32)
     taking_at: float = 0.0           # when that count last grew: data reaches it, however slowly
     stalled: bool = False            # dropped for making no progress: served again once it does
-    loss_mark: Optional[Tuple[float, int, int]] = None   # (time, datagrams sent, its count) opening a window
+    loss_mark: Optional[Tuple[float, int, int, int]] = None   # (time, position, its count, sent) opening a window
     loss: float = 0.0                # the fraction of the datagrams sent in its last window it did not take
     took: int = 0                    # datagrams it took in that window
     take_rate: float = 0.0           # bytes per second it took in that window
@@ -105,6 +110,7 @@ class Peer:
     cut_loss: Optional[float] = None     # its loss when it last called for a cut (judged by the next window)
     cut_loss_at: float = 0.0
     cut_ceiling: int = 0             # the rate it called for then
+    loss_cuts: int = 0               # its calls that cut the rate
     readmitted: int = 0              # times it was dropped and came back
 
 
@@ -123,15 +129,16 @@ class Membership:
         self.policy = policy
         self.peers: Dict[int, Peer] = {}
         self.fresh = 0                   # loss windows closed since the last ``measured()``
+        self.sent_before: Dict[int, int] = {}   # first-pass object -> data datagrams sent before it
+        self.largest = 1                 # the most fragments of an object sent
 
     # --- input: a receiver's message -------------------------------------------------------------
     def message(self, kind: int, seq: int, body: bytes, address: Address, now: float,
                 sent: int, data_sent: Optional[int] = None) -> Tuple[List[Reply], List[Request]]:
         """An authenticated control message from a receiver; `sent`: objects sent once so far;
-        `data_sent`: data datagrams sent to the group so far (first pass and repairs), against
-        which each receiver's count of datagrams taken measures its loss (None: not measured).
-        Returns the replies to send and the repair requests to serve. A malformed body (struct
-        error) changes nothing."""
+        `data_sent`: data datagrams sent to the group so far (first pass and repairs; None: the
+        receivers' loss is not measured). Returns the replies to send and the repair requests to
+        serve. A malformed body (struct error) changes nothing."""
         try:
             return self._message(kind, seq, body, address, now, sent, data_sent)
         except struct.error:
@@ -171,16 +178,25 @@ class Membership:
             peer.state, peer.reason, peer.finished_at = "failed", reason or "it left the session", now
         return [], []
 
+    def first_pass(self, index: int, datagrams: int, fragments: int) -> None:
+        """Object `index` (`fragments` datagrams) goes out for the first time, after `datagrams`
+        data datagrams (first pass and repairs) were sent to the group: the positions against
+        which receivers' loss is measured."""
+        self.sent_before[index] = datagrams
+        self.largest = max(self.largest, fragments)
+
     def _status(self, peer: Peer, body: bytes, now: float, data_sent: Optional[int] = None) -> List[Request]:
         (dummy, delivered, lowest_missing, overflow, done_bytes, frontier, free, datagrams,
          count) = wire.STATUS_HEAD.unpack_from(body)
         progress = (delivered, done_bytes, frontier)
         if progress != peer.progress:
             peer.progress, peer.progress_at = progress, now
+        # datagrams sent before its position (None: it has none yet, or the first pass skipped it)
+        position = self.sent_before.get(frontier - 1) if data_sent is not None else None
         if (datagrams - peer.datagrams) & 0xFFFFFFFF >= 1 << 31:
             # a count behind the last one (an older STATUS overtaken by a newer one; its seq was
             # still in the replay window): its measure of loss is stale, the rest is not
-            data_sent = None
+            position = None
         elif datagrams != peer.datagrams:
             peer.datagrams, peer.taking_at = datagrams, now
         if peer.state == "dropped":
@@ -195,7 +211,8 @@ class Membership:
             peer.progress_at = now
             peer.readmitted += 1
             peer.loss_mark = None         # what it took while dropped measures nothing
-        if data_sent is not None and peer.state == "active" and _measure_loss(peer, now, data_sent):
+        if (position is not None and peer.state == "active"
+                and _measure_loss(peer, now, position, data_sent, self.largest)):
             self.fresh += 1
         peer.delivered, peer.bytes_done, peer.overflow = delivered, done_bytes, overflow
         peer.frontier, peer.free, peer.lowest_missing = frontier, free, lowest_missing
@@ -306,7 +323,8 @@ class Membership:
                 digest=peer.digest.hex(), digest_matches=peer.digest == digest, reason=peer.reason,
                 joined_at=round(peer.joined_at - origin, 3),
                 finished_at=None if peer.finished_at is None else round(peer.finished_at - origin, 3),
-                objects=peer.delivered, requests=peer.requests, holds=peer.holds, readmitted=peer.readmitted))
+                objects=peer.delivered, requests=peer.requests, holds=peer.holds, readmitted=peer.readmitted,
+                loss_cuts=peer.loss_cuts))
         for name in self.policy.expected:
             if name not in seen:
                 reports.append(ReceiverReport(name=name, address="", state="never_joined",
@@ -314,28 +332,31 @@ class Membership:
         return reports
 
 
-def _measure_loss(peer: Peer, now: float, data_sent: int) -> bool:
-    """Close the receiver's loss window if it is long enough (see LOSS_WINDOW), open the next;
-    whether one closed. Its count is mod 2**32; a wrap between two reports is a plain difference
-    mod 2**32."""
+def _measure_loss(peer: Peer, now: float, position: int, data_sent: int, largest: int) -> bool:
+    """Close the receiver's loss window if its position moved far enough (LOSS_OBJECTS objects
+    of `largest` datagrams, see there), open the next; whether one closed. Its count is mod
+    2**32; a wrap between two reports is a plain difference mod 2**32."""
     taken = peer.datagrams
     mark = peer.loss_mark
     if mark is None:
-        peer.loss_mark = (now, data_sent, taken)
+        peer.loss_mark = (now, position, taken, data_sent)
         return False
-    since, sent_then, taken_then = mark
-    span, sent = now - since, data_sent - sent_then
-    if span < LOSS_SHORTEST or (span < LOSS_WINDOW and sent < LOSS_MANY_SENT):
+    since, position_then, taken_then, data_sent_then = mark
+    span, passed = now - since, position - position_then
+    took = (taken - taken_then) & 0xFFFFFFFF
+    # the loss both counts agree on: against everything sent, a growing backlog looks like loss;
+    # against its position, what it took of the objects it is in at either end blurs the figure
+    loss = max(0.0, 1.0 - took / max(1, min(passed, data_sent - data_sent_then)))
+    enough = passed >= LOSS_OBJECTS * largest or (
+        passed >= 2 * largest and loss - largest / passed >= LOSS_CLEAR)
+    if not enough or passed < LOSS_MIN_SENT or span < LOSS_SHORTEST:
+        if passed == 0 and span > LOSS_STALE:
+            peer.loss_mark = (now, position, taken, data_sent)
         return False
-    if sent >= LOSS_MIN_SENT:
-        took = (taken - taken_then) & 0xFFFFFFFF
-        peer.loss = max(0.0, 1.0 - took / sent)
-        peer.took = took
-        peer.take_rate = took * wire.DATAGRAM / span
-        peer.loss_since = since
-        peer.measured += 1
-        peer.loss_mark = (now, data_sent, taken)
-        return True
-    if span > LOSS_STALE:
-        peer.loss_mark = (now, data_sent, taken)
-    return False
+    peer.loss = loss
+    peer.took = took
+    peer.take_rate = took * wire.DATAGRAM / span
+    peer.loss_since = since
+    peer.measured += 1
+    peer.loss_mark = (now, position, taken, data_sent)
+    return True

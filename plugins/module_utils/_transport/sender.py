@@ -85,6 +85,8 @@ class SendResult:
     session_id: str
     mmsg: bool = False                 # without GSO: sendmmsg sent many datagrams per call
     skipped_objects: int = 0           # first-pass objects every receiver held already (resumed), not sent
+    loss_cuts: int = 0                 # rate cuts for a receiver's loss (a slow path ahead of it)
+    loss_cuts_undone: int = 0          # of them, undone (the loss was a backlog the receiver worked off)
 
     def to_dict(self) -> dict:
         value = dict(self.__dict__)
@@ -514,6 +516,7 @@ class Sender:
             if prepared is None:
                 return False
             self._send_meta([prepared.index])
+            self.members.first_pass(prepared.index, self.datagrams, prepared.rows.shape[0])
             self._send_fragments(prepared, 0, prepared.rows.shape[0], repair=False)
             self.next_index = prepared.index + 1
             # receivers learn at once that the object went out whole: what it misses was lost
@@ -532,4 +535,5 @@ class Sender:
                           whole_object_resends=self.resends, seconds=round(seconds, 3),
                           final_rate=self.rate, flow_holds=self.flow.holds, gso=self.gso, encrypted=self.cipher is not None,
                           digest=digest.hex(), session_id=f"{self.session_id:016x}",
-                          mmsg=self.batch is not None and not self.gso, skipped_objects=self.skipped)
+                          mmsg=self.batch is not None and not self.gso, skipped_objects=self.skipped,
+                          loss_cuts=self.rates.loss_cuts, loss_cuts_undone=self.rates.undone)
