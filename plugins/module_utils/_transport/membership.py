@@ -16,6 +16,7 @@ serving dropped receivers again when they come back, and each receiver's final r
 from __future__ import annotations
 
 import struct
+from array import array
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
@@ -129,7 +130,7 @@ class Membership:
         self.policy = policy
         self.peers: Dict[int, Peer] = {}
         self.fresh = 0                   # loss windows closed since the last ``measured()``
-        self.sent_before: Dict[int, int] = {}   # first-pass object -> data datagrams sent before it
+        self.sent_before = array("q")    # per first-pass object: data datagrams sent before it (8 bytes each)
         self.largest = 1                 # the most fragments of an object sent
 
     # --- input: a receiver's message -------------------------------------------------------------
@@ -181,8 +182,10 @@ class Membership:
     def first_pass(self, index: int, datagrams: int, fragments: int) -> None:
         """Object `index` (`fragments` datagrams) goes out for the first time, after `datagrams`
         data datagrams (first pass and repairs) were sent to the group: the positions against
-        which receivers' loss is measured."""
-        self.sent_before[index] = datagrams
+        which receivers' loss is measured. Objects skipped (every receiver held them) get the
+        position of the next one sent."""
+        while len(self.sent_before) <= index:
+            self.sent_before.append(datagrams)
         self.largest = max(self.largest, fragments)
 
     def _status(self, peer: Peer, body: bytes, now: float, data_sent: Optional[int] = None) -> List[Request]:
@@ -191,8 +194,10 @@ class Membership:
         progress = (delivered, done_bytes, frontier)
         if progress != peer.progress:
             peer.progress, peer.progress_at = progress, now
-        # datagrams sent before its position (None: it has none yet, or the first pass skipped it)
-        position = self.sent_before.get(frontier - 1) if data_sent is not None else None
+        # datagrams sent before its position (None: it started no object yet, or not measured)
+        position = None
+        if data_sent is not None and 0 < frontier <= len(self.sent_before):
+            position = self.sent_before[frontier - 1]
         if (datagrams - peer.datagrams) & 0xFFFFFFFF >= 1 << 31:
             # a count behind the last one (an older STATUS overtaken by a newer one; its seq was
             # still in the replay window): its measure of loss is stale, the rest is not

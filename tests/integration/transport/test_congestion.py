@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(180)
 
 def test_a_rate_limited_path_sets_the_rate_and_repairs_stay_bounded(netlab, memory_dir):
     payload = memory_dir / "payload"
-    size = 32 * MiB
+    size = 48 * MiB
     expected = make_payload(payload, size)
     sender_host = netlab.add_host("srv")
     fast, slow = netlab.add_host("r1"), netlab.add_host("r2")
