@@ -126,7 +126,7 @@ class _Path:
         self.plain = RateControl(cap=0, start=start, floor=2_000_000)   # today's: no loss measured
         self.capacity, self.loss, self.reached = capacity, loss, reached
         self.random = np.random.default_rng(seed)
-        self.sent = self.taken = self.objects = self.seq = 0
+        self.sent = self.taken = self.objects = self.seq = self.frontier = 0
         self.credit = self.tokens = 0.0
         self.now = 0.0
         self.rates_seen = []
@@ -153,10 +153,12 @@ class _Path:
                 self.tokens -= through * wire.DATAGRAM
             if not self.reached:
                 through = 0
-            self.taken += int(self.random.binomial(through, 1.0 - self.loss)) if through else 0
-            frontier = (self.sent - 1) // OBJECT + 1 if self.taken else 0
+            took = int(self.random.binomial(through, 1.0 - self.loss)) if through else 0
+            self.taken += took
+            if took:                                   # it started the object being sent
+                self.frontier = (self.sent - 1) // OBJECT + 1
             if step % 5 == 4:
-                self._message(wire.STATUS, wire.STATUS_HEAD.pack(1, 0, 0, 0, 0, frontier, 1 << 30,
+                self._message(wire.STATUS, wire.STATUS_HEAD.pack(1, 0, 0, 0, 0, self.frontier, 1 << 30,
                                                                  self.taken & 0xFFFFFFFF, 0))
                 if self.members.fresh:
                     self.rates.measured(self.members.measured(), self.now)
@@ -199,6 +201,11 @@ def test_a_receiver_data_does_not_reach_never_drives_the_rate_down():
     path = _Path(reached=False).run(2.0)
     assert path.rates.loss_cuts == 0 and path.rates.rate == path.plain.rate
     assert path.members.peers[1].measured == 0
+    # one that took data, then none (a path cut mid-session): its position stops, no loss either
+    path = _Path(start=50_000_000).run(0.5)
+    path.reached = False
+    path.run(2.0)
+    assert path.rates.loss_cuts == 0 and path.rates.rate == path.plain.rate
 
 
 def test_only_pacing_receivers_steer_the_rate_and_a_spurious_cut_is_undone():
