@@ -47,8 +47,8 @@ CUT_EVERY = 0.3                    # reports already on their way describe the o
 LOSS_CONGESTED = 0.15
 LOSS_MARGIN = 0.08
 LOSS_MIN_TAKEN = 64
-CEILING_HOLD = 3.0                 # a ceiling its receiver did not renew this long (or three of its
-                                   # windows) is forgotten
+# a ceiling its receiver did not renew this long (or for three of its windows) is forgotten
+CEILING_HOLD = 3.0
 CEILING_ROOM = 1.05                # the rate is cut to what the receiver took, this much more
 CEILING_PROBE = 1.05               # each clean window of that receiver raises the ceiling this much
 
@@ -172,6 +172,7 @@ class RateControl:
         steers neither the first pass nor the rate. So a slow receiver holds the others exactly
         as far as the pacing policy lets it."""
         ceiling = None
+        by, span = -1, 0.0
         for peer in peers:
             judged = False
             if peer.cut_loss is not None and peer.loss_since >= peer.cut_loss_at:

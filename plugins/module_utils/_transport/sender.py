@@ -396,7 +396,7 @@ class Sender:
                     continue   # our own kind of message, sent back at us: not a receiver's
                 now = time.monotonic()
                 replies, requests = self.members.message(kind, seq, body, address, now, self.next_index,
-                                                          data_sent=self.datagrams)
+                                                         data_sent=self.datagrams)
                 for reply, reply_body, destination in replies:
                     self._control(reply, reply_body, to=destination)
                 for what, index, first, amount in requests:
