@@ -210,6 +210,14 @@ skipped_chunks:
   returned: success
   type: int
   sample: 0
+rate_cuts_for_loss:
+  description:
+    - Times the sending rate was cut (and not restored) because a receiver lost far more of what was
+      sent than random loss explains (a slower path ahead of it, such as its NIC, a hypervisor's
+      queue or a switch port). The C(loss_cuts) of each entry in RV(receivers) shows which host it was.
+  returned: success
+  type: int
+  sample: 0
 seconds:
   description: Length of the session.
   returned: success
