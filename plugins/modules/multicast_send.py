@@ -171,6 +171,11 @@ receivers:
     readmitted:
       description: Times it was dropped and then served again because it came back.
       type: int
+    loss_cuts:
+      description:
+        - Times the sending rate was cut to what this receiver took, because it lost far more of
+          what was sent than random loss explains (a slow link, NIC or hypervisor queue ahead of it).
+      type: int
   sample:
     - {name: pc1, address: 10.0.0.11, state: done, digest: 9f2c, digest_matches: true, reason: ""}
     - {name: pc2, address: 10.0.0.12, state: dropped, reason: "no message for 8 s (had 40 objects)"}
@@ -202,6 +207,14 @@ skipped_chunks:
     - Chunks not sent at all because every receiver already held them (receives of this image that
       resumed where they were interrupted); a receiver that joins later fetches them as it fetches
       anything it lacks.
+  returned: success
+  type: int
+  sample: 0
+rate_cuts_for_loss:
+  description:
+    - Times the sending rate was cut (and not restored) because a receiver lost far more of what was
+      sent than random loss explains (a slower path ahead of it, such as its NIC, a hypervisor's
+      queue or a switch port). The C(loss_cuts) of each entry in RV(receivers) shows which host it was.
   returned: success
   type: int
   sample: 0

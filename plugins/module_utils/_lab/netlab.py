@@ -59,6 +59,15 @@ class LabHost:
             f"  {match}{verdict}\n"
             " }\n}\n")
 
+    def limit_incoming_udp(self, bytes_per_second: int, burst: int = 256 * 1024) -> None:
+        """Drop incoming UDP beyond `bytes_per_second` (a slow link or NIC ahead of this host's
+        kernel: what it drops, no UDP counter of this host counts)."""
+        self.nft(
+            "table inet fleetcast_lab {\n"
+            " chain input { type filter hook input priority 0; policy accept;\n"
+            f"  meta l4proto udp limit rate over {int(bytes_per_second)} bytes/second burst {int(burst)} bytes drop\n"
+            " }\n}\n")
+
     def cut_incoming_udp(self, port: Optional[int] = None) -> None:
         """Drop all incoming UDP (a receive path cut)."""
         self.drop_incoming_udp(100.0, port)

@@ -220,7 +220,7 @@ def serve(spec: SendSpec, check_mode: bool = False) -> Dict[str, Any]:
     report = dict(changed=bool(done), receivers=receivers, image_id=result.digest, objects=result.objects,
                   bytes_sent=result.bytes, repair_datagrams=result.repair_datagrams, seconds=result.seconds,
                   flow_holds=result.flow_holds, skipped_chunks=result.skipped_objects, offload=result.gso,
-                  encrypted=result.encrypted)
+                  encrypted=result.encrypted, rate_cuts_for_loss=result.loss_cuts - result.loss_cuts_undone)
     if not done:
         raise SessionFailed(f"No receiver completed the session that {host} served on {spec.where()}.", report)
     return report

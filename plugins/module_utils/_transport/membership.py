@@ -16,6 +16,7 @@ serving dropped receivers again when they come back, and each receiver's final r
 from __future__ import annotations
 
 import struct
+from array import array
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
@@ -23,6 +24,25 @@ from .._errors import TransportError
 from . import wire
 
 START_CREDIT = 16 * 1024 * 1024    # window bytes assumed free at a receiver before its first STATUS
+# Loss measured per receiver, against its position in the first pass: every datagram sent before
+# the first datagram of the last object it started (its frontier - 1) has reached it or is lost
+# (a LAN path keeps datagrams in order), whatever it still holds unread in its socket buffer
+# (64 MiB: a busy receiver's backlog is seconds of data, which a count of everything sent would
+# take for loss). Over a window, loss = 1 - (datagrams it took) / (datagrams sent before its
+# position). It took some of the object it is in at either end, so a window spans at least
+# LOSS_OBJECTS of the largest objects (and LOSS_MIN_SENT datagrams, LOSS_SHORTEST seconds): that
+# error is an eighth at most, below what counts as congestion (flow.LOSS_CONGESTED). A loss
+# clear beyond that error (LOSS_CLEAR more than it) closes a window after two objects already:
+# at the start rate, a slow path's position runs with the sender (it starts every object, from
+# the few datagrams it gets), and eight objects would be most of a small image. Datagrams sent
+# after that first datagram and already taken (repairs sent meanwhile) only make the loss look
+# smaller. A window whose position does not move (flow control holds the first pass; the first
+# pass is over, only repairs go out) measures nothing, and starts over after LOSS_STALE.
+LOSS_OBJECTS = 8
+LOSS_CLEAR = 0.25
+LOSS_MIN_SENT = 512
+LOSS_SHORTEST = 0.02
+LOSS_STALE = 2.0
 
 Address = Tuple[str, int]
 Reply = Tuple[int, bytes, Address]           # (control type, body, destination)
@@ -43,6 +63,7 @@ class ReceiverReport:
     requests: int = 0
     holds: int = 0                   # objects whose first sending waited for this receiver's room
     readmitted: int = 0              # times it was dropped and then served again (it came back)
+    loss_cuts: int = 0               # times its loss (a slow path ahead of it) cut the session's rate
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -79,6 +100,18 @@ class Peer:
     datagrams: int = 0               # authentic data datagrams it has taken (its count, mod 2**32)
     taking_at: float = 0.0           # when that count last grew: data reaches it, however slowly
     stalled: bool = False            # dropped for making no progress: served again once it does
+    loss_mark: Optional[Tuple[float, int, int, int]] = None   # (time, position, its count, sent) opening a window
+    loss: float = 0.0                # the fraction of the datagrams sent in its last window it did not take
+    took: int = 0                    # datagrams it took in that window
+    take_rate: float = 0.0           # bytes per second it took in that window
+    loss_since: float = 0.0          # when that window opened
+    measured: int = 0                # windows measured so far
+    measured_seen: int = 0           # the last of them rate control looked at
+    wire_loss: float = 0.0           # loss that stayed when the rate was cut for its loss: the wire's
+    cut_loss: Optional[float] = None     # its loss when it last called for a cut (judged by the next window)
+    cut_loss_at: float = 0.0
+    cut_ceiling: int = 0             # the rate it called for then
+    loss_cuts: int = 0               # its calls that cut the rate
     readmitted: int = 0              # times it was dropped and came back
 
 
@@ -96,19 +129,23 @@ class Membership:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.peers: Dict[int, Peer] = {}
+        self.fresh = 0                   # loss windows closed since the last ``measured()``
+        self.sent_before = array("q")    # per first-pass object: data datagrams sent before it (8 bytes each)
+        self.largest = 1                 # the most fragments of an object sent
 
     # --- input: a receiver's message -------------------------------------------------------------
     def message(self, kind: int, seq: int, body: bytes, address: Address, now: float,
-                sent: int) -> Tuple[List[Reply], List[Request]]:
-        """An authenticated control message from a receiver; `sent`: objects sent once so far.
-        Returns the replies to send and the repair requests to serve. A malformed body (struct
-        error) changes nothing."""
+                sent: int, data_sent: Optional[int] = None) -> Tuple[List[Reply], List[Request]]:
+        """An authenticated control message from a receiver; `sent`: objects sent once so far;
+        `data_sent`: data datagrams sent to the group so far (first pass and repairs; None: the
+        receivers' loss is not measured). Returns the replies to send and the repair requests to
+        serve. A malformed body (struct error) changes nothing."""
         try:
-            return self._message(kind, seq, body, address, now, sent)
+            return self._message(kind, seq, body, address, now, sent, data_sent)
         except struct.error:
             return [], []
 
-    def _message(self, kind, seq, body, address, now, sent):
+    def _message(self, kind, seq, body, address, now, sent, data_sent=None):
         if kind == wire.JOIN:
             receiver_id, nonce = wire.JOIN_BODY.unpack_from(body)
             name = body[wire.JOIN_BODY.size:].decode("utf-8", "replace")
@@ -130,7 +167,7 @@ class Membership:
             return [], []                # unknown, replayed, or gone with its own reason
         peer.last_heard = now
         if kind == wire.STATUS:
-            return [], self._status(peer, body, now)
+            return [], self._status(peer, body, now, data_sent)
         if kind == wire.DONE:
             dummy, count, digest = wire.DONE_BODY.unpack_from(body)
             if peer.state != "done":     # from a dropped receiver too: it was slow, not dead
@@ -142,13 +179,30 @@ class Membership:
             peer.state, peer.reason, peer.finished_at = "failed", reason or "it left the session", now
         return [], []
 
-    def _status(self, peer: Peer, body: bytes, now: float) -> List[Request]:
+    def first_pass(self, index: int, datagrams: int, fragments: int) -> None:
+        """Object `index` (`fragments` datagrams) goes out for the first time, after `datagrams`
+        data datagrams (first pass and repairs) were sent to the group: the positions against
+        which receivers' loss is measured. Objects skipped (every receiver held them) get the
+        position of the next one sent."""
+        while len(self.sent_before) <= index:
+            self.sent_before.append(datagrams)
+        self.largest = max(self.largest, fragments)
+
+    def _status(self, peer: Peer, body: bytes, now: float, data_sent: Optional[int] = None) -> List[Request]:
         (dummy, delivered, lowest_missing, overflow, done_bytes, frontier, free, datagrams,
          count) = wire.STATUS_HEAD.unpack_from(body)
         progress = (delivered, done_bytes, frontier)
         if progress != peer.progress:
             peer.progress, peer.progress_at = progress, now
-        if datagrams != peer.datagrams:
+        # datagrams sent before its position (None: it started no object yet, or not measured)
+        position = None
+        if data_sent is not None and 0 < frontier <= len(self.sent_before):
+            position = self.sent_before[frontier - 1]
+        if (datagrams - peer.datagrams) & 0xFFFFFFFF >= 1 << 31:
+            # a count behind the last one (an older STATUS overtaken by a newer one; its seq was
+            # still in the replay window): its measure of loss is stale, the rest is not
+            position = None
+        elif datagrams != peer.datagrams:
             peer.datagrams, peer.taking_at = datagrams, now
         if peer.state == "dropped":
             # Back (it was silent: a pause, a cut path) or getting somewhere again (it was
@@ -161,6 +215,10 @@ class Membership:
             peer.stalled, peer.paces = False, False
             peer.progress_at = now
             peer.readmitted += 1
+            peer.loss_mark = None         # what it took while dropped measures nothing
+        if (position is not None and peer.state == "active"
+                and _measure_loss(peer, now, position, data_sent, self.largest)):
+            self.fresh += 1
         peer.delivered, peer.bytes_done, peer.overflow = delivered, done_bytes, overflow
         peer.frontier, peer.free, peer.lowest_missing = frontier, free, lowest_missing
         requests = []
@@ -248,6 +306,16 @@ class Membership:
             peer.overflow_seen = peer.overflow
         return congested
 
+    def measured(self) -> List[Peer]:
+        """Active receivers with a loss measured since the last call (see ``flow.RateControl.measured``)."""
+        fresh = []
+        self.fresh = 0
+        for peer in self.peers.values():
+            if peer.state == "active" and peer.measured > peer.measured_seen:
+                fresh.append(peer)
+            peer.measured_seen = peer.measured
+        return fresh
+
     def reports(self, digest: bytes, origin: float) -> List[ReceiverReport]:
         """Every receiver's outcome; times in seconds from `origin` (the session's start)."""
         reports: List[ReceiverReport] = []
@@ -260,9 +328,40 @@ class Membership:
                 digest=peer.digest.hex(), digest_matches=peer.digest == digest, reason=peer.reason,
                 joined_at=round(peer.joined_at - origin, 3),
                 finished_at=None if peer.finished_at is None else round(peer.finished_at - origin, 3),
-                objects=peer.delivered, requests=peer.requests, holds=peer.holds, readmitted=peer.readmitted))
+                objects=peer.delivered, requests=peer.requests, holds=peer.holds, readmitted=peer.readmitted,
+                loss_cuts=peer.loss_cuts))
         for name in self.policy.expected:
             if name not in seen:
                 reports.append(ReceiverReport(name=name, address="", state="never_joined",
                                               reason="never joined the session"))
         return reports
+
+
+def _measure_loss(peer: Peer, now: float, position: int, data_sent: int, largest: int) -> bool:
+    """Close the receiver's loss window if its position moved far enough (LOSS_OBJECTS objects
+    of `largest` datagrams, see there), open the next; whether one closed. Its count is mod
+    2**32; a wrap between two reports is a plain difference mod 2**32."""
+    taken = peer.datagrams
+    mark = peer.loss_mark
+    if mark is None:
+        peer.loss_mark = (now, position, taken, data_sent)
+        return False
+    since, position_then, taken_then, data_sent_then = mark
+    span, passed = now - since, position - position_then
+    took = (taken - taken_then) & 0xFFFFFFFF
+    # the loss both counts agree on: against everything sent, a growing backlog looks like loss;
+    # against its position, what it took of the objects it is in at either end blurs the figure
+    loss = max(0.0, 1.0 - took / max(1, min(passed, data_sent - data_sent_then)))
+    enough = passed >= LOSS_OBJECTS * largest or (
+        passed >= 2 * largest and loss - largest / passed >= LOSS_CLEAR)
+    if not enough or passed < LOSS_MIN_SENT or span < LOSS_SHORTEST:
+        if passed == 0 and span > LOSS_STALE:
+            peer.loss_mark = (now, position, taken, data_sent)
+        return False
+    peer.loss = loss
+    peer.took = took
+    peer.take_rate = took * wire.DATAGRAM / span
+    peer.loss_since = since
+    peer.measured += 1
+    peer.loss_mark = (now, position, taken, data_sent)
+    return True

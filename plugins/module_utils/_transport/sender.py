@@ -10,7 +10,8 @@ receiver finish). A request already served within the hold-off is not served aga
 goes to the group once however many receivers lost it. New objects go out only while every pacing
 receiver has window room for them (credit from its STATUS). A receiver silent for ``receiver_timeout``
 is dropped; nobody ever waits for it. The rate has a cap and backs off when receivers report
-datagrams their kernel had to drop.
+datagrams their kernel had to drop, or take far fewer of the datagrams sent than random loss
+explains (a slow path ahead of them: it is set to what they take).
 
 The protocol's decisions are made by the sans-I/O core: ``membership`` (who takes part), ``flow``
 (credit and rate), ``repair`` (what to resend next); this class is their driver (sockets,
@@ -85,6 +86,8 @@ class SendResult:
     session_id: str
     mmsg: bool = False                 # without GSO: sendmmsg sent many datagrams per call
     skipped_objects: int = 0           # first-pass objects every receiver held already (resumed), not sent
+    loss_cuts: int = 0                 # rate cuts for a receiver's loss (a slow path ahead of it)
+    loss_cuts_undone: int = 0          # of them, undone (the loss was a backlog the receiver worked off)
 
     def to_dict(self) -> dict:
         value = dict(self.__dict__)
@@ -394,11 +397,16 @@ class Sender:
                 if kind < wire.JOIN:
                     continue   # our own kind of message, sent back at us: not a receiver's
                 now = time.monotonic()
-                replies, requests = self.members.message(kind, seq, body, address, now, self.next_index)
+                replies, requests = self.members.message(kind, seq, body, address, now, self.next_index,
+                                                         data_sent=self.datagrams)
                 for reply, reply_body, destination in replies:
                     self._control(reply, reply_body, to=destination)
                 for what, index, first, amount in requests:
                     self._request(what, index, first, amount, now)
+        if self.members.fresh:
+            # a receiver's loss measured: a slow path is answered at once, not at the next
+            # period (at the start rate, 100 ms is most of a small image's first pass)
+            self.rate = self.rates.measured(self.members.measured(), time.monotonic())
 
     def _request(self, what: int, index: int, first: int, amount: int, now: float) -> None:
         meta = self.meta
@@ -510,6 +518,7 @@ class Sender:
             if prepared is None:
                 return False
             self._send_meta([prepared.index])
+            self.members.first_pass(prepared.index, self.datagrams, prepared.rows.shape[0])
             self._send_fragments(prepared, 0, prepared.rows.shape[0], repair=False)
             self.next_index = prepared.index + 1
             # receivers learn at once that the object went out whole: what it misses was lost
@@ -528,4 +537,5 @@ class Sender:
                           whole_object_resends=self.resends, seconds=round(seconds, 3),
                           final_rate=self.rate, flow_holds=self.flow.holds, gso=self.gso, encrypted=self.cipher is not None,
                           digest=digest.hex(), session_id=f"{self.session_id:016x}",
-                          mmsg=self.batch is not None and not self.gso, skipped_objects=self.skipped)
+                          mmsg=self.batch is not None and not self.gso, skipped_objects=self.skipped,
+                          loss_cuts=self.rates.loss_cuts, loss_cuts_undone=self.rates.undone)

@@ -150,6 +150,8 @@ def test_an_interrupted_receive_resumes_from_what_it_verified(netlab, loop_disk,
     sent = module_result(_sender(server, path, 9723, "k-second", tmp_path, expected=["r1"]))
     received = module_result(receiver)
     assert not sent.get("failed") and not received.get("failed"), (sent, received)
+    # the rate's cuts for a slow path ahead of a receiver, and whose loss made them
+    assert sent["rate_cuts_for_loss"] >= 0 and all("loss_cuts" in r for r in sent["receivers"]), sent
     assert received["digest"] == manifest.image_id
     assert 0 < received["resumed_chunks"] < manifest.chunk_count, received
     assert received["resumed_chunks"] + received["chunks"] == manifest.chunk_count, received

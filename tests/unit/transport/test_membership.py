@@ -21,12 +21,13 @@ class Receiver:
         body = wire.JOIN_BODY.pack(self.receiver_id, nonce) + self.name.encode()
         return members.message(wire.JOIN, self._next(), body, self.address, now, sent)
 
-    def status(self, members, now, sent, delivered, requests=(), frontier=None, overflow=0, datagrams=0):
+    def status(self, members, now, sent, delivered, requests=(), frontier=None, overflow=0, datagrams=0,
+               data_sent=None):
         body = wire.STATUS_HEAD.pack(self.receiver_id, delivered, delivered, overflow, delivered * 1000,
                                      delivered if frontier is None else frontier, 1 << 20, datagrams,
                                      len(requests))
         body += b"".join(wire.REQUEST.pack(*request) for request in requests)
-        return members.message(wire.STATUS, self._next(), body, self.address, now, sent)
+        return members.message(wire.STATUS, self._next(), body, self.address, now, sent, data_sent)
 
     def done(self, members, now, sent, digest=b"d" * 32):
         return members.message(wire.DONE, self._next(), wire.DONE_BODY.pack(self.receiver_id, sent, digest),
@@ -179,3 +180,59 @@ def test_objects_every_receiver_holds_are_known_once_all_reported():
     assert members.held_by_all() == 25
     pc2.leave(members, 0.4, 1, "disk full")
     assert members.held_by_all() == 0             # fewer than min_receivers take part
+
+
+def _first_pass(members, objects, fragments=100):
+    for index in range(objects):
+        members.first_pass(index, index * fragments, fragments)
+
+
+def test_loss_is_measured_against_the_receivers_position_so_a_backlog_is_no_loss():
+    members = _members(expected=["pc1", "pc2"])
+    behind, lossy = Receiver(1, "pc1", "10.0.0.11"), Receiver(2, "pc2", "10.0.0.12")
+    for receiver in (behind, lossy):
+        receiver.join(members, 0.0)
+    _first_pass(members, 40)
+    # 4000 datagrams sent. pc1 worked through objects 0-9 only (the rest waits in its socket
+    # buffer): it lost nothing. pc2 is at object 39 with half of everything: it lost half.
+    behind.status(members, 0.0, 1, 0, frontier=1, datagrams=0, data_sent=0)
+    lossy.status(members, 0.0, 1, 0, frontier=1, datagrams=0, data_sent=0)
+    assert members.measured() == []
+    behind.status(members, 0.5, 40, 9, frontier=10, datagrams=900, data_sent=4000)
+    lossy.status(members, 0.5, 40, 9, frontier=40, datagrams=1950, data_sent=4000)
+    assert len(members.measured()) == 2 and members.measured() == [] and members.fresh == 0
+    pc1, pc2 = _state(members, "pc1"), _state(members, "pc2")
+    assert pc1.loss == 0.0 and pc1.took == 900
+    assert abs(pc2.loss - 0.5) < 0.01 and pc2.took == 1950 and abs(pc2.take_rate - 1950 * wire.DATAGRAM / 0.5) < 1
+    # a window closes only once the position moved by LOSS_OBJECTS of the largest objects
+    behind.status(members, 1.0, 40, 12, frontier=13, datagrams=1200, data_sent=4000)
+    assert members.measured() == []
+    behind.status(members, 1.5, 40, 39, frontier=40, datagrams=3900, data_sent=4000)
+    assert members.measured() == [pc1] and pc1.loss == 0.0
+
+
+def test_loss_survives_the_counter_wrapping_and_ignores_an_overtaken_report():
+    members = _members()
+    pc1 = Receiver(1, "pc1", "10.0.0.11")
+    pc1.join(members, 0.0)
+    _first_pass(members, 20)
+    start = 2 ** 32 - 300
+    pc1.status(members, 0.0, 0, 0, frontier=0, datagrams=2 ** 31 - 1, data_sent=0)   # counts climb...
+    pc1.status(members, 0.0, 1, 0, frontier=1, datagrams=start, data_sent=0)           # ...to near 2**32
+    # an older report arriving late (its count behind): measures nothing, changes nothing
+    pc1.status(members, 0.3, 1, 0, frontier=15, datagrams=start - 50, data_sent=1500)
+    assert members.measured() == [] and _state(members, "pc1").datagrams == start
+    pc1.status(members, 0.5, 20, 10, frontier=11, datagrams=(start + 800) % 2 ** 32, data_sent=1000)
+    pc1_state = _state(members, "pc1")
+    assert members.measured() == [pc1_state] and abs(pc1_state.loss - 0.2) < 0.01
+
+
+def test_no_loss_is_measured_for_a_receiver_without_a_first_pass_position():
+    # a late joiner, or the first pass over: its position does not move, only repairs go out
+    members = _members()
+    pc1 = Receiver(1, "pc1", "10.0.0.11")
+    pc1.join(members, 0.0)
+    _first_pass(members, 5)
+    for step in range(30):
+        pc1.status(members, step * 0.1, 5, 4, frontier=5, datagrams=step, data_sent=500 + 1000 * step)
+    assert members.measured() == [] and _state(members, "pc1").measured == 0

@@ -121,9 +121,12 @@ def test_forged_counts_fuzzed_headers_and_floods_move_no_state():
     assert core.window == {} and core.inflight == 0 and not core.status_due
     assert core.window_drops == 0 and not core.data_seen and core.frontier == 0
     assert core.forged > 0 and session.delivered == {}
+    # nor are they counted as data taken (STATUS reports that count: the sender measures loss and
+    # congestion with it, so forgeries can neither hide loss nor fake it)
+    assert core.authentic == 0
     # the genuine datagrams still make the object afterwards
     _feed(core, genuine, 2.0)
-    assert session.delivered[0] == session.objects[0]
+    assert session.delivered[0] == session.objects[0] and core.authentic == len(genuine)
 
 
 def test_a_full_window_counts_drops_and_a_stale_object_yields_its_room():
