@@ -5,7 +5,13 @@
 and the plain fallback) against udpcast and uftp, at each loss level, in the same run.
 
 Run as root: .venv/bin/python bench/bench_transport.py [--size-mib 1024] [--receivers 1,3] [--loss 0,2]
-             [--payload random|debian] [--durable DIR] [--object-sizes LIST] [--encrypt]
+             [--payload random|debian] [--durable DIR] [--object-sizes LIST] [--encrypt] [--tools LIST]
+
+Sizes, receiver counts and loss levels are comma lists, all measured in one run. Tools: fleetcast,
+fleetcast-fallback, udpcast, uftp, and the encrypted pair fleetcast-encrypted and uftp-gcm (each
+compared with the other). The issue's full matrix in one run:
+  bench/bench_transport.py --durable /var/tmp/fcdur --size-mib 512,1024 --receivers 1,3,6 --loss 0,2 \
+      --tools fleetcast,udpcast,uftp,fleetcast-encrypted,uftp-gcm
 
 --payload debian sends the lab's cached Debian image (a real root with its kernel, about 145 MB in
 chunks of very different compressed sizes; built once, see docs/user-guide.md) instead of random
@@ -155,13 +161,13 @@ class Run:
                 return reader.manifest.image_id == self.image_id
         return sha256(output) == self.payload_digest
 
-    def fleetcast(self, offload: bool, timeout: float):
-        tool = "fleetcast" if offload else "fleetcast-fallback"
+    def fleetcast(self, offload: bool, timeout: float, encrypted: bool = False):
+        tool = ("fleetcast" if offload else "fleetcast-fallback") + ("-encrypted" if encrypted else "")
         directory = self.outputs(tool)
         extra = [] if offload else ["--no-offload"]
         outputs = [os.path.join(directory, h.name) for h in self.receivers]
         common = ["--group", "239.255.61.9", "--port", str(self.port)] + extra
-        encrypt = ["--encrypt"] if self.encrypt else []
+        encrypt = ["--encrypt"] if self.encrypt or encrypted else []
         if self.image_id:
             return self.measure(
                 lambda: [h.popen(BRIDGE + ["receive", "--dest", out, "--timeout", "60", "--no-resume"] + common,
@@ -196,8 +202,8 @@ class Run:
                                       stdin=subprocess.DEVNULL),
             outputs, timeout)
 
-    def uftp(self, timeout: float):
-        directory = self.outputs("uftp")
+    def uftp(self, timeout: float, gcm: bool = False):
+        directory = self.outputs("uftp-gcm" if gcm else "uftp")
         dirs = [os.path.join(directory, h.name) for h in self.receivers]
         for d in dirs:
             os.makedirs(d)
@@ -213,15 +219,61 @@ class Run:
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                      for i, (h, d) in enumerate(zip(self.receivers, dirs))],
             lambda: self.sender.popen(["uftp", "-P", "239.255.61.2", "-R", "-1", "-H", ids]
-                                      + (["-Y", "aes256-gcm", "-h", "sha256"] if self.encrypt else ["-Y", "none"])
+                                      + (["-Y", "aes256-gcm", "-h", "sha256"] if self.encrypt or gcm else ["-Y", "none"])
                                       + common + [os.path.basename(self.payload)], cwd=os.path.dirname(self.payload),
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
             outputs, timeout, wait_sender=True, stop_receivers=stop)
 
 
+def _make_payload(args, payload: str, size: float):
+    """(image id or "", size in MiB) of the payload file written for this size."""
+    image_id = ""
+    if args.payload == "debian":
+        from ansible_collections.fleetcast.imaging.plugins.module_utils._lab import debian_disk
+        cached = debian_disk.ensure_image()
+        shutil.copyfile(cached.image, payload)
+        image_id, size = cached.image_id, os.path.getsize(payload) / (1 << 20)
+    else:
+        with open(payload, "wb") as out:
+            for _mib in range(int(size)):
+                out.write(os.urandom(1 << 20))
+    if args.durable:
+        # the payload on the disk before any run: else the first run's closing sync writes it too
+        syncfs(os.path.dirname(payload))
+    return image_id, size
+
+
+def _measure(args, run, hosts, tools, counts, size, workdir, results) -> None:
+    """Every (receivers, loss, tool) of one payload size, printed as it goes."""
+    for count in counts:
+        run.receivers = hosts[:count]
+        for loss in [float(x) for x in args.loss.split(",")]:
+            for host in hosts:
+                host.clear_rules()
+                if loss:
+                    host.drop_incoming_udp(loss)
+            for tool in tools:
+                if not args.durable:
+                    warm_memory(workdir, int((count + 1) * size))
+                run.port += 10
+                if tool.startswith("fleetcast"):
+                    result = run.fleetcast(not tool.startswith("fleetcast-fallback"), args.timeout,
+                                           encrypted=tool.endswith("-encrypted"))
+                elif tool == "uftp-gcm":
+                    result = run.uftp(args.timeout, gcm=True)
+                else:
+                    result = getattr(run, tool)(args.timeout)
+                results[(size, count, loss, tool)] = result
+                print(f"{size:g} MiB  N={count} loss {loss:g}%  {tool:19s} {result['seconds']:7.2f} s  "
+                      f"{size / result['seconds']:7.1f} MiB/s  sender cpu {result['sender_cpu']:6.2f} s  "
+                      f"receiver cpu {result['cpu']:6.2f} s  peak rss {result['rss']:6.1f} MiB  "
+                      f"{'ok' if result['ok'] else 'FAILED'}", flush=True)
+                shutil.rmtree(os.path.join(workdir, tool), ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
-    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--size-mib", default="1024", help="payload sizes in MiB, each measured in turn (512,1024)")
     parser.add_argument("--receivers", default="1,3", help="receiver counts, each measured in turn")
     parser.add_argument("--loss", default="0,2", help="percent of incoming UDP dropped at each receiver")
     parser.add_argument("--tools", default="fleetcast,fleetcast-fallback,udpcast,uftp")
@@ -238,59 +290,31 @@ def main() -> int:
     workdir = tempfile.mkdtemp(prefix="fleetcast-bench-", dir=base)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # so the lab is torn down
     payload = os.path.join(workdir, "payload.bin")
-    image_id = ""
-    if args.payload == "debian":
-        from ansible_collections.fleetcast.imaging.plugins.module_utils._lab import debian_disk
-        cached = debian_disk.ensure_image()
-        shutil.copyfile(cached.image, payload)
-        image_id, args.size_mib = cached.image_id, os.path.getsize(payload) / (1 << 20)
-    else:
-        with open(payload, "wb") as out:
-            for _mib in range(args.size_mib):
-                out.write(os.urandom(1 << 20))
-    if args.durable:
-        # the payload on the disk before any run: else the first run's closing sync writes it too
-        syncfs(workdir)
     tools = args.tools.split(",")
     counts = [int(x) for x in args.receivers.split(",")]
+    sizes = [float(x) for x in args.size_mib.split(",")]
     results = {}
     try:
         with NetLab() as lab:
             sender = lab.add_host("srv")
             hosts = [lab.add_host(f"r{i + 1}") for i in range(max(counts))]
-            run = Run(lab, sender, hosts, payload, workdir, 9400, bool(args.durable), args.object_sizes, args.encrypt)
-            run.payload_digest = sha256(payload)
-            run.image_id = image_id
-            for count in counts:
-                run.receivers = hosts[:count]
-                for loss in [float(x) for x in args.loss.split(",")]:
-                    for host in hosts:
-                        host.clear_rules()
-                        if loss:
-                            host.drop_incoming_udp(loss)
-                    for tool in tools:
-                        if not args.durable:
-                            warm_memory(workdir, int((count + 1) * args.size_mib))
-                        run.port += 10
-                        if tool.startswith("fleetcast"):
-                            result = run.fleetcast(tool == "fleetcast", args.timeout)
-                        else:
-                            result = getattr(run, tool)(args.timeout)
-                        results[(count, loss, tool)] = result
-                        print(f"N={count} loss {loss:g}%  {tool:19s} {result['seconds']:7.2f} s  "
-                              f"{args.size_mib / result['seconds']:7.1f} MiB/s  sender cpu {result['sender_cpu']:6.2f} s  "
-                              f"receiver cpu {result['cpu']:6.2f} s  peak rss {result['rss']:6.1f} MiB  "
-                              f"{'ok' if result['ok'] else 'FAILED'}", flush=True)
-                        shutil.rmtree(os.path.join(workdir, tool), ignore_errors=True)
+            for number, wanted in enumerate(sizes):
+                image_id, size = _make_payload(args, payload, wanted)
+                run = Run(lab, sender, hosts, payload, workdir, 9400 + 1000 * number, bool(args.durable),
+                          args.object_sizes, args.encrypt)
+                run.payload_digest = sha256(payload)
+                run.image_id = image_id
+                _measure(args, run, hosts, tools, counts, size, workdir, results)
             print("summary: fleetcast time / peer time (a failed peer run is marked)")
-            for (count, loss, tool), result in results.items():
+            for (size, count, loss, tool), result in results.items():
                 if not tool.startswith("fleetcast"):
                     continue
-                for peer in ("udpcast", "uftp"):
-                    base = results.get((count, loss, peer))
+                peers = ("uftp-gcm",) if tool.endswith("-encrypted") else ("udpcast", "uftp")
+                for peer in peers:
+                    base = results.get((size, count, loss, peer))
                     if base:
                         note = "" if base["ok"] else f" ({peer} FAILED)"
-                        print(f"N={count} loss {loss:g}%  {tool} / {peer} = "
+                        print(f"{size:g} MiB  N={count} loss {loss:g}%  {tool} / {peer} = "
                               f"{result['seconds'] / base['seconds']:.3f}{note}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
