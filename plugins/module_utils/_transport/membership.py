@@ -296,6 +296,12 @@ class Membership:
             return elapsed >= self.policy.max_wait
         return True
 
+    def done_addresses(self) -> List[Tuple[str, int]]:
+        """Where the receivers that finished listen for control: the session's END goes there too,
+        because such a receiver has closed its group socket and waits only for DONE_ACK or END on
+        its own (a lost DONE_ACK kept it waiting out its whole timeout)."""
+        return [peer.address for peer in self.peers.values() if peer.state == "done"]
+
     def congested(self) -> bool:
         """Whether an active receiver reported more drops (its kernel's, or data it had no room
         for) since the last call."""

@@ -461,8 +461,11 @@ class Sender:
                         break
                 if not self._serve_one(final):
                     self._idle(0.005)
+            finished = self.members.done_addresses()
             for _repeat in range(3):
                 self._control(wire.END, wire.END_BODY.pack(wire.END_COMPLETE))
+                for address in finished:
+                    self._control(wire.END, wire.END_BODY.pack(wire.END_COMPLETE), to=address)
                 time.sleep(0.02)
         except BaseException:
             try:

@@ -36,11 +36,11 @@ def _lab_session(netlab, tmp_path, size, count, **receiver_options):
     return expected, payload, sender_host, hosts, outputs, receivers
 
 
-def _outputs_exact(receivers, outputs, expected):
-    """Every receiver exited 0 and wrote exactly the payload; returns their reports."""
+def _outputs_exact(receivers, outputs, expected, timeout=120):
+    """Every receiver exited 0 (within `timeout` s) and wrote exactly the payload; returns their reports."""
     results = []
     for process, output in zip(receivers, outputs):
-        code, result = finish(process)
+        code, result = finish(process, timeout=timeout)
         assert code == 0, result
         assert file_digest(output) == expected
         results.append(result)
@@ -392,3 +392,21 @@ def test_dscp_marks_every_datagram_of_the_session_both_ways(netlab, tmp_path):
     # (the input hook counts a GRO buffer of up to 44 datagrams once)
     assert at_receiver[0] >= 8 * MiB // (44 * wire.DATAGRAM) and at_receiver[1] == 0, at_receiver
     assert at_sender[0] > 0 and at_sender[1] == 0, at_sender
+
+
+def test_a_receiver_whose_done_ack_is_lost_learns_the_end_and_exits_at_once(netlab, tmp_path):
+    # Every DONE_ACK to this receiver is lost (nftables drops its 44-byte datagrams: UDP length
+    # 52). It has closed its group socket, so the END the sender sends the group does not reach it
+    # either; the sender also sends END to every finished receiver's own address.
+    expected, payload, sender_host, hosts, outputs, receivers = _lab_session(netlab, tmp_path, 4 * MiB, 1, timeout=40)
+    hosts[0].nft("table inet fleetcast_lab {\n"
+                 " chain input { type filter hook input priority 0; policy accept;\n"
+                 "  udp length 52 drop\n"
+                 " }\n}\n")
+    sender = start_sender(sender_host, payload, extra=["--expected", "r1"])
+    code, report = finish(sender)
+    assert code == 0, report
+    _assert_all_done(report, ["r1"])
+    # without END on its own address it would send DONE until its 40 s timeout ran out
+    _outputs_exact(receivers, outputs, expected, timeout=10)
+
