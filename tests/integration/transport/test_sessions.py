@@ -409,4 +409,3 @@ def test_a_receiver_whose_done_ack_is_lost_learns_the_end_and_exits_at_once(netl
     _assert_all_done(report, ["r1"])
     # without END on its own address it would send DONE until its 40 s timeout ran out
     _outputs_exact(receivers, outputs, expected, timeout=10)
-
