@@ -14,8 +14,11 @@ import ctypes.util
 import errno
 import fcntl
 import os
+import shutil
 import stat
 import struct
+import subprocess
+import time
 from contextlib import contextmanager
 from typing import Iterator, Optional, Union
 
@@ -141,6 +144,15 @@ def zero_range(fd: int, offset: int, length: int) -> None:
                              f"{err.strerror}.") from err
 
 
+REREAD_PAUSES = (0.1, 0.3, 0.6, 1.0, 1.5)   # seconds between retries of a busy re-read (3.5 s in all)
+
+
+def _settle() -> None:
+    """Wait for udev's queued events, where udev is there (never in this lab's containers)."""
+    if shutil.which("udevadm"):
+        subprocess.run(["udevadm", "settle", "--timeout=5"], check=False, capture_output=True)
+
+
 def reread_partitions(path_or_fd: Union[str, int]) -> bool:
     """Tell the kernel the partition table changed (BLKRRPART). False where it cannot (no partition
     support for this device, e.g. a loop device without partscan); regular files need nothing."""
@@ -149,16 +161,25 @@ def reread_partitions(path_or_fd: Union[str, int]) -> bool:
         if not is_block_device(fd):
             return False
         os.fsync(fd)
-        try:
-            fcntl.ioctl(fd, BLKRRPART)
-            return True
-        except OSError as err:
-            if err.errno in (errno.EINVAL, errno.ENOTTY, errno.ENOSYS):
-                return False
-            if err.errno == errno.EBUSY:
-                raise FleetcastError(f"The kernel cannot re-read the partition table of {name} because one "
-                                     f"of its partitions is in use.") from err
-            raise FleetcastError(f"Cannot re-read the partition table of {name}: {err.strerror}.") from err
+        for pause in REREAD_PAUSES + (None,):
+            try:
+                fcntl.ioctl(fd, BLKRRPART)
+                return True
+            except OSError as err:
+                if err.errno in (errno.EINVAL, errno.ENOTTY, errno.ENOSYS):
+                    return False
+                if err.errno != errno.EBUSY:
+                    raise FleetcastError(f"Cannot re-read the partition table of {name}: {err.strerror}.") from err
+                if pause is None:
+                    raise FleetcastError(f"The kernel cannot re-read the partition table of {name} because one "
+                                         f"of its partitions is in use.") from err
+                # Busy for a moment: udev probes a partition (blkid opens it) after every change,
+                # an unmount or the end of a write, and a slow machine takes its time (two of three
+                # VMs failed their wipe so under load). A partition that stays busy (mounted, swap,
+                # an assembled array) still fails, REREAD_PAUSES later.
+                _settle()
+                time.sleep(pause)
+        return False
 
 
 def partition_node(disk_path: str, number: int, offset: int, size: int, sysfs: str = "/sys",

@@ -1,10 +1,12 @@
 # zero_range, partition access and re-reading tables, on loop devices and files made here.
+import errno
 import os
 
 import pytest
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import blockdev, table
 from ansible_collections.fleetcast.imaging.plugins.module_utils._disk import safety
+from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import FleetcastError
 
 from disk_helpers import sh
 
@@ -94,3 +96,41 @@ def test_partition_path_names_a_missing_partition(loop_disk):
     with pytest.raises(Exception, match=f"^{disk.device} has no partition 3.$"):
         with blockdev.partition_path(disk.device, 3):
             pass
+
+
+def _busy_ioctl(monkeypatch, busy_times):
+    """BLKRRPART busy `busy_times` times, then done; sleeps and udev recorded, not waited for."""
+    calls = {"ioctl": 0, "slept": []}
+
+    def ioctl(fd, request, *args):
+        if request == blockdev.BLKRRPART:
+            calls["ioctl"] += 1
+            if calls["ioctl"] <= busy_times:
+                raise OSError(errno.EBUSY, "Device or resource busy")
+            return 0
+        raise AssertionError(f"unexpected ioctl {request:#x}")
+
+    monkeypatch.setattr(blockdev.fcntl, "ioctl", ioctl)
+    monkeypatch.setattr(blockdev, "is_block_device", lambda fd: True)
+    monkeypatch.setattr(blockdev.time, "sleep", calls["slept"].append)
+    monkeypatch.setattr(blockdev, "_settle", lambda: None)
+    return calls
+
+
+def test_reread_partitions_waits_out_a_moment_of_busy(monkeypatch, tmp_path):
+    # udev's blkid holds a partition open for a moment after an unmount: the re-read is retried
+    target = tmp_path / "disk"
+    target.write_bytes(bytes(4096))
+    calls = _busy_ioctl(monkeypatch, busy_times=2)
+    assert blockdev.reread_partitions(str(target)) is True
+    assert calls["ioctl"] == 3 and calls["slept"] == list(blockdev.REREAD_PAUSES[:2])
+
+
+def test_reread_partitions_that_stay_busy_fail_with_one_sentence(monkeypatch, tmp_path):
+    target = tmp_path / "disk"
+    target.write_bytes(bytes(4096))
+    calls = _busy_ioctl(monkeypatch, busy_times=100)
+    with pytest.raises(FleetcastError, match=f"^The kernel cannot re-read the partition table of {target} "
+                                             r"because one of its partitions is in use\.$"):
+        blockdev.reread_partitions(str(target))
+    assert calls["ioctl"] == len(blockdev.REREAD_PAUSES) + 1
