@@ -173,10 +173,10 @@ def reread_partitions(path_or_fd: Union[str, int]) -> bool:
                 if pause is None:
                     raise FleetcastError(f"The kernel cannot re-read the partition table of {name} because one "
                                          f"of its partitions is in use.") from err
-                # Busy for a moment: udev probes a partition (blkid opens it) after every change,
-                # an unmount or the end of a write, and a slow machine takes its time (two of three
-                # VMs failed their wipe so under load). A partition that stays busy (mounted, swap,
-                # an assembled array) still fails, REREAD_PAUSES later.
+                # Busy for a moment, most likely udev probing a partition (blkid opens it) after a
+                # change or an unmount, which a slow machine takes its time over (two of three VMs
+                # failed their wipe so once, under load). A partition that stays busy (mounted,
+                # swap, an assembled array) still fails, REREAD_PAUSES later.
                 _settle()
                 time.sleep(pause)
         return False
