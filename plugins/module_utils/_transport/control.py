@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import random
 import struct
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from .._errors import TransportError
 from . import gcm, wire
@@ -125,10 +125,11 @@ class ReceiverControl:
         except struct.error:
             pass                          # a short body of an authentic message: nothing to take
 
-    def tick(self, now: float, kernel_drops: int = 0) -> Tick:
-        """Timers, once per loop round. `kernel_drops`: datagrams this host's kernel dropped since
-        the receive started (reported as congestion). Raises the TransportError that ends the
-        receive."""
+    def tick(self, now: float, kernel_drops: Callable[[], int] = lambda: 0) -> Tick:
+        """Timers, once per loop round. `kernel_drops()`: datagrams this host's kernel dropped since
+        the receive started (reported as congestion), asked only when a STATUS goes out (reading
+        the kernel's counters every round would cost the loop for nothing). Raises the
+        TransportError that ends the receive."""
         renew = False
         if now - max(self.heard, self.rejoined) > self.rejoin_after:
             # A sender announces every 0.1 s: silence means the group no longer reaches us (an
@@ -163,7 +164,7 @@ class ReceiverControl:
                 f"{core.delivered} of {total} objects received; the output is incomplete.")
         if now >= self.next_status or core.status_due:
             core.status_due = False
-            self._status(now, kernel_drops)
+            self._status(now, kernel_drops())
             # randomised spacing: receivers' reports spread out instead of arriving in bursts
             self.next_status = now + STATUS_EVERY * (0.5 + random.random())
         return Tick(False, renew)

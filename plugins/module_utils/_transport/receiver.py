@@ -366,7 +366,7 @@ class Receiver:
             object_requests=core.object_requests, seconds=round(time.monotonic() - started, 3),
             digest=digest.hex(), announced_image_id=wire.announced_image_id(control.image_id).hex(),
             sender=control.sender[0], gro=self.gro, encrypted=control.encrypted,
-            kernel_drops=udp_receive_errors() - self.kernel_drops_base, window_drops=core.window_drops,
+            kernel_drops=self._kernel_drops(), window_drops=core.window_drops,
             rejected_objects=self.rejected_objects, datagrams=self.datagrams, rejoins=control.rejoins,
             gro_dropped=self.gro_dropped,
             receive_calls=self.receive_calls, mmsg=self.batch is not None, forged_datagrams=core.forged,
@@ -440,13 +440,16 @@ class Receiver:
             next_control = now + 0.002
             self._poll_control()
             self._drain_rejected()
-            kernel_drops = udp_receive_errors() - self.kernel_drops_base if self.core is not None else 0
-            tick = control.tick(now, kernel_drops)
+            tick = control.tick(now, self._kernel_drops)
             self._send_queued()
             if tick.renew:
                 renew_membership(self.data_sock, self.config.group, self.config.address)
             if tick.complete:
                 return
+
+    def _kernel_drops(self) -> int:
+        """Datagrams this namespace's kernel dropped for full socket buffers since the receive began."""
+        return udp_receive_errors() - self.kernel_drops_base
 
     def _leave(self, err: BaseException) -> None:
         """Tell the sender this receiver gives up, and why, so that it reports the reason and
