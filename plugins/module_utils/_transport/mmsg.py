@@ -130,6 +130,26 @@ def _error(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
+def _receive(fd: int, headers: int, capacity: int) -> int:
+    """One non-blocking recvmmsg into `capacity` prepared message headers: messages received, 0 if
+    none is waiting; OSError on any error but an interruption (retried)."""
+    while True:
+        # an AF_INET name is always sockaddr_in long: msg_namelen never needs resetting
+        count = LIBC.recvmmsg(fd, headers, capacity, MSG_DONTWAIT, None)
+        if count >= 0:
+            return count
+        code = ctypes.get_errno()
+        if code in _WOULD_BLOCK:
+            return 0
+        if code not in _RETRY:
+            raise _error(code)
+
+
+def _address_of(name: "SockAddrIn") -> Tuple[str, int]:
+    """(address, port) of a sockaddr_in the kernel filled in."""
+    return socket.inet_ntoa(bytes(name.sin_addr)), int.from_bytes(bytes(name.sin_port), "big")
+
+
 class BatchSender:
     """Sends the rows of a 2-D uint8 array to one destination, one datagram per row."""
 
@@ -178,21 +198,10 @@ class BatchReceiver:
 
     def receive(self) -> int:
         """Datagrams received, 0 if none is waiting (never blocks); OSError on any error."""
-        while True:
-            # an AF_INET name is always sockaddr_in long: msg_namelen never needs resetting
-            count = LIBC.recvmmsg(self.vectors.fd, self.vectors.address, self.vectors.capacity,
-                                  MSG_DONTWAIT, None)
-            if count >= 0:
-                return count
-            code = ctypes.get_errno()
-            if code in _WOULD_BLOCK:
-                return 0
-            if code not in _RETRY:
-                raise _error(code)
+        return _receive(self.vectors.fd, self.vectors.address, self.vectors.capacity)
 
     def source(self, number: int) -> Tuple[str, int]:
-        name = self.vectors.names[number]
-        return socket.inet_ntoa(bytes(name.sin_addr)), int.from_bytes(bytes(name.sin_port), "big")
+        return _address_of(self.vectors.names[number])
 
 
 class _Control(ctypes.Structure):
@@ -251,15 +260,7 @@ class GroBatchReceiver:
     def receive(self) -> int:
         """GRO buffers received, 0 if none is waiting (never blocks); OSError on any error."""
         self.controllen[:] = self.control_room
-        while True:
-            count = LIBC.recvmmsg(self.fd, self.address, self.capacity, MSG_DONTWAIT, None)
-            if count >= 0:
-                return count
-            code = ctypes.get_errno()
-            if code in _WOULD_BLOCK:
-                return 0
-            if code not in _RETRY:
-                raise _error(code)
+        return _receive(self.fd, self.address, self.capacity)
 
     def segments(self, count: int) -> "np.ndarray":
         control = self.control[:count]
@@ -275,8 +276,7 @@ class GroBatchReceiver:
         return head + self.spill[number, :max(0, length - slot)].tobytes()
 
     def source(self, number: int) -> Tuple[str, int]:
-        name = self.names[number]
-        return socket.inet_ntoa(bytes(name.sin_addr)), int.from_bytes(bytes(name.sin_port), "big")
+        return _address_of(self.names[number])
 
 
 def gro_batch_receiver(sock: socket.socket) -> Optional[GroBatchReceiver]:
