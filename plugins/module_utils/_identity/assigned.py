@@ -14,21 +14,12 @@ new SID comes only from sysprep.
 from __future__ import annotations
 
 import ipaddress
-import traceback
 import uuid
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 from .._errors import IdentityError, ValidationError
+from . import sshkeys
 from .record import FileItem, IdentityRecord
-
-try:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-except ImportError:
-    serialization = None
-    CRYPTOGRAPHY_IMPORT_ERROR: Optional[str] = traceback.format_exc()
-else:
-    CRYPTOGRAPHY_IMPORT_ERROR = None
 
 NETWORK_FILE_STEM = "fleetcast"
 
@@ -69,24 +60,8 @@ def normalise(inventory_name: str, spec: Dict[str, Any], present_macs: List[str]
             "interfaces": [_interface(inventory_name, index, raw) for index, raw in enumerate(interfaces)]}
 
 
-def _ssh_keys(short: str) -> List[Tuple[str, bytes, bytes]]:
-    """Fresh host keys as a Debian install makes them: (kind, private OpenSSH, public line)."""
-    if serialization is None:
-        raise IdentityError("Generating SSH host keys needs the cryptography library (python3-cryptography).")
-    keys = []
-    for kind, key in (("ed25519", ed25519.Ed25519PrivateKey.generate()),
-                      ("ecdsa", ec.generate_private_key(ec.SECP256R1())),
-                      ("rsa", rsa.generate_private_key(public_exponent=65537, key_size=3072))):
-        private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                    serialization.NoEncryption())
-        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        keys.append((kind, private, public + f" root@{short}\n".encode()))
-    return keys
-
-
 def new_record(inventory_name: str, spec: Dict[str, Any], hardware: Dict[str, Any]) -> IdentityRecord:
     """A record for the identity the inventory gives, with a fresh machine-id and SSH host keys."""
-    from .linux import ssh_fingerprint   # linux imports this module for network_files
     assigned = normalise(inventory_name, spec, list(hardware.get("macs") or []))
     hostname = assigned["hostname"]
     short = hostname.split(".", maxsplit=1)[0]
@@ -122,11 +97,11 @@ def new_record(inventory_name: str, spec: Dict[str, Any], hardware: Dict[str, An
     record.add_file(FileItem("/etc/machine-id", "machine-id", 0o444, 0, 0), f"{machine_id}\n".encode())
     fingerprints = []
     # in path order, as a snapshot of the written system lists them (the read-back compares lists)
-    for kind, private, public in sorted(_ssh_keys(short)):
+    for kind, private, public in sorted(sshkeys.generate(short)):
         path = f"/etc/ssh/ssh_host_{kind}_key"
         record.add_file(FileItem(path, "ssh-host-key", 0o600, 0, 0, secret=True), private)
         record.add_file(FileItem(path + ".pub", "ssh-host-key-public", 0o644, 0, 0), public)
-        fingerprints.append(ssh_fingerprint(public))
+        fingerprints.append(sshkeys.fingerprint(public))
     record.summary.update({"machine_id": machine_id, "ssh_fingerprints": fingerprints})
     return record
 

@@ -14,15 +14,13 @@ workgroup and NetBIOS name put in.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from .._errors import IdentityError
-from . import assigned, netconf
+from . import assigned, netconf, sshkeys
 from .record import FileItem, IdentityRecord
 from .rootfs import FileState, Root
 
@@ -63,18 +61,6 @@ class Change:
 
 def _text(data: Optional[bytes]) -> str:
     return "" if data is None else data.decode("utf-8", "replace")
-
-
-def ssh_fingerprint(public_key: bytes) -> Optional[str]:
-    """OpenSSH's SHA256 fingerprint of a ``.pub`` line."""
-    fields = public_key.split()
-    if len(fields) < 2:
-        return None
-    try:
-        blob = base64.b64decode(fields[1], validate=True)
-    except ValueError:
-        return None
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
 def _smb_values(text: str) -> Dict[str, Tuple[int, int, str]]:
@@ -132,7 +118,7 @@ def gather(root: Root, record: IdentityRecord) -> None:
         record.add_file(_item(path, "ssh-host-key" if secret else "ssh-host-key-public", state, secret),
                         state.data)
         if not secret:
-            fingerprint = ssh_fingerprint(state.data)
+            fingerprint = sshkeys.fingerprint(state.data)
             if fingerprint:
                 fingerprints.append(fingerprint)
     summary["ssh_fingerprints"] = fingerprints

@@ -13,22 +13,27 @@ installed); the VM fleet does that on top of the same root.
 
 ``ensure_image()`` keeps one generic master disk and its image in the cache beside the root tarball
 (``<cache>/debian-root/master-<key>.raw`` and ``.fcimg``), for the tests and the benchmark.
+``python -m ...module_utils._lab.debian_disk --build`` builds the root and this master ahead of
+time, ``--clear`` empties the cache of both.
 """
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 from . import debian_root, loopdisk
-from .standing import MiB, LabMachine, _identity_tree, _make_ext4, _partition_bounds, _sgdisk, run
+from .disk_tools import MiB, make_ext4, partition_bounds, run, sgdisk
+from .machine import LabMachine, identity_tree
 
 ESP_MIB = 64
 FORMAT = 1                 # bump when the disk's shape changes: the cache key includes it
@@ -61,7 +66,7 @@ def write_master(path: str, machine: Optional[LabMachine] = None, subnet: str = 
     with tempfile.TemporaryDirectory(prefix="fleetcast-debian-", dir="/var/tmp") as scratch:
         tree = os.path.join(scratch, "root")
         debian_root.extract(tarball, tree)
-        _identity_tree(tree, machine, subnet, machine.hostname or f"{machine.name}.lab.fleetcast.test")
+        identity_tree(tree, machine, subnet, machine.hostname or f"{machine.name}.lab.fleetcast.test")
         with open(os.path.join(tree, "etc/fstab"), "w", encoding="utf-8") as handle:
             handle.write("LABEL=root / ext4 defaults 0 1\nLABEL=EFI /boot/efi vfat umask=0077 0 1\n")
         os.makedirs(os.path.join(tree, "etc/network/interfaces.d"), exist_ok=True)
@@ -74,17 +79,17 @@ def write_master(path: str, machine: Optional[LabMachine] = None, subnet: str = 
         size = max(min_size, (1 + ESP_MIB) * MiB + root_bytes + MiB)
         with open(path, "wb") as handle:
             handle.truncate(size)
-        _sgdisk(path, "-o", "-n", f"1:2048:+{ESP_MIB}M", "-t", "1:ef00", "-c", "1:EFI system",
-                "-n", "2:0:0", "-t", "2:8304", "-c", "2:root")
-        efi_offset, efi_size = _partition_bounds(path, 1)
-        root_offset, root_size = _partition_bounds(path, 2)
+        sgdisk(path, "-o", "-n", f"1:2048:+{ESP_MIB}M", "-t", "1:ef00", "-c", "1:EFI system",
+               "-n", "2:0:0", "-t", "2:8304", "-c", "2:root")
+        efi_offset, efi_size = partition_bounds(path, 1)
+        root_offset, root_size = partition_bounds(path, 2)
         window = loopdisk.attach(path, offset=efi_offset, sizelimit=efi_size)
         try:
             run(["mkfs.vfat", "-F", "32", "-n", "EFI", window], device=window)
             _copy_boot_files(tree, window)
         finally:
             loopdisk.detach(window)
-        _make_ext4(path, root_offset, root_size, tree, "root")
+        make_ext4(path, root_offset, root_size, tree, "root")
     return size
 
 
@@ -140,3 +145,31 @@ def clear(cache: Optional[str] = None) -> None:
         if name.startswith("master-"):
             path = os.path.join(directory, name)
             (shutil.rmtree if os.path.isdir(path) else os.unlink)(path)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Build or clear the cached Debian root of the fleetcast lab "
+                                                 "(and the master disk and image made from it).")
+    parser.add_argument("--build", action="store_true", help="build the root and the master image unless cached")
+    parser.add_argument("--clear", action="store_true", help="remove every cached root, master disk and image")
+    default = "$%s or %s" % (debian_root.CACHE_ENV, debian_root.DEFAULT_CACHE)
+    parser.add_argument("--cache", help="cache directory (default %s)" % default)
+    args = parser.parse_args(argv)
+    if args.clear:
+        clear(args.cache)
+        for path in debian_root.clear(args.cache):
+            sys.stdout.write("removed %s\n" % path)
+    if args.build or not args.clear:
+        root = debian_root.ensure_root(cache=args.cache)
+        image = ensure_image(args.cache)
+        facts = {"root": root.path, "key": root.key, "root_built": root.built,
+                 "root_seconds": round(root.seconds, 1), "root_bytes": os.path.getsize(root.path),
+                 "master": image.raw, "image": image.image, "image_id": image.image_id,
+                 "chunks": image.chunks, "stored_bytes": image.stored_bytes, "disk_bytes": image.size,
+                 "image_built": image.built, "image_seconds": round(image.seconds, 1)}
+        sys.stdout.write(json.dumps(facts) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

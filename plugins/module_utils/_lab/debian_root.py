@@ -9,8 +9,8 @@ their size. This builds a Debian bookworm root with ``mmdebstrap`` from the mach
 sources and keeps it as a tarball in a cache outside any clone, keyed by everything that decides its
 content (suite, variant, architecture, package list, apt sources), so the tests, the demo, the
 benchmark and CI on the same machine build it once. A fresh machine builds it on first use (a few
-minutes, most of it downloading); ``python -m ...module_utils._lab.debian_root --build`` does it
-ahead of time and ``--clear`` empties the cache.
+minutes, most of it downloading); ``python -m ...module_utils._lab.debian_disk --build`` does it
+ahead of time (with the master disk made of it) and ``--clear`` empties the cache.
 
 API (also used by the VM fleet, which makes a bootable disk of it)::
 
@@ -20,7 +20,6 @@ API (also used by the VM fleet, which makes a bootable disk of it)::
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import glob
 import hashlib
@@ -28,7 +27,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
@@ -170,33 +168,3 @@ def clear(cache: Optional[str] = None) -> List[str]:
     for path in removed:
         os.unlink(path)
     return removed
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Build or clear the cached Debian root of the fleetcast lab "
-                                                 "(and the master disk and image made from it).")
-    parser.add_argument("--build", action="store_true", help="build the root and the master image unless cached")
-    parser.add_argument("--clear", action="store_true", help="remove every cached root, master disk and image")
-    parser.add_argument("--cache", help="cache directory (default $%s or %s)" % (CACHE_ENV, DEFAULT_CACHE))
-    args = parser.parse_args(argv)
-    # debian_disk builds on this module: imported here, not at the top
-    from . import debian_disk  # pylint: disable=import-outside-toplevel
-
-    if args.clear:
-        debian_disk.clear(args.cache)
-        for path in clear(args.cache):
-            sys.stdout.write("removed %s\n" % path)
-    if args.build or not args.clear:
-        root = ensure_root(cache=args.cache)
-        image = debian_disk.ensure_image(args.cache)
-        facts = {"root": root.path, "key": root.key, "root_built": root.built,
-                 "root_seconds": round(root.seconds, 1), "root_bytes": os.path.getsize(root.path),
-                 "master": image.raw, "image": image.image, "image_id": image.image_id,
-                 "chunks": image.chunks, "stored_bytes": image.stored_bytes, "disk_bytes": image.size,
-                 "image_built": image.built, "image_seconds": round(image.seconds, 1)}
-        sys.stdout.write(json.dumps(facts) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

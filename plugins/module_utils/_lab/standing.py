@@ -28,35 +28,15 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
-from .._errors import FleetcastError, ValidationError
-from . import loopdisk
+from .._errors import ValidationError
+from . import debian_disk, loopdisk
+from .disk_tools import MiB, make_ext4, partition_bounds, run, sgdisk
+from .machine import LabMachine, identity_tree
 from .netlab import NetLab
 
-MiB = 1024 * 1024
-SECTOR = 512
 STATE_FILE = "state.json"
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{1,7}$")
 MASTER_SYSTEMS = ("toy", "debian")
-
-
-class LabError(FleetcastError):
-    """The lab could not be built (a tool failed on one of its disks)."""
-
-
-@dataclass
-class LabMachine:
-    """One host of the lab: its namespace on the bridge and, optionally, its disk."""
-
-    name: str
-    role: str                      # "server" | "master" | "participant"
-    netns: str
-    address: str
-    mac: str
-    interface: str = "eth0"
-    disk_file: str = ""
-    disk_device: str = ""
-    hostname: str = ""
-    machine_id: str = ""
 
 
 @dataclass
@@ -105,17 +85,6 @@ class LabState:
         return {"prefix": self.prefix, "directory": self.directory, "image_dir": self.image_dir,
                 "identity_dir": self.identity_dir, "resume_dir": self.resume_dir,
                 "hosts": {name: asdict(machine) for name, machine in self.machines.items()}}
-
-
-def run(argv: List[str], device: str) -> subprocess.CompletedProcess:
-    """Run one tool while building `device`; a failure is one sentence naming both."""
-    proc = subprocess.run([str(arg) for arg in argv], capture_output=True, text=True, check=False,
-                          env=dict(os.environ, LC_ALL="C", LANG="C"))
-    if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        reason = detail[-1].rstrip(".") if detail else f"exit code {proc.returncode}"
-        raise LabError(f"{os.path.basename(argv[0])} failed on {device}: {reason}.")
-    return proc
 
 
 def check_prefix(prefix: str) -> None:
@@ -197,9 +166,6 @@ def _build_disks(state: LabState, master: str, participants: List[str], master_s
         machine.hostname = f"{name}.lab.fleetcast.test" if name == master else f"{name}-old"
         machine.machine_id = uuid.uuid4().hex
         if name == master and master_system == "debian":
-            # debian_disk builds on this module: imported here, not at the top
-            from . import debian_disk  # pylint: disable=import-outside-toplevel
-
             master_size = debian_disk.write_master(path, machine, state.subnet, min_size=master_size)
             participant_size = max(participant_size, master_size)
         elif name == master:
@@ -211,58 +177,12 @@ def _build_disks(state: LabState, master: str, participants: List[str], master_s
         state.save()
 
 
-def _sgdisk(path: str, *args: str) -> str:
-    return run(["sgdisk", *args, path], device=path).stdout
-
-
-def _partition_bounds(path: str, number: int) -> tuple:
-    """(offset, size) in bytes of partition `number`, read back from the table just written."""
-    info = _sgdisk(path, "-i", str(number))
-    first = int(re.search(r"First sector: (\d+)", info).group(1))
-    last = int(re.search(r"Last sector: (\d+)", info).group(1))
-    return first * SECTOR, (last - first + 1) * SECTOR
-
-
-def _identity_tree(tree: str, machine: LabMachine, subnet: str, hostname: str) -> None:
-    """The files that make a Linux system this machine: what identity snapshot must keep."""
-    def put(inner: str, text: str, mode: int = 0o644) -> None:
-        target = os.path.join(tree, inner.lstrip("/"))
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w",
-                  encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(target, mode)
-
-    short = hostname.split(".")[0]
-    put("/etc/os-release", 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\n'
-        'VERSION_ID="12"\nID=debian\n')
-    put("/etc/hostname", hostname + "\n")
-    put("/etc/machine-id", machine.machine_id + "\n", 0o444)
-    put("/etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {hostname} {short}\n")
-    put("/etc/netplan/01-fleetcast-lab.yaml",
-        "network:\n  version: 2\n  ethernets:\n    lab0:\n"
-        f"      match:\n        macaddress: \"{machine.mac}\"\n      set-name: lab0\n"
-        f"      addresses: [\"{machine.address}/24\"]\n", 0o600)
-    os.makedirs(os.path.join(tree, "etc/ssh"), exist_ok=True)
-    for kind in ("ed25519", "ecdsa"):
-        run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"root@{short}",
-             "-f", os.path.join(tree, f"etc/ssh/ssh_host_{kind}_key")], device=machine.name)
-
-
-def _make_ext4(path: str, offset: int, size: int, tree: str, label: str) -> None:
-    window = loopdisk.attach(path, offset=offset, sizelimit=size)
-    try:
-        run(["mkfs.ext4", "-F", "-q", "-L", label, "-d", tree, window], device=window)
-    finally:
-        loopdisk.detach(window)
-
-
 def write_master_system(path: str, machine: LabMachine, subnet: str) -> None:
     """GPT + EFI system partition (vfat) + ext4 root holding a small Linux system tree."""
-    _sgdisk(path, "-o", "-n", "1:2048:+32M", "-t", "1:ef00", "-c", "1:EFI system",
-            "-n", "2:0:0", "-t", "2:8304", "-c", "2:root")
-    efi_offset, efi_size = _partition_bounds(path, 1)
-    root_offset, root_size = _partition_bounds(path, 2)
+    sgdisk(path, "-o", "-n", "1:2048:+32M", "-t", "1:ef00", "-c", "1:EFI system",
+           "-n", "2:0:0", "-t", "2:8304", "-c", "2:root")
+    efi_offset, efi_size = partition_bounds(path, 1)
+    root_offset, root_size = partition_bounds(path, 2)
     with tempfile.TemporaryDirectory(prefix="fleetcast-lab-") as scratch:
         window = loopdisk.attach(path, offset=efi_offset, sizelimit=efi_size)
         try:
@@ -276,7 +196,7 @@ def write_master_system(path: str, machine: LabMachine, subnet: str) -> None:
         finally:
             loopdisk.detach(window)
         tree = os.path.join(scratch, "root")
-        _identity_tree(tree, machine, subnet, machine.hostname)
+        identity_tree(tree, machine, subnet, machine.hostname)
         for inner, size in (("usr/lib/fleetcast-lab/payload.bin", 6 * MiB),
                             ("usr/share/doc/fleetcast-lab/README", 0)):
             target = os.path.join(tree, inner)
@@ -286,21 +206,21 @@ def write_master_system(path: str, machine: LabMachine, subnet: str) -> None:
         os.makedirs(os.path.join(tree, "boot/efi"), exist_ok=True)
         with open(os.path.join(tree, "etc/fstab"), "w", encoding="utf-8") as handle:
             handle.write("LABEL=root / ext4 defaults 0 1\nLABEL=EFI /boot/efi vfat umask=0077 0 1\n")
-        _make_ext4(path, root_offset, root_size, tree, "root")
+        make_ext4(path, root_offset, root_size, tree, "root")
 
 
 def write_dirty_participant(path: str, machine: LabMachine, subnet: str) -> None:
     """A disk in use: its own identity in an ext4 root, plus a data partition and stale bytes."""
-    _sgdisk(path, "-o", "-n", "1:2048:+96M", "-t", "1:8304", "-c", "1:old root",
-            "-n", "2:0:+32M", "-t", "2:8300", "-c", "2:old data", "-n", "3:0:0", "-t", "3:8200",
-            "-c", "3:old swap")
-    root_offset, root_size = _partition_bounds(path, 1)
-    data_offset, data_size = _partition_bounds(path, 2)
-    swap_offset, swap_size = _partition_bounds(path, 3)
+    sgdisk(path, "-o", "-n", "1:2048:+96M", "-t", "1:8304", "-c", "1:old root",
+           "-n", "2:0:+32M", "-t", "2:8300", "-c", "2:old data", "-n", "3:0:0", "-t", "3:8200",
+           "-c", "3:old swap")
+    root_offset, root_size = partition_bounds(path, 1)
+    data_offset, data_size = partition_bounds(path, 2)
+    swap_offset, swap_size = partition_bounds(path, 3)
     with tempfile.TemporaryDirectory(prefix="fleetcast-lab-") as scratch:
         tree = os.path.join(scratch, "root")
-        _identity_tree(tree, machine, subnet, machine.hostname)
-        _make_ext4(path, root_offset, root_size, tree, "oldroot")
+        identity_tree(tree, machine, subnet, machine.hostname)
+        make_ext4(path, root_offset, root_size, tree, "oldroot")
     with open(path, "r+b") as handle:
         handle.seek(data_offset)
         handle.write(os.urandom(min(data_size, 2 * MiB)))

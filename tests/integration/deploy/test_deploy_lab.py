@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._identity import store
-from ansible_collections.fleetcast.imaging.plugins.module_utils._lab import loopdisk, standing
+from ansible_collections.fleetcast.imaging.plugins.module_utils._lab import disk_tools, loopdisk, standing
 from ansible_collections.fleetcast.imaging.plugins.module_utils._lab.netlab import LabHost
 
 pytestmark = pytest.mark.slow
@@ -95,7 +95,7 @@ def _root_partition(disk_file):
     table = subprocess.run(["sgdisk", "-p", disk_file], capture_output=True, text=True, check=True).stdout
     numbers = [int(line.split()[0]) for line in table.splitlines() if re.match(r"\s+\d+\s", line)]
     for number in numbers:
-        offset, size = standing._partition_bounds(disk_file, number)
+        offset, size = disk_tools.partition_bounds(disk_file, number)
         probe = subprocess.run(["blkid", "-p", "-O", str(offset), "-s", "TYPE", "-o", "value", disk_file],
                                capture_output=True, text=True, check=False).stdout.strip()
         if probe == "ext4":

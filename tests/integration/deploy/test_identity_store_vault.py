@@ -15,7 +15,8 @@ import uuid
 import pytest
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._identity import store
-from ansible_collections.fleetcast.imaging.plugins.module_utils._lab import loopdisk, standing
+from ansible_collections.fleetcast.imaging.plugins.module_utils._lab import disk_tools, loopdisk, standing
+from ansible_collections.fleetcast.imaging.plugins.module_utils._lab.machine import LabMachine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
@@ -24,12 +25,12 @@ MiB = 1 << 20
 
 
 def _machine(name, address, mac):
-    return standing.LabMachine(name=name, role="participant", netns="", address=address, mac=mac,
-                               hostname=name + "-old", machine_id=uuid.uuid4().hex)
+    return LabMachine(name=name, role="participant", netns="", address=address, mac=mac,
+                      hostname=name + "-old", machine_id=uuid.uuid4().hex)
 
 
 def _hostname_on(disk_file):
-    offset, size = standing._partition_bounds(disk_file, 1)   # the dirty disk's root
+    offset, size = disk_tools.partition_bounds(disk_file, 1)   # the dirty disk's root
     window = loopdisk.attach(disk_file, offset=offset, sizelimit=size, read_only=True)
     try:
         return subprocess.run(["debugfs", "-R", "cat /etc/hostname", window], capture_output=True,
@@ -47,7 +48,7 @@ def _sha256(path):
 
 
 def _read_on(disk_file, inner, partition=1):
-    offset, size = standing._partition_bounds(disk_file, partition)
+    offset, size = disk_tools.partition_bounds(disk_file, partition)
     window = loopdisk.attach(disk_file, offset=offset, sizelimit=size, read_only=True)
     try:
         return subprocess.run(["debugfs", "-R", f"dump {inner} /dev/stdout", window], capture_output=True,

@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._lab import standing
+from ansible_collections.fleetcast.imaging.plugins.module_utils._lab.machine import LabMachine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -49,8 +50,8 @@ def _verify(tmp_path, device, saved_hostname):
 @pytest.mark.timeout(120)
 def test_identity_check_reads_the_disk(loop_disk, tmp_path):
     disk = loop_disk(192 << 20, "disk.img")
-    machine = standing.LabMachine(name="vh", role="participant", netns="", address="10.231.9.13",
-                                  mac="02:00:00:00:09:13", hostname="vh-old", machine_id=uuid.uuid4().hex)
+    machine = LabMachine(name="vh", role="participant", netns="", address="10.231.9.13",
+                         mac="02:00:00:00:09:13", hostname="vh-old", machine_id=uuid.uuid4().hex)
     standing.write_dirty_participant(disk.path, machine, "10.231.9")
 
     good, out = _verify(tmp_path, disk.device, "vh-old")

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from ansible_collections.fleetcast.imaging.plugins.module_utils._errors import FleetcastError
-from ansible_collections.fleetcast.imaging.plugins.module_utils._lab import loopdisk, standing
+from ansible_collections.fleetcast.imaging.plugins.module_utils._lab import disk_tools, loopdisk, standing
 
 MiB = 1024 * 1024
 
@@ -45,8 +45,8 @@ def test_build_gives_real_disks_and_destroy_removes_everything(tmp_path):
         table = subprocess.run(["sgdisk", "-p", master.disk_file], capture_output=True, text=True,
                                check=True).stdout
         assert "EF00  EFI system" in table and "8304  root" in table
-        efi_offset, efi_size = standing._partition_bounds(master.disk_file, 1)
-        root_offset, root_size = standing._partition_bounds(master.disk_file, 2)
+        efi_offset, efi_size = disk_tools.partition_bounds(master.disk_file, 1)
+        root_offset, root_size = disk_tools.partition_bounds(master.disk_file, 2)
         assert _read_ext4(master.disk_file, root_offset, root_size, "/etc/hostname") == master.hostname + "\n"
         assert _read_ext4(master.disk_file, root_offset, root_size, "/etc/machine-id").strip() == master.machine_id
         assert "BEGIN OPENSSH PRIVATE KEY" in _read_ext4(master.disk_file, root_offset, root_size,
@@ -59,7 +59,7 @@ def test_build_gives_real_disks_and_destroy_removes_everything(tmp_path):
             loopdisk.detach(window)
         assert "BOOTX64  EFI" in listing
 
-        p1_offset, p1_size = standing._partition_bounds(p1.disk_file, 1)
+        p1_offset, p1_size = disk_tools.partition_bounds(p1.disk_file, 1)
         assert _read_ext4(p1.disk_file, p1_offset, p1_size, "/etc/hostname") == "p1-old\n"
         assert p1.address in _read_ext4(p1.disk_file, p1_offset, p1_size, "/etc/netplan/01-fleetcast-lab.yaml")
         assert p1.machine_id != state.machines["p2"].machine_id

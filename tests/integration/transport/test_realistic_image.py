@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lab import GROUP  # noqa: E402
 from test_bridge import module_result, run_module  # noqa: E402
 
-from ansible_collections.fleetcast.imaging.plugins.module_utils._lab import debian_disk, loopdisk, standing  # noqa: E402
+from ansible_collections.fleetcast.imaging.plugins.module_utils._lab import debian_disk, disk_tools, loopdisk  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 PARTICIPANTS = ("p1", "p2", "p3")
@@ -44,7 +44,7 @@ def _fsck(disk_file):
     """Exit codes of e2fsck on the root and fsck.vfat on the ESP, read-only (0 = clean)."""
     codes = {}
     for number, argv in ((1, ["fsck.vfat", "-n"]), (2, ["e2fsck", "-f", "-n"])):
-        offset, size = standing._partition_bounds(disk_file, number)
+        offset, size = disk_tools.partition_bounds(disk_file, number)
         window = loopdisk.attach(disk_file, offset=offset, sizelimit=size, read_only=True)
         try:
             codes[argv[0]] = subprocess.run(argv + [window], capture_output=True, check=False).returncode

@@ -137,8 +137,8 @@ def ssh_keys(name, tmp_dir):
 
 
 def fingerprints(keys):
-    from ansible_collections.fleetcast.imaging.plugins.module_utils._identity.linux import ssh_fingerprint
-    return [ssh_fingerprint(pub) for priv, pub in keys.values()]
+    from ansible_collections.fleetcast.imaging.plugins.module_utils._identity import sshkeys
+    return [sshkeys.fingerprint(pub) for priv, pub in keys.values()]
 
 
 def build_linux_root(root, spec, key_dir, extra_key=False):
