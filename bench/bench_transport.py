@@ -41,9 +41,11 @@ the comparison is to durable bytes for everyone). --object-sizes gives fleetcast
 sizes (as an image's compressed chunks), e.g. 3072,4194304,65536,1048576.
 Times are wall-clock from the sender's start to the last receiver's completion; receiver CPU
 (user+system) and peak RSS come from wait4() on each receiver process (the largest of the
-receivers), sender CPU likewise. Every output is checked against the payload's SHA-256; a run that
-does not deliver it exactly is reported as failed. Each receiver count runs every tool at every
-loss level; the summary gives fleetcast's time over udpcast's and over uftp's for each.
+receivers), the sender's CPU and peak RSS likewise. Every output is checked against the payload's
+SHA-256; a run that does not deliver it exactly is reported as failed. Each receiver count runs
+every tool at every loss level; the summary gives fleetcast's time over udpcast's and over uftp's
+for each. The exit status is 1 only when a fleetcast run failed (a peer's failure is marked in the
+summary, and its ratio is not a measurement).
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ class Run:
             elapsed += time.monotonic() - sync_started
         exact = all(os.path.exists(o) and self.exact(o) for o in outputs)
         return {"seconds": elapsed, "ok": exact and sender_usage[0] == 0, "sender_cpu": sender_usage[1],
-                "cpu": max(u[1] for u in usages), "rss": max(u[2] for u in usages)}
+                "sender_rss": sender_usage[2], "cpu": max(u[1] for u in usages), "rss": max(u[2] for u in usages)}
 
     image_id = ""        # --payload debian: outputs are image files, checked by image id and chunk digests
 
@@ -265,7 +267,7 @@ def _measure(args, run, hosts, tools, counts, size, workdir, results) -> None:
                     result = getattr(run, tool)(args.timeout)
                 results[(size, count, loss, tool)] = result
                 print(f"{size:g} MiB  N={count} loss {loss:g}%  {tool:19s} {result['seconds']:7.2f} s  "
-                      f"{size / result['seconds']:7.1f} MiB/s  sender cpu {result['sender_cpu']:6.2f} s  "
+                      f"{size / result['seconds']:7.1f} MiB/s  sender cpu {result['sender_cpu']:6.2f} s, rss {result['sender_rss']:6.1f} MiB  "
                       f"receiver cpu {result['cpu']:6.2f} s  peak rss {result['rss']:6.1f} MiB  "
                       f"{'ok' if result['ok'] else 'FAILED'}", flush=True)
                 shutil.rmtree(os.path.join(workdir, tool), ignore_errors=True)
@@ -318,7 +320,8 @@ def main() -> int:
                               f"{result['seconds'] / base['seconds']:.3f}{note}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if all(r["ok"] for r in results.values()) else 1
+    # a peer's failed run is marked in the summary; only fleetcast's own failures fail the benchmark
+    return 0 if all(r["ok"] for (_s, _c, _l, tool), r in results.items() if tool.startswith("fleetcast")) else 1
 
 
 if __name__ == "__main__":
