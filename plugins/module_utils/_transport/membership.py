@@ -243,6 +243,14 @@ class Membership:
             return 0
         return min(peer.lowest_missing for peer in taking_part)
 
+    def needed_from(self) -> int:
+        """The lowest object a receiver taking part still lacks, as of its last STATUS: no one
+        asks for a repair of anything before it (0 while no receiver takes part or reported).
+        A receiver that joins later, or is served again after it was dropped, may: what it asks for
+        is read and laid out again."""
+        taking_part = [peer.lowest_missing for peer in self.peers.values() if peer.state in ("active", "done")]
+        return min(taking_part) if taking_part else 0
+
     def _match_name(self, name: str, address: str) -> str:
         for expected in self.policy.expected:
             if expected in (name, address):

@@ -41,11 +41,12 @@ from .source import ObjectSource
 
 ANNOUNCE_EVERY = 0.1
 RATE_EVERY = 0.1
-# Laid-out objects kept for repairs: those of the last few objects arrive within milliseconds, and
-# an older one is laid out again. Every byte of it is memory the process touches afresh (on a
-# virtual machine, host pages faulted in: 16 objects cost 0.2 s of CPU and a peak RSS of 122-131
-# MiB; 24 MiB of them, 81-92 MiB and no slower at 1-3 receivers and 0-2 % loss).
-CACHE_BYTES = 24 * 1024 * 1024
+# Laid-out objects kept for repairs until every receiver holds them (``Membership.needed_from``),
+# and at most this much: every byte of it is memory the process touches afresh (on a virtual
+# machine, host pages faulted in: 16 cached objects whatever the receivers held cost 0.2 s of CPU
+# and a peak RSS of 122-131 MiB). Receivers that lag ask for repairs of objects sent tens of MB
+# before; an object evicted by then is read and laid out again.
+CACHE_BYTES = 48 * 1024 * 1024
 CACHE_MIN_OBJECTS = 2
 CONTROL_PER_CALL = 1024        # receivers' datagrams read per socket between two sends
 PREFETCH = 3
@@ -209,11 +210,17 @@ class Sender:
                 self.pool.give(known.rows)
         self.cache[prepared.index] = prepared
         self.cache_bytes += prepared.rows.nbytes
+        # sendto() copied their bytes into the kernel: nothing refers to an evicted object
+        needed_from = self.members.needed_from()
+        for held in [index for index in self.cache if index < needed_from and index != prepared.index]:
+            self._evict(held)
         while self.cache_bytes > CACHE_BYTES and len(self.cache) > CACHE_MIN_OBJECTS:
-            # sendto() copied its bytes into the kernel: nothing refers to an evicted object
-            evicted = self.cache.popitem(last=False)[1]
-            self.cache_bytes -= evicted.rows.nbytes
-            self.pool.give(evicted.rows)
+            self._evict(next(iter(self.cache)))
+
+    def _evict(self, index: int) -> None:
+        evicted = self.cache.pop(index)
+        self.cache_bytes -= evicted.rows.nbytes
+        self.pool.give(evicted.rows)
 
     def _object(self, index: int) -> _Prepared:
         prepared = self.cache.get(index)

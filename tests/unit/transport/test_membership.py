@@ -182,6 +182,20 @@ def test_objects_every_receiver_holds_are_known_once_all_reported():
     assert members.held_by_all() == 0             # fewer than min_receivers take part
 
 
+def test_the_sender_keeps_objects_for_repair_only_until_every_receiver_taking_part_holds_them():
+    members = _members(expected=["pc1", "pc2"], min_receivers=2)
+    assert members.needed_from() == 0             # nobody yet: nothing is known to be held
+    pc1, pc2 = Receiver(1, "pc1", "10.0.0.11"), Receiver(2, "pc2", "10.0.0.12")
+    pc1.join(members, 0.0)
+    pc2.join(members, 0.0)
+    pc1.status(members, 0.1, 50, 40)
+    assert members.needed_from() == 0             # pc2 has not reported: it may lack object 0
+    pc2.status(members, 0.2, 50, 12)
+    assert members.needed_from() == 12
+    pc2.leave(members, 0.3, 50, "disk full")
+    assert members.needed_from() == 40            # a receiver gone asks for nothing more
+
+
 def _first_pass(members, objects, fragments=100):
     for index in range(objects):
         members.first_pass(index, index * fragments, fragments)
