@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import traceback
 from typing import List, Optional, Tuple
 
 from .._errors import IdentityError
@@ -20,10 +19,7 @@ try:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 except ImportError:
-    serialization = None
-    CRYPTOGRAPHY_IMPORT_ERROR: Optional[str] = traceback.format_exc()
-else:
-    CRYPTOGRAPHY_IMPORT_ERROR = None
+    serialization = None        # generate() says so in one sentence; fingerprint() needs nothing
 
 
 def fingerprint(public_key: bytes) -> Optional[str]:

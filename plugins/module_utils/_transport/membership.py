@@ -241,7 +241,7 @@ class Membership:
         names = {peer.name for peer in taking_part}
         if any(expected not in names for expected in self.policy.expected):
             return 0
-        return min(peer.lowest_missing for peer in taking_part)
+        return self.needed_from()
 
     def needed_from(self) -> int:
         """The lowest object a receiver taking part still lacks, as of its last STATUS: no one

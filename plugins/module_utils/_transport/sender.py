@@ -161,7 +161,6 @@ class Sender:
         self.peers = self.members.peers
         self.meta: Dict[int, Tuple[int, bytes]] = {}
         self.cache: "OrderedDict[int, _Prepared]" = OrderedDict()
-        self.cache_bytes = 0
         self.pool = BufferPool(wire.DATAGRAM)
         self.repairs = RepairScheduler()
         self.next_index = 0                # first pass position
@@ -203,24 +202,18 @@ class Sender:
 
     def _remember(self, prepared: _Prepared) -> None:
         self.meta[prepared.index] = (prepared.wire_length, prepared.digest)
-        known = self.cache.pop(prepared.index, None)
-        if known is not None:
-            self.cache_bytes -= known.rows.nbytes
-            if known is not prepared:
-                self.pool.give(known.rows)
         self.cache[prepared.index] = prepared
-        self.cache_bytes += prepared.rows.nbytes
+        self.cache.move_to_end(prepared.index)
         # sendto() copied their bytes into the kernel: nothing refers to an evicted object
         needed_from = self.members.needed_from()
         for held in [index for index in self.cache if index < needed_from and index != prepared.index]:
             self._evict(held)
-        while self.cache_bytes > CACHE_BYTES and len(self.cache) > CACHE_MIN_OBJECTS:
+        while (len(self.cache) > CACHE_MIN_OBJECTS
+               and sum(cached.rows.nbytes for cached in self.cache.values()) > CACHE_BYTES):
             self._evict(next(iter(self.cache)))
 
     def _evict(self, index: int) -> None:
-        evicted = self.cache.pop(index)
-        self.cache_bytes -= evicted.rows.nbytes
-        self.pool.give(evicted.rows)
+        self.pool.give(self.cache.pop(index).rows)
 
     def _object(self, index: int) -> _Prepared:
         prepared = self.cache.get(index)
