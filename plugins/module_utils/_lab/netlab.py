@@ -72,6 +72,18 @@ class LabHost:
         """Drop all incoming UDP (a receive path cut)."""
         self.drop_incoming_udp(100.0, port)
 
+    def narrow_path(self, mtu: int) -> None:
+        """This host's interface takes frames of at most `mtu` bytes: a receiver behind a smaller
+        MTU. Setting the link's MTU alone is not that: a veth hands on a GSO packet (the sender's
+        batches) whatever its MTU, and drops only single datagrams; so packets longer than `mtu`
+        are dropped here, as the smaller link would."""
+        self.run(["ip", "link", "set", "eth0", "mtu", str(int(mtu))])
+        self.nft(
+            "table inet fleetcast_lab_mtu {\n"
+            " chain prerouting { type filter hook prerouting priority -300; policy accept;\n"
+            f"  ip length > {int(mtu)} drop\n"
+            " }\n}\n")
+
     def clear_rules(self) -> None:
         self.run(["nft", "flush", "ruleset"], check=False)
 

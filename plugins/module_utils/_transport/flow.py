@@ -33,7 +33,7 @@ MAX_RATE = 10 * 1000 ** 3
 # only every few hundred ms).
 PACING_SILENCE = 1.0
 MAX_HOLD = 1.0                     # one short of room that data did not reach this long stops pacing,
-NEVER_REACHED_HOLD = 0.25          # one that has not taken a single data datagram, after this long
+NEVER_REACHED_HOLD = 0.1           # one that has not taken a single data datagram, after this long
 LAG_HOLD = 5.0                     # as does one short of room this long while another has room (lagging)
 CUT_EVERY = 0.3                    # reports already on their way describe the old rate: one cut per this
 # Loss-based congestion (``RateControl.measured``). A receiver is congested when it lost more than

@@ -93,7 +93,7 @@ def test_receiver_that_data_cannot_reach_fails_with_its_reason_and_the_others_fi
     expected = make_payload(payload, 48 * MiB)
     sender_host = netlab.add_host("srv")
     hosts = [netlab.add_host(f"r{i + 1}") for i in range(3)]
-    hosts[2].run(["ip", "link", "set", "eth0", "mtu", "1400"])
+    hosts[2].narrow_path(1400)
     outputs = [memory_dir / f"out-{h.name}" for h in hosts]
     receivers = [start_receiver(h, out) for h, out in zip(hosts, outputs)]
     sender = start_sender(sender_host, payload, extra=["--expected", "r1,r2,r3", "--rate", "8000000"])
