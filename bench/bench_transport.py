@@ -9,9 +9,11 @@ Run as root: .venv/bin/python bench/bench_transport.py [--size-mib 1024] [--rece
 
 Sizes, receiver counts and loss levels are comma lists, all measured in one run. Tools: fleetcast,
 fleetcast-fallback, udpcast, uftp, and the encrypted pair fleetcast-encrypted and uftp-gcm (each
-compared with the other). The issue's full matrix in one run:
+compared with the other); and disk, no transport at all: N copies of the payload written at once by
+dd (O_DIRECT) and synced, the floor the disk sets with --durable (fleetcast / disk is printed too).
+The issue's full matrix in one run:
   bench/bench_transport.py --durable /var/tmp/fcdur --size-mib 512,1024 --receivers 1,3,6 --loss 0,2 \
-      --tools fleetcast,udpcast,uftp,fleetcast-encrypted,uftp-gcm
+      --tools fleetcast,udpcast,uftp,fleetcast-encrypted,uftp-gcm,disk
 
 --payload debian sends the lab's cached Debian image (a real root with its kernel, about 145 MB in
 chunks of very different compressed sizes; built once, see docs/user-guide.md) instead of random
@@ -130,16 +132,17 @@ class Run:
 
     def measure(self, start_receivers, start_sender, outputs, timeout, wait_sender=False, stop_receivers=None):
         receivers = start_receivers()
-        time.sleep(0.7)                        # receivers listening before the sender starts
+        if receivers:
+            time.sleep(0.7)                    # receivers listening before the sender starts
         started = time.monotonic()
         sender = start_sender()
         deadline = started + timeout
-        usages = []
+        usages = [(0, 0.0, 0.0)]
         if wait_sender:
             sender_usage = wait_usage(sender, deadline)
             elapsed = time.monotonic() - started
             stop_receivers(receivers)
-            usages = [wait_usage(p, deadline + 5) for p in receivers]
+            usages = [wait_usage(p, deadline + 5) for p in receivers] or usages
         else:
             usages = [wait_usage(p, deadline) for p in receivers]
             elapsed = time.monotonic() - started
@@ -203,6 +206,18 @@ class Run:
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                       stdin=subprocess.DEVNULL),
             outputs, timeout)
+
+    def disk(self, timeout: float):
+        """The disk's own floor for this cell: each receiver's copy of the payload written by `dd`
+        (O_DIRECT, 4 MiB blocks, all copies at once) and synced, no network: with --durable, no
+        transport can deliver durable bytes faster than this."""
+        directory = self.outputs("disk")
+        outputs = [os.path.join(directory, h.name) for h in self.receivers]
+        return self.measure(
+            lambda: [],
+            lambda: subprocess.Popen(["sh", "-c", " & ".join(
+                f"dd if={self.payload} of={out} bs=4M oflag=direct status=none" for out in outputs) + "; wait"]),
+            outputs, timeout, wait_sender=True, stop_receivers=lambda processes: None)
 
     def uftp(self, timeout: float, gcm: bool = False):
         directory = self.outputs("uftp-gcm" if gcm else "uftp")
@@ -311,7 +326,7 @@ def main() -> int:
             for (size, count, loss, tool), result in results.items():
                 if not tool.startswith("fleetcast"):
                     continue
-                peers = ("uftp-gcm",) if tool.endswith("-encrypted") else ("udpcast", "uftp")
+                peers = (("uftp-gcm",) if tool.endswith("-encrypted") else ("udpcast", "uftp")) + ("disk",)
                 for peer in peers:
                     base = results.get((size, count, loss, peer))
                     if base:
