@@ -111,6 +111,7 @@ def test_receiver_that_data_cannot_reach_fails_with_its_reason_and_the_others_fi
     code, result = finish(receivers[2])
     assert code == 1, result
     assert "none of the data it sent reached this host" in result["msg"] and "smaller MTU" in result["msg"], result
+    assert " (0 of " in result["msg"], result          # not a single object: no GSO batch slipped through
     assert "10.231.7.11" in result["msg"]
     assert not outputs[2].exists()
 
