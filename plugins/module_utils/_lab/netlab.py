@@ -47,26 +47,27 @@ class LabHost:
     def nft(self, script: str) -> None:
         self.run(["nft", "-f", "-"], input=script)
 
+    def filter_incoming(self, rule: str, hook: str = "input", priority: int = 0) -> None:
+        """Add `rule` to this namespace's lab filter on `hook` (rules added before stay)."""
+        self.nft(
+            "table inet fleetcast_lab {\n"
+            f" chain {hook} {{ type filter hook {hook} priority {priority}; policy accept;\n"
+            f"  {rule}\n"
+            " }\n}\n")
+
     def drop_incoming_udp(self, percent: float, port: Optional[int] = None) -> None:
         """Drop `percent` % of incoming UDP at random (real loss, in this namespace only)."""
         threshold = max(0, min(10000, int(round(percent * 100))))
         match = f"udp dport {port} " if port else "meta l4proto udp "
         # nft refuses "numgen random mod 10000 < 10000": a total cut is a plain drop.
         verdict = "drop" if threshold >= 10000 else f"numgen random mod 10000 < {threshold} drop"
-        self.nft(
-            "table inet fleetcast_lab {\n"
-            " chain input { type filter hook input priority 0; policy accept;\n"
-            f"  {match}{verdict}\n"
-            " }\n}\n")
+        self.filter_incoming(f"{match}{verdict}")
 
     def limit_incoming_udp(self, bytes_per_second: int, burst: int = 256 * 1024) -> None:
         """Drop incoming UDP beyond `bytes_per_second` (a slow link or NIC ahead of this host's
         kernel: what it drops, no UDP counter of this host counts)."""
-        self.nft(
-            "table inet fleetcast_lab {\n"
-            " chain input { type filter hook input priority 0; policy accept;\n"
-            f"  meta l4proto udp limit rate over {int(bytes_per_second)} bytes/second burst {int(burst)} bytes drop\n"
-            " }\n}\n")
+        self.filter_incoming(
+            f"meta l4proto udp limit rate over {int(bytes_per_second)} bytes/second burst {int(burst)} bytes drop")
 
     def cut_incoming_udp(self, port: Optional[int] = None) -> None:
         """Drop all incoming UDP (a receive path cut)."""
@@ -78,11 +79,7 @@ class LabHost:
         batches) whatever its MTU, and drops only single datagrams; so packets longer than `mtu`
         are dropped here, as the smaller link would."""
         self.run(["ip", "link", "set", "eth0", "mtu", str(int(mtu))])
-        self.nft(
-            "table inet fleetcast_lab_mtu {\n"
-            " chain prerouting { type filter hook prerouting priority -300; policy accept;\n"
-            f"  ip length > {int(mtu)} drop\n"
-            " }\n}\n")
+        self.filter_incoming(f"ip length > {int(mtu)} drop", hook="prerouting", priority=-300)
 
     def clear_rules(self) -> None:
         self.run(["nft", "flush", "ruleset"], check=False)

@@ -399,10 +399,7 @@ def test_a_receiver_whose_done_ack_is_lost_learns_the_end_and_exits_at_once(netl
     # 52). It has closed its group socket, so the END the sender sends the group does not reach it
     # either; the sender also sends END to every finished receiver's own address.
     expected, payload, sender_host, hosts, outputs, receivers = _lab_session(netlab, tmp_path, 4 * MiB, 1, timeout=40)
-    hosts[0].nft("table inet fleetcast_lab {\n"
-                 " chain input { type filter hook input priority 0; policy accept;\n"
-                 "  udp length 52 drop\n"
-                 " }\n}\n")
+    hosts[0].filter_incoming("udp length 52 drop")
     sender = start_sender(sender_host, payload, extra=["--expected", "r1"])
     code, report = finish(sender)
     assert code == 0, report
