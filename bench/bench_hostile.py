@@ -15,7 +15,7 @@ Each round, in one lab, alternating:
             speed within 1 s of the flood stopping, i.e. take about clean x (1 + (s - 1) / 2) where
             s is the flood's slowdown; the excess over that is printed
   mtu       one more receiver whose interface takes 1400-byte frames (it hears control, no data;
-            ``NetHost.narrow_path``): the others' completion against clean (target: at most 1.2x),
+            ``LabHost.narrow_path``): the others' completion against clean (target: at most 1.2x),
             and how long that receiver took to fail with its reason (target: 10 s)
 Times: from the sender's start to the last good receiver's DONE (the sender's report). Outputs are in
 tmpfs and compared byte for byte. After the rounds, the median of each figure: on a shared machine
@@ -27,8 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -137,18 +137,19 @@ def main() -> int:
                 slowdown = flood["seconds"] / clean["seconds"]
                 estimate = clean["seconds"] * (1 + (slowdown - 1) / 2)
                 broken = mtu["broken"] or {}
+                mtu_slowdown = mtu["seconds"] / clean["seconds"]
+                failed_after = (broken.get("finished_at") or 0) - (broken.get("joined_at") or 0)
                 print(f"round {number + 1}: clean {clean['seconds']:.2f} s ({rate / 1e6:.0f} MB/s); "
                       f"flood at 10 % {flood['seconds']:.2f} s = {slowdown:.2f}x; "
                       f"flood for the first half {first['seconds']:.2f} s (estimate with instant recovery "
                       f"{estimate:.2f} s, excess {first['seconds'] - estimate:+.2f} s); "
                       f"one receiver behind a 1400 MTU: others {mtu['seconds']:.2f} s = "
-                      f"{mtu['seconds'] / clean['seconds']:.2f}x, it {broken.get('state')} after "
-                      f"{(broken.get('finished_at') or 0) - (broken.get('joined_at') or 0):.1f} s: "
+                      f"{mtu_slowdown:.2f}x, it {broken.get('state')} after {failed_after:.1f} s: "
                       f"{broken.get('reason', '')[:90]}", flush=True)
                 figures["flood"].append(slowdown)
                 figures["excess"].append(first["seconds"] - estimate)
-                figures["mtu"].append(mtu["seconds"] / clean["seconds"])
-                figures["mtu_failed_after"].append((broken.get("finished_at") or 0) - (broken.get("joined_at") or 0))
+                figures["mtu"].append(mtu_slowdown)
+                figures["mtu_failed_after"].append(failed_after)
                 for name, run in (("clean", clean), ("flood", flood), ("flood-1st", first), ("mtu", mtu)):
                     if not run["ok"]:
                         ok = False

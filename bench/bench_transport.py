@@ -10,7 +10,8 @@ Run as root: .venv/bin/python bench/bench_transport.py [--size-mib 1024] [--rece
 Sizes, receiver counts and loss levels are comma lists, all measured in one run. Tools: fleetcast,
 fleetcast-fallback, udpcast, uftp, and the encrypted pair fleetcast-encrypted and uftp-gcm (each
 compared with the other); and disk, no transport at all: N copies of the payload written at once by
-dd (O_DIRECT) and synced, the floor the disk sets with --durable (fleetcast / disk is printed too).
+dd (O_DIRECT) and synced: with --durable, the floor the disk sets at one receiver and a reference
+at several (fleetcast / disk is printed too).
 The issue's full matrix in one run:
   bench/bench_transport.py --durable /var/tmp/fcdur --size-mib 512,1024 --receivers 1,3,6 --loss 0,2 \
       --tools fleetcast,udpcast,uftp,fleetcast-encrypted,uftp-gcm,disk
@@ -208,9 +209,10 @@ class Run:
             outputs, timeout)
 
     def disk(self, timeout: float):
-        """The disk's own floor for this cell: each receiver's copy of the payload written by `dd`
-        (O_DIRECT, 4 MiB blocks, all copies at once) and synced, no network: with --durable, no
-        transport can deliver durable bytes faster than this."""
+        """The disk's own time for this cell: each receiver's copy of the payload written by `dd`
+        (O_DIRECT, 4 MiB blocks, all copies at once) and synced, no network. With --durable and one
+        receiver no transport delivers durable bytes faster; with several, a reference only (this
+        disk serves concurrent writers unevenly, and a transport has beaten N `dd` at once)."""
         directory = self.outputs("disk")
         outputs = [os.path.join(directory, h.name) for h in self.receivers]
         return self.measure(
