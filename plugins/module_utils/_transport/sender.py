@@ -151,6 +151,11 @@ class Sender:
             self.sock.close()
             raise
         self.destination = (config.group, config.port)
+        # which of the two sockets has a receiver's message waiting, in one system call: between
+        # two GSO sends a failing recvfrom on each cost two calls and two exceptions
+        self.control_poll = select.poll()
+        for sock in (self.sock, self.reports):
+            self.control_poll.register(sock, select.POLLIN)
         # without GSO, sendmmsg where libc has it; else one sendto per datagram (the last resort)
         self.batch = batch_sender(self.sock, self.destination)
         self.seq = 0
@@ -397,7 +402,10 @@ class Sender:
         the sender with forged control makes the queue long: each costs a recvfrom and an HMAC
         (about 5 us), so the loop reads many per call, or genuine reports would wait behind forged
         ones for seconds and their receivers be taken for silent."""
+        waiting = [fd for fd, _events in self.control_poll.poll(0)]
         for sock in (self.sock, self.reports):
+            if sock.fileno() not in waiting:
+                continue
             for _attempt in range(limit):
                 try:
                     datagram, address = sock.recvfrom(2048)
