@@ -15,7 +15,8 @@ script logs into every clone itself and checks its identity. Run 2 does it again
 network cut in the middle of the multicast session and a fourth participant, p4, that never
 network-boots: p3 must fail with its reason, p4 "not reached", the others verify.
 
-Figures go to LAB_DIR/figures.json; consoles, inventories and logs stay in LAB_DIR.
+Figures go to LAB_DIR/figures.json; consoles, inventories and logs stay in LAB_DIR. The VMs' disks
+and the image are removed at the end, passed or failed (FLEETCAST_E2E_KEEP_DISKS=1 keeps them).
 """
 
 from __future__ import annotations
@@ -466,6 +467,24 @@ def main():
         stop_service(server if lab.hosts else None)
         time.sleep(1)
         lab.close()
+        remove_bulk()
+
+
+def remove_bulk():
+    """The VMs' disks and the captured image are nearly all of a run's 1.7 GB: removed at the end,
+    passed or failed (the machine's own disk is not ours to fill); consoles, logs and figures stay.
+    FLEETCAST_E2E_KEEP_DISKS=1 keeps them, to look into a failed clone."""
+    bulk = [os.path.join(LAB_DIR, name) for name in sorted(os.listdir(LAB_DIR)) if name.endswith(".raw")]
+    bulk.append(os.path.join(LAB_DIR, "images"))
+    if os.environ.get("FLEETCAST_E2E_KEEP_DISKS") == "1":
+        log(f"kept the VM disks and the image in {LAB_DIR} (FLEETCAST_E2E_KEEP_DISKS=1)")
+        return
+    for path in bulk:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.exists(path):
+            os.unlink(path)
+    log(f"removed the VM disks and the image from {LAB_DIR} (FLEETCAST_E2E_KEEP_DISKS=1 keeps them)")
 
 
 def power_off_idle_vms(log_path, master=True):
