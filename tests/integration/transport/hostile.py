@@ -10,6 +10,9 @@
 #   payload  a live header (tag included) with other payload bytes
 #   future   objects past the session's end, with absurd fragment counts (0, 1, 2^32-1, random)
 #   flood    random datagrams of the data size behind the live session's prefix
+#   lengths  live data datagrams cut short (0 bytes up to one byte less than the data size) or made
+#            longer (up to 65507 bytes: IP fragments), one at a time, and GSO sends whose segment
+#            size is not the data size (the receivers' GRO hands them buffers of that size)
 #   control  captured control datagrams and receivers' reports with random bits flipped, sent to
 #            the group, to the sender and to the report port
 # Data kinds go out in GSO sends of 44 datagrams (cheap for us; the receivers take them in their
@@ -27,7 +30,7 @@ SEGMENTS = 44
 ROUND = 8                    # GSO sends per kind and round
 SINGLES_EVERY = 16           # every 16th send goes out one datagram at a time
 FIELDS = [(0, 2), (2, 4), (4, 12), (12, 16), (16, 20), (20, 24), (24, 32)]
-DATA_KINDS = ["bits", "fields", "payload", "future", "flood"]
+DATA_KINDS = ["bits", "fields", "payload", "future", "flood", "lengths"]
 
 
 def listening(group, port, address):
@@ -104,6 +107,41 @@ def mutate(kind, rows, rng, session_end):
     return rows
 
 
+def send_other_lengths(rows, rng, out, gso, group):
+    """Live datagrams at other lengths; returns how many went out."""
+    sent = 0
+    singles, batched = rows[:len(rows) // 2], rows[len(rows) // 2:]
+    for row in singles:
+        pick = rng.random()
+        if pick < 0.2:
+            length = int(rng.integers(0, 40))                        # not even a whole header
+        elif pick < 0.6:
+            length = int(rng.integers(40, DATAGRAM))
+        elif pick < 0.95:
+            length = int(rng.integers(DATAGRAM + 1, 9000))
+        else:
+            length = int(rng.integers(9000, 65508))
+        datagram = row.tobytes()[:length] + rng.bytes(max(0, length - DATAGRAM))
+        try:
+            out.sendto(datagram, group)
+            sent += 1
+        except OSError:
+            time.sleep(0.001)
+    if gso is not None:
+        for start in range(0, len(batched), SEGMENTS):
+            segment = int(rng.integers(33, DATAGRAM))
+            part = batched[start:start + SEGMENTS, :segment]
+            try:
+                gso.setsockopt(17, 103, segment)
+                gso.sendto(part.tobytes(), group)
+                sent += len(part)
+            except OSError:
+                time.sleep(0.001)
+            finally:
+                gso.setsockopt(17, 103, DATAGRAM)
+    return sent
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--group", required=True)
@@ -159,6 +197,9 @@ def main():
                     except OSError:
                         pass
                     sent[kind] += 1
+                continue
+            if kind == "lengths":
+                sent[kind] += send_other_lengths(base[rng.integers(0, len(base), SEGMENTS * ROUND)], rng, out, gso, group)
                 continue
             rows = mutate(kind, base[rng.integers(0, len(base), SEGMENTS * ROUND)].copy(), rng, highest + 1)
             for start in range(0, len(rows), SEGMENTS):

@@ -15,7 +15,7 @@ from lab import ENGINE, GROUP, env, file_digest, finish, make_payload, start_rec
 
 MiB = 1024 * 1024
 HOSTILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hostile.py")
-KINDS = ["bits", "fields", "payload", "future", "flood", "control"]
+KINDS = ["bits", "fields", "payload", "future", "flood", "lengths", "control"]
 
 pytestmark = pytest.mark.timeout(240)
 
