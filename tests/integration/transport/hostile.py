@@ -2,7 +2,7 @@
 # (data, announcements and the receivers' reports), then sends mutated copies of what it heard,
 # kind by kind, round-robin. Runs with /usr/bin/python3 (and numpy) inside its own lab namespace,
 # from its genuine address (with its own or the sender's Ethernet address, as the test set up its
-# interface); prints a JSON summary of what it sent.
+# interface) or, with --source, from the sender's IP address; prints a JSON summary of what it sent.
 #
 # Kinds (each --per-kind datagrams):
 #   bits     1-3 random bits flipped in the first 32 bytes of a live data datagram (the header)
@@ -21,6 +21,7 @@ import argparse
 import json
 import resource
 import socket
+import subprocess
 import time
 
 import numpy as np
@@ -148,6 +149,8 @@ def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--address", required=True)
     parser.add_argument("--sender", required=True, help="the sender's address (its reports go there)")
+    parser.add_argument("--source", help="send from this address (the sender's: it is added to eth0 once the "
+                        "session was heard, since the kernel drops what arrives from its own addresses)")
     parser.add_argument("--per-kind", type=int, default=100000)
     parser.add_argument("--kinds", default=",".join(DATA_KINDS + ["control"]))
     parser.add_argument("--rate", type=float, default=0, help="bytes per second of forgeries, 0: as fast as we can")
@@ -167,8 +170,11 @@ def main():
     live = [t for t in templates if t[4:12] == session]
     base = np.frombuffer(b"".join(live), dtype=np.uint8).reshape(-1, DATAGRAM)
     highest = int(base[:, 12:16].copy().view(">u4").max())
-    out = sending(args.address)
-    gso = sending(args.address)
+    if args.source:
+        # from now on this host also answers ARP for the sender's address
+        subprocess.run(["ip", "addr", "add", args.source + "/32", "dev", "eth0"], check=True)
+    out = sending(args.source or args.address)
+    gso = sending(args.source or args.address)
     try:
         gso.setsockopt(17, 103, DATAGRAM)            # UDP_SEGMENT
     except OSError:

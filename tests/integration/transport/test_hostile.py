@@ -1,5 +1,6 @@
 # A hostile or faulty LAN: forgeries and fuzzing from another lab host (its genuine address, with
-# its own or the sender's Ethernet address), a receiver data cannot reach, a receiver that stops
+# its own or the sender's Ethernet address; or the sender's Ethernet and IP addresses both, so that
+# it also answers ARP for the sender and its reports to "the sender" stay on the attacker), a receiver data cannot reach, a receiver that stops
 # for a while. Every output is compared byte for byte; nobody good may be reported as failed.
 import json
 import os
@@ -35,8 +36,9 @@ def _streaming_sender(host, sizes, extra=()):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sender_mac", [False, True], ids=["own-mac", "sender-mac"])
-def test_fuzzed_forged_and_flooded_session_ends_byte_exact_for_everyone(netlab, memory_dir, sender_mac):
+@pytest.mark.parametrize("sender_mac,sender_address", [(False, False), (True, False), (True, True)],
+                         ids=["own-mac", "sender-mac", "sender-mac-and-address"])
+def test_fuzzed_forged_and_flooded_session_ends_byte_exact_for_everyone(netlab, memory_dir, sender_mac, sender_address):
     sizes = _sizes(60, seed=11)
     payload = memory_dir / "payload"
     expected = make_payload(payload, sum(sizes))
@@ -51,7 +53,8 @@ def test_fuzzed_forged_and_flooded_session_ends_byte_exact_for_everyone(netlab, 
     receivers = [start_receiver(h, out, timeout=60) for h, out in zip(hosts, outputs)]
     sender = _streaming_sender(sender_host, sizes, ["--expected", "r1,r2"])
     attacker = evil.popen(["/usr/bin/python3", HOSTILE, "--group", GROUP, "--port", "9611", "--address", evil.address,
-                           "--sender", sender_host.address, "--per-kind", "100000"],
+                           "--sender", sender_host.address, "--per-kind", "100000"]
+                          + (["--source", sender_host.address] if sender_address else []),
                           env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # the payload goes in a piece at a time while the attack lasts, the last piece once it is over:
     # every forgery reaches receivers of a live session with objects still to come
