@@ -298,6 +298,30 @@ def test_wrong_key_receiver_writes_nothing(netlab, tmp_path):
     assert not bad_out.exists() and not os.path.exists(str(bad_out) + ".partial")
 
 
+def test_two_sessions_on_one_group_and_port_each_reach_only_their_own(netlab, memory_dir):
+    # two labs imaged at once on a shared LAN with the same (default) group and port: each
+    # session's data is foreign traffic to the other's receivers, and must stay just that
+    sessions = {}
+    for tag in ("a", "b"):
+        payload = memory_dir / f"payload-{tag}"
+        expected = make_payload(payload, 64 * MiB, seed=tag.encode())
+        sender_host = netlab.add_host(f"{tag}s")
+        hosts = [netlab.add_host(f"{tag}{number}") for number in (1, 2)]
+        outputs = [memory_dir / f"out-{h.name}" for h in hosts]
+        receivers = [start_receiver(h, out, key=f"key-{tag}", timeout=60) for h, out in zip(hosts, outputs)]
+        sessions[tag] = (payload, expected, sender_host, hosts, outputs, receivers)
+    senders = {tag: start_sender(sender_host, payload, key=f"key-{tag}",
+                                 extra=["--expected", ",".join(h.name for h in hosts), "--max-wait", "20"])
+               for tag, (payload, _e, sender_host, hosts, _o, _r) in sessions.items()}
+    for tag, (_p, expected, _s, hosts, outputs, receivers) in sessions.items():
+        code, report = finish(senders[tag])
+        assert code == 0, report
+        assert sorted(r["name"] for r in report["receivers"]) == [h.name for h in hosts], report
+        _assert_all_done(report, [h.name for h in hosts])
+        for result in _outputs_exact(receivers, outputs, expected):
+            assert result["digest"] == report["digest"] and result["rejected_objects"] == 0, result
+
+
 def test_sender_death_leaves_receivers_failed_and_incomplete(netlab, tmp_path):
     payload = tmp_path / "payload"
     make_payload(payload, 64 * MiB)
