@@ -30,6 +30,7 @@ DATAGRAM = 1472
 SEGMENTS = 44
 ROUND = 8                    # GSO sends per kind and round
 SINGLES_EVERY = 16           # every 16th send goes out one datagram at a time
+SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104
 FIELDS = [(0, 2), (2, 4), (4, 12), (12, 16), (16, 20), (20, 24), (24, 32)]
 DATA_KINDS = ["bits", "fields", "payload", "future", "flood", "lengths"]
 
@@ -40,7 +41,7 @@ def listening(group, port, address):
     sock.bind((group, port))
     sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton(group) + socket.inet_aton(address))
     try:
-        sock.setsockopt(17, 104, 0)          # no GRO: whole datagrams, one by one
+        sock.setsockopt(SOL_UDP, UDP_GRO, 0)          # no GRO: whole datagrams, one by one
     except OSError:
         pass
     sock.setblocking(False)
@@ -133,13 +134,12 @@ def send_other_lengths(rows, rng, out, gso, group):
             segment = int(rng.integers(33, DATAGRAM))
             part = batched[start:start + SEGMENTS, :segment]
             try:
-                gso.setsockopt(17, 103, segment)
+                gso.setsockopt(SOL_UDP, UDP_SEGMENT, segment)
                 gso.sendto(part.tobytes(), group)
                 sent += len(part)
             except OSError:
                 time.sleep(0.001)
-            finally:
-                gso.setsockopt(17, 103, DATAGRAM)
+        gso.setsockopt(SOL_UDP, UDP_SEGMENT, DATAGRAM)       # the other data kinds' size again
     return sent
 
 
@@ -176,7 +176,7 @@ def main():
     out = sending(args.source or args.address)
     gso = sending(args.source or args.address)
     try:
-        gso.setsockopt(17, 103, DATAGRAM)            # UDP_SEGMENT
+        gso.setsockopt(SOL_UDP, UDP_SEGMENT, DATAGRAM)
     except OSError:
         gso = None
     group = (args.group, args.port)
@@ -204,10 +204,11 @@ def main():
                         pass
                     sent[kind] += 1
                 continue
+            picked = base[rng.integers(0, len(base), SEGMENTS * ROUND)]      # a copy already
             if kind == "lengths":
-                sent[kind] += send_other_lengths(base[rng.integers(0, len(base), SEGMENTS * ROUND)], rng, out, gso, group)
+                sent[kind] += send_other_lengths(picked, rng, out, gso, group)
                 continue
-            rows = mutate(kind, base[rng.integers(0, len(base), SEGMENTS * ROUND)].copy(), rng, highest + 1)
+            rows = mutate(kind, picked, rng, highest + 1)
             for start in range(0, len(rows), SEGMENTS):
                 batch += 1
                 part = rows[start:start + SEGMENTS]

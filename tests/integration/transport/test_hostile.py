@@ -1,7 +1,7 @@
 # A hostile or faulty LAN: forgeries and fuzzing from another lab host (its genuine address, with
-# its own or the sender's Ethernet address; or the sender's Ethernet and IP addresses both, so that
-# it also answers ARP for the sender and its reports to "the sender" stay on the attacker), a receiver data cannot reach, a receiver that stops
-# for a while. Every output is compared byte for byte; nobody good may be reported as failed.
+# its own or the sender's Ethernet address; or with the sender's Ethernet and IP addresses both: it
+# then answers ARP for the sender, and its own forged reports to the sender's address never leave
+# it), a receiver data cannot reach, a receiver that stops for a while. Every output is compared byte for byte; nobody good may be reported as failed.
 import json
 import os
 import signal
